@@ -1,0 +1,1 @@
+"""Flax Linen modules: vision encoders, fusion, connectors, the decoder LLM and their assembly."""

@@ -1,0 +1,74 @@
+"""Multi-head / grouped-query self-attention with an optional rotary embedding and KV cache.
+
+All attention in mmjax goes through `dot_product_attention`, so a fused kernel (cuDNN flash
+attention on GPU, a Pallas kernel on TPU) is one switch of `implementation` away.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from mmjax.models import layers
+from mmjax.models import rope as rope_lib
+
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+KVCache = dict[str, Array]  # {"k": [B S K H], "v": [B S K H]}
+
+
+def dot_product_attention(q: Float[Array, "B T N H"], k: Float[Array, "B S K H"],
+                          v: Float[Array, "B S K H"], mask: Bool[Array, "B 1 T S"] | None,
+                          implementation: str | None = None) -> Float[Array, "B T N H"]:
+  """Softmax attention; K must divide N (grouped-query attention). Scale is 1/sqrt(H)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown attention implementation {implementation!r}; "
+                     f"valid: {IMPLEMENTATIONS}.")
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Self-attention. With `cache`, the new keys/values are written at `cache_index` and the
+  queries attend over the whole cache (the mask decides which slots are visible)."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  qkv_bias: bool = False
+  out_bias: bool = False
+  rope_theta: float | None = None  # None: no rotary embedding (e.g. ViT with learned positions).
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
+               positions: Int[Array, "B T"] | None = None, cache: KVCache | None = None,
+               cache_index: Int[Array, ""] | None = None
+               ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}.")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.qkv_bias)
+    q = layers.dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), name="q", **kw)(x)
+    k = layers.dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), name="k",
+                     **kw)(x)
+    v = layers.dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), name="v",
+                     **kw)(x)
+    if self.rope_theta is not None:
+      cos, sin = rope_lib.rope_angles(positions, self.head_dim, self.rope_theta)
+      q, k = rope_lib.apply_rope(q, cos, sin), rope_lib.apply_rope(k, cos, sin)
+    q = layers.constrain(q, ("batch", "length", "heads", "kv"))
+    k = layers.constrain(k, ("batch", "length", "kv_heads", "kv"))
+    v = layers.constrain(v, ("batch", "length", "kv_heads", "kv"))
+    new_cache = None
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      new_cache = {"k": k, "v": v}
+      k, v = k.astype(self.dtype), v.astype(self.dtype)
+    out = dot_product_attention(q, k, v, mask, self.implementation)
+    out = layers.constrain(out, ("batch", "length", "heads", "kv"))
+    y = layers.dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), name="o",
+                     use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+    return y, new_cache

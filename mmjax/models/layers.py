@@ -1,0 +1,109 @@
+"""Layers shared by every model, each parameter annotated with logical axis names.
+
+Logical names used across mmjax (mapped to mesh axes only in `mmjax/sharding.py`):
+  batch, length (tokens), embed (model width), mlp (hidden width of MLPs), heads / kv_heads
+  (attention heads), kv (per-head width), vocab, layers (stacked scan axis), conv_in / conv_out
+  (channels of convolutions), conv_h / conv_w (kernel taps), height / width (feature-map axes).
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+Dtype = Any
+Axes = tuple[str | None, ...]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form.
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP.
+    "silu": nn.silu,
+    "relu": nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+def partitioned(init: Callable, axes: Axes) -> Callable:
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x: Array, axes: Axes) -> Array:
+  """Annotates an activation with logical axes (a no-op outside a mesh with rules)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+def dense(features: int | Sequence[int], kernel_axes: Axes, *, name: str, axis=-1,
+          use_bias: bool = True, kernel_init: Callable = nn.initializers.lecun_normal(),
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.DenseGeneral:
+  """`nn.DenseGeneral` whose kernel and bias carry logical axis names.
+
+  `kernel_axes` names the input axes followed by the output axes; the bias takes the output ones.
+  """
+  features = (features,) if isinstance(features, int) else tuple(features)
+  return nn.DenseGeneral(
+      features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=partitioned(kernel_init, kernel_axes),
+      bias_init=partitioned(nn.initializers.zeros, kernel_axes[-len(features):]), name=name)
+
+
+def layer_norm(*, name: str, epsilon: float = 1e-5, axis_name: str | None = "embed",
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+  """LayerNorm with the two-pass variance of the torch reference (statistics in float32)."""
+  return nn.LayerNorm(
+      epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+      scale_init=partitioned(nn.initializers.ones, (axis_name,)),
+      bias_init=partitioned(nn.initializers.zeros, (axis_name,)), name=name)
+
+
+class RMSNorm(nn.Module):
+  """LLaMA's RMSNorm: normalise in float32, cast back, then scale (as the HF reference does)."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+    scale = self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                       self.param_dtype)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.epsilon)
+    return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class Mlp(nn.Module):
+  """Two-layer MLP (ViT / CLIP style): Dense → activation → Dense."""
+  hidden_dim: int
+  act: str = "gelu"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(self.hidden_dim, ("embed", "mlp"), name="fc1", **kw)(x)
+    h = constrain(activation(self.act)(h), ("batch", "length", "mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), name="fc2", **kw)(h)
+
+
+class GatedMlp(nn.Module):
+  """SwiGLU MLP of LLaMA / Qwen2: down(act(gate(x)) * up(x))."""
+  hidden_dim: int
+  act: str = "silu"
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = dense(self.hidden_dim, ("embed", "mlp"), name="gate", **kw)(x)
+    up = dense(self.hidden_dim, ("embed", "mlp"), name="up", **kw)(x)
+    h = constrain(activation(self.act)(gate) * up, ("batch", "length", "mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), name="down", **kw)(h)

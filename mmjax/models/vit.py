@@ -1,0 +1,168 @@
+"""CLIP-style Vision Transformer.
+
+The blocks run in consecutive groups (`layer_groups`), and a tower may call `embed`, `run_group`
+and `__call__` separately, so it can modify the tokens between groups (LLaVA-HR injects high-res
+features after blocks 6/12/18). Position information comes from a learned table resampled
+bicubically to the input's patch grid; `position_embedding="none"` leaves positions to the
+attention (2D rotary embeddings) instead.
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from mmjax.models import attention
+from mmjax.models import interpolate
+from mmjax.models import layers
+from mmjax.models import stack
+
+POSITION_EMBEDDINGS = ("learned", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  image_size: int = 224  # The input size the position table is laid out for (grid = size / patch).
+  patch_size: int = 14
+  width: int = 1024
+  depth: int = 24
+  num_heads: int = 16
+  mlp_dim: int = 4096
+  act: str = "quick_gelu"  # OpenAI CLIP uses quick_gelu; most others exact gelu.
+  norm_eps: float = 1e-5
+  use_cls: bool = True  # Prepend a learned class token.
+  patch_bias: bool = False  # CLIP's patch convolution has no bias; SigLIP's has one.
+  pre_norm: bool = True  # CLIP's `pre_layrnorm` on the embeddings.
+  position_embedding: str = "learned"
+  layer_groups: tuple[int, ...] = ()  # Consecutive block groups; () = one group of all blocks.
+  scan_layers: bool = False
+  remat: bool = False
+  attention_impl: str | None = None
+  dtype: Any = jnp.float32  # Compute dtype.
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"ViT width={self.width} is not divisible by num_heads={self.num_heads}.")
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"Unknown ViT position_embedding {self.position_embedding!r}; "
+                       f"valid: {POSITION_EMBEDDINGS}.")
+    if self.image_size % self.patch_size:
+      raise ValueError(f"ViT image_size={self.image_size} is not a multiple of "
+                       f"patch_size={self.patch_size}.")
+    if sum(self.groups) != self.depth or min(self.groups) < 1:
+      raise ValueError(f"ViT layer_groups={self.layer_groups} must be positive and sum to "
+                       f"depth={self.depth}.")
+    layers.activation(self.act)
+
+  @property
+  def groups(self) -> tuple[int, ...]:
+    return self.layer_groups or (self.depth,)
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+
+class ViTBlock(nn.Module):
+  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x))."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B N D"], cache: None, mask=None):
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    h = layers.layer_norm(name="ln1", epsilon=cfg.norm_eps, **kw)(x)
+    h, _ = attention.Attention(cfg.num_heads, cfg.num_heads, cfg.width // cfg.num_heads,
+                               qkv_bias=True, out_bias=True, implementation=cfg.attention_impl,
+                               name="attn", **kw)(h, mask)
+    x = x + h
+    h = layers.layer_norm(name="ln2", epsilon=cfg.norm_eps, **kw)(x)
+    x = x + layers.Mlp(cfg.mlp_dim, cfg.act, name="mlp", **kw)(h)
+    x = layers.constrain(x, ("batch", "length", "embed"))
+    return x, (x, None)
+
+
+class ViT(nn.Module):
+  """Returns every layer's hidden states; LLaVA takes the penultimate one."""
+  config: ViTConfig
+
+  def setup(self):
+    cfg = self.config
+    channels = 3
+    self.patch_kernel = self.param(
+        "patch_kernel",
+        layers.partitioned(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "embed")),
+        (cfg.patch_size, cfg.patch_size, channels, cfg.width), cfg.param_dtype)
+    if cfg.patch_bias:
+      self.patch_bias = self.param("patch_bias", layers.partitioned(nn.initializers.zeros, ("embed",)),
+                                   (cfg.width,), cfg.param_dtype)
+    init = nn.initializers.normal(0.02)
+    if cfg.use_cls:
+      self.cls = self.param("cls", layers.partitioned(init, ("embed",)), (cfg.width,),
+                            cfg.param_dtype)
+    if cfg.position_embedding == "learned":
+      num = cfg.grid * cfg.grid + int(cfg.use_cls)
+      self.pos_embedding = self.param("pos_embedding", layers.partitioned(init, (None, "embed")),
+                                      (num, cfg.width), cfg.param_dtype)
+    kw = dict(epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if cfg.pre_norm:
+      self.pre_norm = layers.layer_norm(name="pre_norm", **kw)
+    self.post_norm = layers.layer_norm(name="post_norm", **kw)
+    self.blocks = [stack.LayerStack(ViTBlock, cfg, n, scan=cfg.scan_layers, remat=cfg.remat)
+                   for n in cfg.groups]
+
+  def patch_grid(self, images: Float[Array, "B H W C"]) -> tuple[int, int]:
+    p = self.config.patch_size
+    _, h, w, _ = images.shape
+    if h % p or w % p:
+      raise ValueError(f"ViT input of {h}x{w} pixels is not a multiple of patch_size={p}.")
+    return h // p, w // p
+
+  def embed(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N D"]:
+    """Patch embedding, class token and positions. N = (cls) + h*w tokens, row-major."""
+    cfg = self.config
+    b = images.shape[0]
+    gh, gw = self.patch_grid(images)
+    p = cfg.patch_size
+    patches = images.reshape(b, gh, p, gw, p, -1).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b, gh * gw, -1).astype(cfg.dtype)
+    kernel = self.patch_kernel.reshape(-1, cfg.width).astype(cfg.dtype)
+    x = jnp.einsum("bnk,kd->bnd", patches, kernel)
+    if cfg.patch_bias:
+      x = x + self.patch_bias.astype(cfg.dtype)
+    if cfg.use_cls:
+      cls = jnp.broadcast_to(self.cls.astype(cfg.dtype), (b, 1, cfg.width))
+      x = jnp.concatenate([cls, x], axis=1)
+    if cfg.position_embedding == "learned":
+      x = x + self.positions((gh, gw)).astype(cfg.dtype)[None]
+    if cfg.pre_norm:
+      x = self.pre_norm(x)
+    return layers.constrain(x, ("batch", "length", "embed"))
+
+  def positions(self, grid: tuple[int, int]) -> Float[Array, "N D"]:
+    """The learned table, its patch part resampled bicubically to `grid` (as CLIP does)."""
+    cfg = self.config
+    table = self.pos_embedding
+    n_cls = int(cfg.use_cls)
+    patch = table[n_cls:].reshape(1, cfg.grid, cfg.grid, cfg.width)
+    patch = interpolate.resize(patch, grid, "bicubic").reshape(-1, cfg.width)
+    return jnp.concatenate([table[:n_cls], patch], axis=0)
+
+  def run_group(self, x: Float[Array, "B N D"], group: int
+                ) -> tuple[Float[Array, "B N D"], Float[Array, "n B N D"]]:
+    """Runs block group `group`; returns its output and each of its blocks' outputs."""
+    x, hidden, _ = self.blocks[group](x, None)
+    return x, hidden
+
+  def __call__(self, images: Float[Array, "B H W 3"]) -> dict[str, Array]:
+    """Returns `hidden_states` [depth+1, B, N, D] (embeddings, then each block's output, as HF
+    orders them) and `pooled` (post-norm class token, or post-norm mean token without one)."""
+    x = self.embed(images)
+    hidden = [x[None]]
+    for g in range(len(self.blocks)):
+      x, h = self.run_group(x, g)
+      hidden.append(h)
+    pooled = x[:, 0] if self.config.use_cls else x.mean(axis=1)
+    return {"hidden_states": jnp.concatenate(hidden, axis=0), "pooled": self.post_norm(pooled)}
