@@ -39,8 +39,8 @@ class ViTConfig:
   scan_layers: bool = False
   remat: bool = False
   attention_impl: str | None = None
-  dtype: Any = jnp.float32  # Compute dtype.
-  param_dtype: Any = jnp.float32
+  dtype: str = "float32"  # Compute dtype (float32 or bfloat16).
+  param_dtype: str = "float32"  # Storage dtype of the parameters.
 
   def __post_init__(self):
     if self.width % self.num_heads:

@@ -1,0 +1,104 @@
+"""Converting whole checkpoints: Hugging Face directory ↔ mmjax directory (config + params).
+
+Each supported architecture has a converter module exposing `config_from_hf(hf_config) -> config`,
+`config_to_hf(config, architecture) -> dict` and `rules(config) -> list[mapping.Rule]`.
+An mmjax checkpoint directory holds `config.json` ({"architecture", "config"}) and
+`params.safetensors` (names are '/'-joined tree paths).
+"""
+import dataclasses
+import importlib
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from mmjax.convert import files
+from mmjax.convert import layout
+from mmjax.convert import mapping
+
+CONVERTERS = {
+    "CLIPVisionModel": "mmjax.convert.clip_vision",
+    "ConvNextModel": "mmjax.convert.convnext",
+    "LlamaForCausalLM": "mmjax.convert.llama",
+    "Qwen2ForCausalLM": "mmjax.convert.llama",
+}
+
+
+def converter(architecture: str):
+  if architecture not in CONVERTERS:
+    raise ValueError(f"Architecture {architecture!r} has no converter; supported: "
+                     f"{sorted(CONVERTERS)}.")
+  return importlib.import_module(CONVERTERS[architecture])
+
+
+def architecture_of(hf_config: dict[str, Any]) -> str:
+  archs = hf_config.get("architectures") or []
+  if len(archs) != 1:
+    raise ValueError(f"config.json must name exactly one architecture, got {archs!r}; "
+                     f"supported: {sorted(CONVERTERS)}.")
+  return archs[0]
+
+
+def from_hf_tensors(hf_config: dict[str, Any], tensors: dict[str, np.ndarray],
+                    **overrides: Any) -> tuple[Any, dict[str, Any]]:
+  """HF config + state dict → (mmjax config, params). `overrides` replace config fields
+  (e.g. scan_layers=True, param_dtype="bfloat16"); params follow the config's layout and dtype."""
+  conv = converter(architecture_of(hf_config))
+  config = dataclasses.replace(conv.config_from_hf(hf_config), **overrides)
+  params = mapping.import_tensors(tensors, conv.rules(config))
+  params = _cast(params, config.param_dtype)
+  if config.scan_layers:
+    params = layout.scan_layout(params)
+  return config, params
+
+
+def to_hf_tensors(config: Any, params: dict[str, Any],
+                  architecture: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """mmjax config + params (either layout) → (HF config.json dict, HF state dict)."""
+  conv = converter(architecture)
+  tensors = mapping.export_params(layout.unrolled_layout(_numpy(params)), conv.rules(config))
+  return conv.config_to_hf(config, architecture), tensors
+
+
+def load_hf(directory: str | pathlib.Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+  """Reads a Hugging Face checkpoint directory into (mmjax config, params)."""
+  hf_config, tensors = files.read_hf(directory)
+  return from_hf_tensors(hf_config, tensors, **overrides)
+
+
+def save_hf(directory: str | pathlib.Path, config: Any, params: dict[str, Any],
+            architecture: str) -> None:
+  files.write_hf(directory, *to_hf_tensors(config, params, architecture))
+
+
+def save(directory: str | pathlib.Path, config: Any, params: dict[str, Any],
+         architecture: str) -> None:
+  """Writes an mmjax checkpoint directory."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  meta = {"architecture": architecture, "config": dataclasses.asdict(config)}
+  (directory / files.CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+  files.save_params(directory / files.PARAMS_FILE, _numpy(params))
+
+
+def load(directory: str | pathlib.Path) -> tuple[Any, dict[str, Any], str]:
+  """Reads an mmjax checkpoint directory → (config, params, architecture)."""
+  directory = pathlib.Path(directory)
+  meta = json.loads((directory / files.CONFIG_FILE).read_text())
+  conv = converter(meta["architecture"])
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+  config = conv.CONFIG_TYPE(**fields)
+  return config, files.load_params(directory / files.PARAMS_FILE), meta["architecture"]
+
+
+def _numpy(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    return {k: _numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def _cast(tree: Any, dtype: str) -> Any:
+  if isinstance(tree, dict):
+    return {k: _cast(v, dtype) for k, v in tree.items()}
+  return tree.astype(dtype)
