@@ -72,3 +72,22 @@ class Attention(nn.Module):
     y = layers.dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), name="o",
                      use_bias=self.out_bias, dtype=self.dtype, param_dtype=self.param_dtype)(out)
     return y, new_cache
+
+
+def causal_segment_mask(segment_ids: Int[Array, "B T"]) -> Bool[Array, "B 1 T T"]:
+  """Token t sees token s ≤ t of its own segment; segment 0 is padding and is never seen.
+
+  Several sequences packed into one row get distinct segment ids (1, 2, …)."""
+  t = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (causal[None] & same & (segment_ids[:, None, :] != 0))[:, None]
+
+
+def cache_mask(valid: Bool[Array, "B S"], cache_index: Int[Array, ""],
+               num_queries: int) -> Bool[Array, "B 1 T S"]:
+  """Queries written at cache slots index..index+T-1 see every valid slot up to their own."""
+  query_slots = cache_index + jnp.arange(num_queries)
+  key_slots = jnp.arange(valid.shape[1])
+  causal = key_slots[None, :] <= query_slots[:, None]
+  return (causal[None] & valid[:, None, :])[:, None]

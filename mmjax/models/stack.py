@@ -1,7 +1,8 @@
 """A stack of identical blocks, unrolled or scanned, optionally rematerialised.
 
-Blocks follow one protocol, `block(x, cache, *broadcast) -> (x, (x, new_cache))`, so both layouts
-return every layer's output and a per-layer cache stacked on a leading axis. Parameters differ by
+Blocks follow one protocol, `block(x, cache, *broadcast) -> (x, (hidden, new_cache))`, so both
+layouts return every layer's `hidden` output (None when a block keeps none, as the LLM does to save
+memory) and a per-layer cache, stacked on a leading axis. Parameters differ by
 layout: unrolled `layers_{i}/…`, scanned `layers/…` with a leading `layers` axis
 (`mmjax.convert.layout` moves between the two).
 """
@@ -22,7 +23,7 @@ class LayerStack(nn.Module):
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T D"], cache: Any, *broadcast: Any
-               ) -> tuple[Float[Array, "B T D"], Float[Array, "n B T D"], Any]:
+               ) -> tuple[Float[Array, "B T D"], Float[Array, "n B T D"] | None, Any]:
     block = self.block
     if self.remat:
       block = nn.remat(block, prevent_cse=not self.scan)
@@ -44,4 +45,5 @@ class LayerStack(nn.Module):
       hiddens.append(h)
       caches.append(c)
     new_cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *caches)
-    return x, jnp.stack(hiddens), new_cache
+    hidden = None if hiddens[0] is None else jnp.stack(hiddens)
+    return x, hidden, new_cache

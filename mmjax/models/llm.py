@@ -1,0 +1,140 @@
+"""Decoder-only LLM of the LLaMA / Qwen2 family, with a KV cache for prefill + decode.
+
+Positions are an explicit input (so packing, left padding and, later, M-RoPE need no change here),
+and the model is split into `embed` and `__call__` on embeddings so that an MLLM can write visual
+tokens into the sequence in between.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from mmjax.models import attention
+from mmjax.models import layers
+from mmjax.models import stack
+
+Cache = dict[str, Array]  # {"k", "v": [layers B S K H], "valid": [B S] bool, "index": [] int32}
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+  vocab_size: int = 32000
+  width: int = 4096  # hidden_size.
+  depth: int = 32  # Number of decoder blocks.
+  num_heads: int = 32
+  num_kv_heads: int = 32  # < num_heads: grouped-query attention.
+  head_dim: int = 0  # 0: width // num_heads.
+  mlp_dim: int = 11008  # Hidden width of the SwiGLU MLP.
+  act: str = "silu"
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  qkv_bias: bool = False  # Qwen2: True.
+  out_bias: bool = False  # LLaMA's `attention_bias` puts a bias on q, k, v and o.
+  mlp_bias: bool = False
+  tie_embeddings: bool = False  # Output head shares the token embedding table.
+  scan_layers: bool = False
+  remat: bool = False
+  attention_impl: str | None = None  # None (XLA chooses), "xla" or "cudnn".
+  dtype: str = "float32"  # Compute dtype (float32 or bfloat16).
+  param_dtype: str = "float32"  # Storage dtype of the parameters.
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"LLM num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}.")
+    if not self.head_dim and self.width % self.num_heads:
+      raise ValueError(f"LLM width={self.width} is not divisible by num_heads={self.num_heads}; "
+                       "set head_dim explicitly.")
+    if self.attention_impl not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; "
+                       f"valid: {attention.IMPLEMENTATIONS}.")
+    layers.activation(self.act)
+
+  @property
+  def kv_dim(self) -> int:
+    return self.head_dim or self.width // self.num_heads
+
+
+class DecoderBlock(nn.Module):
+  """x + attn(norm(x)); x + swiglu(norm(x))."""
+  config: LLMConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T D"], cache: dict[str, Array] | None,
+               mask: Bool[Array, "B 1 T S"], positions: Int[Array, "B T"],
+               cache_index: Int[Array, ""] | None):
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    h = layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)(x)
+    h, new_cache = attention.Attention(
+        cfg.num_heads, cfg.num_kv_heads, cfg.kv_dim, qkv_bias=cfg.qkv_bias,
+        out_bias=cfg.out_bias, rope_theta=cfg.rope_theta, implementation=cfg.attention_impl,
+        name="attn", **kw)(h, mask, positions, cache, cache_index)
+    x = x + h
+    h = layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)(x)
+    x = x + layers.GatedMlp(cfg.mlp_dim, cfg.act, cfg.mlp_bias, name="mlp", **kw)(h)
+    return layers.constrain(x, ("batch", "length", "embed")), (None, new_cache)
+
+
+def init_cache(config: LLMConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
+  """An empty cache of `length` slots per sequence."""
+  shape = (config.depth, batch, length, config.num_kv_heads, config.kv_dim)
+  dtype = dtype or config.dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "valid": jnp.zeros((batch, length), jnp.bool_), "index": jnp.zeros((), jnp.int32)}
+
+
+class Decoder(nn.Module):
+  config: LLMConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = nn.Embed(
+        cfg.vocab_size, cfg.width, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.blocks = stack.LayerStack(DecoderBlock, cfg, cfg.depth, scan=cfg.scan_layers,
+                                   remat=cfg.remat)
+    self.final_norm = layers.RMSNorm(cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), name="lm_head",
+                                  use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+  def embed(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+    return layers.constrain(self.embedder(tokens), ("batch", "length", "embed"))
+
+  def logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+    if self.config.tie_embeddings:
+      out = self.embedder.attend(x)
+    else:
+      out = self.lm_head(x)
+    return layers.constrain(out, ("batch", "length", "vocab"))
+
+  def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
+               segment_ids: Int[Array, "B T"], cache: Cache | None = None
+               ) -> tuple[Float[Array, "B T V"], Float[Array, "B T D"], Cache | None]:
+    """Runs the blocks on embeddings; returns (logits, final hidden states, updated cache).
+
+    Without a cache: causal attention within segments (`segment_ids`, 0 = padding). With one:
+    the T tokens are written at `cache["index"]`, tokens with segment id 0 are marked invalid
+    (left padding of a prompt), and each token sees the valid slots up to its own.
+    """
+    if cache is None:
+      mask, kv, index = attention.causal_segment_mask(segment_ids), None, None
+    else:
+      index = cache["index"]
+      valid = jax.lax.dynamic_update_slice(cache["valid"], segment_ids != 0, (0, index))
+      mask = attention.cache_mask(valid, index, x.shape[1])
+      kv = {"k": cache["k"], "v": cache["v"]}
+    x, _, kv = self.blocks(x.astype(self.config.dtype), kv, mask, positions, index)
+    x = self.final_norm(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = {**kv, "valid": valid, "index": index + x.shape[1]}
+    return self.logits(x), x, new_cache
+
+  def forward_tokens(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"],
+                     segment_ids: Int[Array, "B T"], cache: Cache | None = None):
+    """`embed` then `__call__`: a text-only forward pass."""
+    return self(self.embed(tokens), positions, segment_ids, cache)
