@@ -1,0 +1,34 @@
+"""Connectors from vision features to the LLM's embedding width (LLaVA's `mm_projector`)."""
+import re
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from mmjax.models import layers
+
+_MLP = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+def validate_projector(kind: str) -> None:
+  if kind != "linear" and not _MLP.match(kind):
+    raise ValueError(f"Unknown projector {kind!r}; valid: 'linear' or 'mlp<N>x_gelu' "
+                     "(e.g. 'mlp2x_gelu', LLaVA-1.5's).")
+
+
+class Projector(nn.Module):
+  """'linear': one Linear. 'mlp<N>x_gelu': Linear, then N-1 × (GELU, Linear), as LLaVA builds it."""
+  kind: str
+  out_dim: int
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B N C"]) -> Float[Array, "B N D"]:
+    validate_projector(self.kind)
+    depth = 1 if self.kind == "linear" else int(_MLP.match(self.kind).group(1))
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.dense(self.out_dim, ("vision_embed", "embed"), name="linear_0", **kw)(x)
+    for i in range(1, depth):
+      x = layers.activation("gelu")(x)
+      x = layers.dense(self.out_dim, ("embed", "mlp"), name=f"linear_{i}", **kw)(x)
+    return layers.constrain(x, ("batch", "length", "embed"))

@@ -1,0 +1,89 @@
+"""The LLaVA-style MLLM: vision tower → projector → visual tokens spliced into the text → LLM.
+
+A batch is a flat dict of static-shape arrays:
+  tokens [B L] (the image placeholder id once per visual token), positions [B L],
+  segment_ids [B L] (0 = padding), targets [B L] (the next token), loss_mask [B L]
+  (1 on answer tokens), images [B H W 3] (normalised pixels; ignored for rows without
+  placeholders, so a batch can mix samples with and without an image).
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from mmjax.models import connectors
+from mmjax.models import layers
+from mmjax.models import llm as llm_lib
+from mmjax.models import towers
+
+
+@dataclasses.dataclass(frozen=True)
+class MLLMConfig:
+  tower: towers.ViTTowerConfig = towers.ViTTowerConfig()  # Which vision tower, and its config.
+  llm: llm_lib.LLMConfig = llm_lib.LLMConfig()  # The decoder (LLaMA-2-7B / Vicuna-7B shape by default).
+  projector: str = "mlp2x_gelu"  # "linear" (LLaVA) or "mlp<N>x_gelu" (LLaVA-1.5: mlp2x_gelu).
+  image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).
+
+  def __post_init__(self):
+    connectors.validate_projector(self.projector)
+    if 0 <= self.image_token_id < self.llm.vocab_size:
+      raise ValueError(f"image_token_id={self.image_token_id} lies inside the vocabulary "
+                       f"[0, {self.llm.vocab_size}); use an id outside it, as LLaVA's -200.")
+
+
+def merge_embeddings(text: Float[Array, "B L D"], visual: Float[Array, "B N D"],
+                     is_visual: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
+  """Writes row b's visual tokens, in order, into its placeholder positions.
+
+  A row with placeholders must have exactly N of them (the data pipeline guarantees it); a row
+  with none keeps its text embeddings and ignores its visual tokens.
+  """
+  index = jnp.clip(jnp.cumsum(is_visual, axis=1) - 1, 0, visual.shape[1] - 1)
+  gathered = jnp.take_along_axis(visual, index[..., None], axis=1)
+  return jnp.where(is_visual[..., None], gathered.astype(text.dtype), text)
+
+
+class MLLM(nn.Module):
+  config: MLLMConfig
+
+  def setup(self):
+    cfg = self.config
+    self.tower = towers.tower_for(cfg.tower)
+    self.projector = connectors.Projector(cfg.projector, cfg.llm.width, dtype=cfg.llm.dtype,
+                                          param_dtype=cfg.llm.param_dtype)
+    self.llm = llm_lib.Decoder(cfg.llm)
+
+  def encode_images(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N D"]:
+    """Visual tokens in the LLM's embedding space."""
+    return self.projector(self.tower(images))
+
+  def embed(self, tokens: Int[Array, "B L"], images: Float[Array, "B H W 3"] | None
+            ) -> Float[Array, "B L D"]:
+    is_visual = tokens == self.config.image_token_id
+    text = self.llm.embed(jnp.where(is_visual, 0, tokens))
+    if images is None:
+      return text
+    return layers.constrain(merge_embeddings(text, self.encode_images(images), is_visual),
+                            ("batch", "length", "embed"))
+
+  def __call__(self, batch: dict[str, Array], cache: llm_lib.Cache | None = None
+               ) -> tuple[Float[Array, "B L V"], llm_lib.Cache | None]:
+    x = self.embed(batch["tokens"], batch.get("images"))
+    logits, _, cache = self.llm(x, batch["positions"], batch["segment_ids"], cache)
+    return logits, cache
+
+
+def next_token_loss(logits: Float[Array, "B L V"], targets: Int[Array, "B L"],
+                    loss_mask: Array) -> dict[str, Array]:
+  """Cross-entropy on the masked (answer) tokens, in float32.
+
+  Returns the mean `loss`, the `loss_sum` and the number of `tokens` it covers, so gradient
+  accumulation and data-parallel reduction can weight micro-batches by their token counts.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  mask = loss_mask.astype(jnp.float32)
+  total, count = jnp.sum(nll * mask), jnp.sum(mask)
+  return {"loss": total / jnp.maximum(count, 1.0), "loss_sum": total, "tokens": count}

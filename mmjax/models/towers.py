@@ -1,0 +1,59 @@
+"""Vision towers: encoders (and later their fusion) turning pixels into a sequence of features.
+
+A tower maps `images [B, H, W, 3]` (normalised pixels) to features `[B, N, C]`; towers are chosen
+by name (`TOWERS`), so configs swap them without code changes.
+"""
+import dataclasses
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from mmjax.models.vit import ViT, ViTConfig
+
+FEATURE_SELECTS = ("patch", "cls_patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTTowerConfig:
+  vit: ViTConfig = ViTConfig(image_size=336)  # CLIP ViT-L/14-336 by default.
+  select_layer: int = -2  # Index into the hidden states; LLaVA takes the penultimate layer.
+  select_feature: str = "patch"  # "patch" drops the class token (LLaVA), "cls_patch" keeps it.
+
+  def __post_init__(self):
+    if self.select_feature not in FEATURE_SELECTS:
+      raise ValueError(f"Unknown select_feature {self.select_feature!r}; valid: {FEATURE_SELECTS}.")
+    if not -(self.vit.depth + 1) <= self.select_layer <= self.vit.depth:
+      raise ValueError(f"select_layer={self.select_layer} is outside the {self.vit.depth + 1} "
+                       "hidden states of the ViT.")
+
+  @property
+  def width(self) -> int:
+    return self.vit.width
+
+  def num_tokens(self, height: int, width: int) -> int:
+    p = self.vit.patch_size
+    keep_cls = self.select_feature == "cls_patch" and self.vit.use_cls
+    return (height // p) * (width // p) + int(keep_cls)
+
+
+class ViTTower(nn.Module):
+  """LLaVA-1.5's tower: one ViT, features of `select_layer`, class token dropped."""
+  config: ViTTowerConfig
+
+  @nn.compact
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N C"]:
+    cfg = self.config
+    hidden = ViT(cfg.vit, name="vit")(images)["hidden_states"][cfg.select_layer]
+    if cfg.select_feature == "patch" and cfg.vit.use_cls:
+      hidden = hidden[:, 1:]
+    return hidden
+
+
+TOWERS = {"vit": (ViTTowerConfig, ViTTower)}
+
+
+def tower_for(config) -> nn.Module:
+  for config_type, module in TOWERS.values():
+    if isinstance(config, config_type):
+      return module(config, name="tower")
+  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(TOWERS)}.")
