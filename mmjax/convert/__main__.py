@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.hf:
       parser.error("give --hf DIR (import) or --to_hf --mmjax DIR (export).")
     hf_config, tensors = files.read_hf(args.hf)
-    arch = hf.architecture_of(hf_config)
+    arch = hf.held_architecture(hf.architecture_of(hf_config))
     config, params = hf.from_hf_tensors(hf_config, tensors, scan_layers=args.scan_layers,
                                         param_dtype=args.param_dtype)
     hf.save(args.out, config, params, arch)

@@ -1,7 +1,9 @@
 """Converting whole checkpoints: Hugging Face directory ↔ mmjax directory (config + params).
 
-Each supported architecture has a converter module exposing `config_from_hf(hf_config) -> config`,
-`config_to_hf(config, architecture) -> dict` and `rules(config) -> list[mapping.Rule]`.
+Each supported architecture has a converter module exposing `CONFIG_TYPE`,
+`config_from_hf(hf_config) -> config`, `config_to_hf(config, architecture) -> dict` and
+`rules(config) -> list[mapping.Rule]`; optionally `select_tensors(hf_config, tensors)` (normalise
+names, pick a sub-model) and `HOLDS` (the architecture a converted checkpoint exports as).
 An mmjax checkpoint directory holds `config.json` ({"architecture", "config"}) and
 `params.safetensors` (names are '/'-joined tree paths).
 """
@@ -19,6 +21,7 @@ from mmjax.convert import mapping
 
 CONVERTERS = {
     "CLIPVisionModel": "mmjax.convert.clip_vision",
+    "CLIPModel": "mmjax.convert.clip_vision",
     "ConvNextModel": "mmjax.convert.convnext",
     "LlamaForCausalLM": "mmjax.convert.llama",
     "Qwen2ForCausalLM": "mmjax.convert.llama",
@@ -40,11 +43,18 @@ def architecture_of(hf_config: dict[str, Any]) -> str:
   return archs[0]
 
 
+def held_architecture(architecture: str) -> str:
+  """The architecture an imported `architecture` checkpoint exports back as."""
+  return getattr(converter(architecture), "HOLDS", {}).get(architecture, architecture)
+
+
 def from_hf_tensors(hf_config: dict[str, Any], tensors: dict[str, np.ndarray],
                     **overrides: Any) -> tuple[Any, dict[str, Any]]:
   """HF config + state dict → (mmjax config, params). `overrides` replace config fields
   (e.g. scan_layers=True, param_dtype="bfloat16"); params follow the config's layout and dtype."""
   conv = converter(architecture_of(hf_config))
+  if hasattr(conv, "select_tensors"):
+    tensors = conv.select_tensors(hf_config, tensors)
   config = dataclasses.replace(conv.config_from_hf(hf_config), **overrides)
   params = mapping.import_tensors(tensors, conv.rules(config))
   params = _cast(params, config.param_dtype)

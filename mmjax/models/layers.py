@@ -39,18 +39,49 @@ def constrain(x: Array, axes: Axes) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
-def dense(features: int | Sequence[int], kernel_axes: Axes, *, name: str, axis=-1,
-          use_bias: bool = True, kernel_init: Callable = nn.initializers.lecun_normal(),
-          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.DenseGeneral:
-  """`nn.DenseGeneral` whose kernel and bias carry logical axis names.
+class DenseGeneral(nn.Module):
+  """A linear map contracting the input axes `axis` with a kernel of shape [*in, *features].
 
-  `kernel_axes` names the input axes followed by the output axes; the bias takes the output ones.
+  Unlike `nn.DenseGeneral`, the kernel is created at its full rank, so its logical axis names
+  (input axes, then output axes) apply to the array as stored and sharded.
   """
+  features: tuple[int, ...]
+  kernel_axes: Axes
+  axis: tuple[int, ...] = (-1,)
+  use_bias: bool = True
+  kernel_init: Callable | None = None  # None: LeCun normal over the true fan-in.
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    axis = tuple(a % x.ndim for a in self.axis)
+    n_in, n_out = len(axis), len(self.features)
+    if len(self.kernel_axes) != n_in + n_out:
+      raise ValueError(f"kernel_axes {self.kernel_axes} must name {n_in} input and {n_out} "
+                       "output axes.")
+    init = self.kernel_init or nn.initializers.lecun_normal(
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param("kernel", partitioned(init, self.kernel_axes),
+                        tuple(x.shape[a] for a in axis) + self.features, self.param_dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((axis, tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, self.kernel_axes[n_in:]),
+                        self.features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def dense(features: int | Sequence[int], kernel_axes: Axes, *, name: str,
+          axis: int | Sequence[int] = -1, use_bias: bool = True,
+          kernel_init: Callable | None = None, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32) -> DenseGeneral:
+  """A `DenseGeneral`; `kernel_axes` names the input axes followed by the output axes."""
   features = (features,) if isinstance(features, int) else tuple(features)
-  return nn.DenseGeneral(
-      features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=partitioned(kernel_init, kernel_axes),
-      bias_init=partitioned(nn.initializers.zeros, kernel_axes[-len(features):]), name=name)
+  axis = (axis,) if isinstance(axis, int) else tuple(axis)
+  return DenseGeneral(features, tuple(kernel_axes), axis, use_bias, kernel_init, dtype,
+                      param_dtype, name=name)
 
 
 def layer_norm(*, name: str, epsilon: float = 1e-5, axis_name: str | None = "embed",
