@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
 # multi-GB CUDA torch.
 TEST_REQUIRES = [
     "pytest==9.2.0",
+    "hypothesis==6.170.15",
     "torch==2.13.0",
     "transformers==5.23.0",
 ]

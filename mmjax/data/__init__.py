@@ -1,0 +1,1 @@
+"""Data: image decoding, resolution policies, tokenizers, datasets and the input pipeline."""
