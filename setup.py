@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "jaxtyping==0.3.11",
     "tokenizers==0.23.3",
+    "importlib_resources==7.1.0",  # etils.epath needs it for TFDS builders defined in packages.
 ]
 
 # Parity references. torch must be the CPU build: never add timm or torchvision here, they pull a

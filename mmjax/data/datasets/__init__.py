@@ -1,0 +1,1 @@
+"""TFDS builders: the embedded fine-detail VQA set and LLaVA-format ingestion."""

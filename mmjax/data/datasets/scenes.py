@@ -1,0 +1,195 @@
+"""Procedural scenes whose fine details only a high-resolution encoder can see.
+
+A scene is a textured background of a named colour, a few large shapes (coarse content) and small
+details sized as a fraction of the image's long side, so that after downscaling the long side to
+224 px a detail is under 3 px — below legibility — while at full resolution it spans 6–13 px:
+  * small marks (a few coloured circles / squares / triangles / crosses),
+  * labelled boxes: a white box with a coloured border holding a short code in small type.
+Everything drawn is recorded in a `Scene`, from which questions and dense captions are made.
+"""
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COLOURS = {  # Saturated colours of shapes, marks and box borders.
+    "red": (215, 35, 35), "green": (30, 160, 60), "blue": (35, 75, 215),
+    "yellow": (240, 200, 30), "purple": (140, 55, 185), "orange": (245, 125, 25),
+}
+BACKGROUNDS = {  # Muted background colours (the "dominant colour" of the image).
+    "grey": (128, 128, 128), "beige": (205, 190, 150), "teal": (70, 140, 140),
+    "pink": (225, 160, 175), "olive": (120, 125, 60), "navy": (45, 55, 105),
+}
+TEXTURES = ("plain", "stripes", "checks", "dots", "waves", "noise")
+SHAPES = ("circle", "square", "triangle")
+MARK_SHAPES = ("circle", "square", "triangle", "cross")
+CODE_ALPHABET = "0123456789"
+REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
+           "bottom right")
+LOW_RES = 224  # The long side of the low-resolution view the details must be illegible at.
+LEGIBLE_PX = 3.0  # A glyph or mark under this many pixels high cannot be read.
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSpec:
+  """How scenes are drawn. Sizes are in pixels of the generated image."""
+  long_side: tuple[int, int] = (512, 1024)  # Range of the image's long side.
+  max_aspect: float = 3.0  # Aspect ratios from 1:max_aspect to max_aspect:1 (log-uniform).
+  detail_frac: float = 0.0125  # Detail (glyph / mark) height as a fraction of the long side.
+  num_shapes: tuple[int, int] = (1, 4)  # Range of the number of large shapes.
+  num_marks: tuple[int, int] = (1, 4)  # Range of the number of small marks.
+  num_boxes: tuple[int, int] = (1, 3)  # Range of the number of labelled boxes.
+  code_length: int = 1  # Characters per box code.
+
+  def __post_init__(self):
+    if self.detail_frac * LOW_RES >= LEGIBLE_PX:
+      raise ValueError(f"detail_frac={self.detail_frac} makes details "
+                       f"{self.detail_frac * LOW_RES:.2f} px high at {LOW_RES} px: they must "
+                       f"stay under {LEGIBLE_PX} px (detail_frac < {LEGIBLE_PX / LOW_RES:.4f}).")
+    if self.num_boxes[1] > len(COLOURS) or self.num_shapes[1] > 6:
+      raise ValueError("num_boxes ≤ number of box colours and num_shapes ≤ 6 are required.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thing:
+  kind: str  # "shape", "mark" or "box".
+  shape: str  # circle / square / triangle / cross ("box" for boxes).
+  colour: str
+  box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels.
+  code: str = ""  # Boxes only.
+
+  def region(self, width: int, height: int) -> str:
+    cx, cy = (self.box[0] + self.box[2]) / 2 / width, (self.box[1] + self.box[3]) / 2 / height
+    return REGIONS[3 * min(int(cy * 3), 2) + min(int(cx * 3), 2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  width: int
+  height: int
+  background: str  # A BACKGROUNDS name.
+  texture: str
+  detail_px: float  # Height of a glyph / mark, in pixels of this image.
+  things: tuple[Thing, ...]
+
+  def of_kind(self, kind: str) -> list[Thing]:
+    return [t for t in self.things if t.kind == kind]
+
+  @property
+  def orientation(self) -> str:
+    ratio = self.width / self.height
+    return "landscape" if ratio > 1.15 else "portrait" if ratio < 1 / 1.15 else "square"
+
+
+def _size(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, int]:
+  long = int(rng.integers(spec.long_side[0], spec.long_side[1] + 1))
+  aspect = math.exp(rng.uniform(-math.log(spec.max_aspect), math.log(spec.max_aspect)))
+  short = max(int(round(long / max(aspect, 1 / aspect))), 64)
+  return (long, short) if aspect >= 1 else (short, long)
+
+
+def _texture(rng: np.random.Generator, name: str, base: tuple[int, int, int], width: int,
+             height: int) -> np.ndarray:
+  """A [H, W, 3] uint8 background: the base colour modulated by a texture of amplitude ±25."""
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  period = rng.uniform(0.04, 0.1) * max(width, height)
+  if name == "plain":
+    pattern = np.zeros_like(x)
+  elif name == "stripes":
+    angle = rng.uniform(0, math.pi)
+    pattern = np.sign(np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period))
+  elif name == "checks":
+    pattern = np.where((x // period + y // period) % 2 == 0, 1.0, -1.0)
+  elif name == "dots":
+    d = np.hypot((x % period) - period / 2, (y % period) - period / 2)
+    pattern = np.where(d < period / 4, 1.0, -0.3)
+  elif name == "waves":
+    pattern = np.sin(2 * math.pi * x / period + 3 * np.sin(2 * math.pi * y / (2 * period)))
+  else:  # noise: smooth value noise, upsampled from a coarse grid.
+    coarse = rng.uniform(-1, 1, (8, 8)).astype(np.float32)
+    img = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    pattern = np.clip(np.asarray(img), -1, 1)
+  out = np.asarray(base, np.float32)[None, None] + 25.0 * pattern[..., None]
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _free_box(rng, taken, width, height, w, h, margin):
+  """A random (x0, y0, x1, y1) of size w×h inside the image, clear of `taken` by `margin`."""
+  for _ in range(200):
+    x0 = int(rng.integers(margin, max(width - w - margin, margin + 1)))
+    y0 = int(rng.integers(margin, max(height - h - margin, margin + 1)))
+    box = (x0, y0, x0 + w, y0 + h)
+    if all(box[2] + margin <= t[0] or t[2] + margin <= box[0] or box[3] + margin <= t[1]
+           or t[3] + margin <= box[1] for t in taken):
+      return box
+  return None
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
+  x0, y0, x1, y1 = box
+  if shape == "circle":
+    draw.ellipse(box, fill=fill)
+  elif shape == "square":
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+  elif shape == "triangle":
+    draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+  else:  # cross
+    t = max((x1 - x0) // 3, 1)
+    draw.rectangle((x0, y0 + t, x1 - 1, y1 - 1 - t), fill=fill)
+    draw.rectangle((x0 + t, y0, x1 - 1 - t, y1 - 1), fill=fill)
+
+
+def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scene]:
+  """Draws one scene; deterministic given the generator's state."""
+  width, height = _size(rng, spec)
+  background = str(rng.choice(list(BACKGROUNDS)))
+  texture = str(rng.choice(TEXTURES))
+  image = Image.fromarray(_texture(rng, texture, BACKGROUNDS[background], width, height))
+  draw = ImageDraw.Draw(image)
+  detail = spec.detail_frac * max(width, height)
+  things: list[Thing] = []
+  taken: list[tuple[int, int, int, int]] = []
+
+  short = min(width, height)
+  for _ in range(int(rng.integers(spec.num_shapes[0], spec.num_shapes[1] + 1))):
+    size = int(rng.uniform(0.18, 0.28) * short)
+    box = _free_box(rng, taken, width, height, size, size, margin=int(0.02 * short))
+    if box is None:
+      continue
+    shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+    _draw_shape(draw, shape, box, COLOURS[colour])
+    things.append(Thing("shape", shape, colour, box))
+    taken.append(box)
+
+  # The font size whose digits are `detail` px high (Pillow's bundled font: digit height ≈ 0.67
+  # of the size), so every machine with the pinned Pillow draws the same glyphs.
+  font = ImageFont.load_default(size=max(int(round(detail / 0.67)), 4))
+  box_colours = rng.permutation(list(COLOURS))
+  for colour in box_colours[:int(rng.integers(spec.num_boxes[0], spec.num_boxes[1] + 1))]:
+    code = "".join(rng.choice(list(CODE_ALPHABET), spec.code_length))
+    left, top, right, bottom = font.getbbox(code)
+    pad, border = max(int(detail * 0.4), 2), max(int(detail * 0.2), 1)
+    w, h = right - left + 2 * (pad + border), bottom - top + 2 * (pad + border)
+    box = _free_box(rng, taken, width, height, w, h, margin=int(detail))
+    if box is None:
+      continue
+    draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=COLOURS[str(colour)])
+    draw.rectangle((box[0] + border, box[1] + border, box[2] - 1 - border, box[3] - 1 - border),
+                   fill=(255, 255, 255))
+    draw.text((box[0] + border + pad - left, box[1] + border + pad - top), code, font=font,
+              fill=(0, 0, 0))
+    things.append(Thing("box", "box", str(colour), box, code))
+    taken.append(box)
+
+  mark_colour = str(rng.choice(list(COLOURS)))  # All marks share a colour: "the small red marks".
+  size = max(int(round(detail)), 2)
+  for _ in range(int(rng.integers(spec.num_marks[0], spec.num_marks[1] + 1))):
+    box = _free_box(rng, taken, width, height, size, size, margin=int(2 * detail))
+    if box is None:
+      continue
+    shape = str(rng.choice(MARK_SHAPES))
+    _draw_shape(draw, shape, box, COLOURS[mark_colour])
+    things.append(Thing("mark", shape, mark_colour, box))
+    taken.append(box)
+  return image, Scene(width, height, background, texture, detail, tuple(things))

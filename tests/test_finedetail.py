@@ -1,0 +1,87 @@
+"""The embedded fine-detail dataset: determinism, disjoint splits, and details illegible at 224 px."""
+import io
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from mmjax.data.datasets import finedetail
+from mmjax.data.datasets import questions
+from mmjax.data.datasets import scenes
+
+TINY = finedetail.CONFIGS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+  builder = finedetail.prepare("tiny", str(tmp_path_factory.mktemp("tfds")))
+  return builder.as_data_source()
+
+
+def test_same_seed_gives_the_same_bytes():
+  for split in finedetail.SPLITS:
+    a, b = finedetail.example(TINY, split, 5), finedetail.example(TINY, split, 5)
+    assert a[1]["image"].getvalue() == b[1]["image"].getvalue()
+    assert a[1]["qa"] == b[1]["qa"] and a[1]["caption"] == b[1]["caption"]
+  other = finedetail.example(TINY, "train", 6)[1]["image"].getvalue()
+  assert other != finedetail.example(TINY, "train", 5)[1]["image"].getvalue()
+
+
+def test_prepared_dataset_reads_back_without_tensorflow(sources):
+  assert {k: len(v) for k, v in sources.items()} == dict(zip(finedetail.SPLITS, TINY.sizes))
+  record = sources["train"][3]  # TFDS stores examples in the order of their key hashes.
+  index = int(record["id"].decode().split("-")[1])
+  _, expected = finedetail.example(TINY, "train", index)
+  np.testing.assert_array_equal(record["image"], np.asarray(Image.open(expected["image"])))
+  assert record["image"].shape == (record["height"], record["width"], 3)
+  assert [q.decode() for q in record["qa"]["answer"]] == [q["answer"] for q in expected["qa"]]
+
+
+def test_splits_share_no_image_question_pair(sources):
+  seen = {}
+  for split, source in sources.items():
+    for i in range(len(source)):
+      record = source[i]
+      digest = hash(record["image"].tobytes())
+      for question in record["qa"]["question"]:
+        assert seen.setdefault((digest, question), split) == split
+
+
+def test_details_are_below_legibility_at_224_and_legible_at_full_size():
+  for i in range(30):
+    _, scene = scenes.render(np.random.default_rng(i), scenes.SceneSpec())
+    long_side = max(scene.width, scene.height)
+    assert scene.detail_px * scenes.LOW_RES / long_side < scenes.LEGIBLE_PX
+    assert scene.detail_px >= 6.0
+  with pytest.raises(ValueError, match="detail_frac"):
+    scenes.SceneSpec(detail_frac=0.02)
+
+
+def test_drawn_glyphs_have_the_recorded_height():
+  """The ink inside each box (the code) is as high as `detail_px` says, within a pixel."""
+  for i in range(10):
+    image, scene = scenes.render(np.random.default_rng(i), scenes.SceneSpec())
+    pixels = np.asarray(image)
+    for box in scene.of_kind("box"):
+      x0, y0, x1, y1 = box.box
+      ink = np.where((pixels[y0:y1, x0:x1] < 128).all(axis=-1).any(axis=1))[0]
+      assert abs((ink.max() - ink.min() + 1) - scene.detail_px) <= 1.5
+
+
+def test_questions_cover_every_family_with_correct_answers():
+  image, scene = scenes.render(np.random.default_rng(3), scenes.SceneSpec())
+  qas = questions.questions(scene, np.random.default_rng(0))
+  assert {q.family for q in qas} == set(questions.FAMILIES)
+  by_kind = {q.kind: q for q in qas}
+  assert by_kind["background_colour"].answer == scene.background
+  assert by_kind["mark_count"].answer == str(len(scene.of_kind("mark")))
+  codes = {b.colour: b.code for b in scene.of_kind("box")}
+  box_q = by_kind["box_code"]
+  assert box_q.answer == codes[next(c for c in codes if c in box_q.question)]
+  assert questions.normalize_answer(" Two. ") == questions.normalize_answer("2") == "2"
+
+
+def test_unknown_config_is_rejected(tmp_path):
+  with pytest.raises(ValueError, match="valid: \\['large', 'small', 'tiny'\\]"):
+    finedetail.prepare("medium", str(tmp_path))
