@@ -1,0 +1,210 @@
+"""ConvNeXt, numerically the Hugging Face `ConvNextModel` (the vision tower of CLIP-ConvNeXt).
+
+A 4×4 stride-4 stem convolution + LayerNorm, then stages of residual blocks (depthwise 7×7
+conv → LayerNorm → Linear 4× → act → Linear → layer scale γ, + residual); every stage after the
+first opens with LayerNorm + a 2×2 stride-2 convolution. Everything is channels-last. The stage
+maps are returned separately because multi-resolution towers (LLaVA-HR) consume several of them.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from mmjax.models import layers
+from mmjax.models import stack
+
+DTYPES = ("float32", "bfloat16")
+STEM_PATCH = 4  # Stem kernel and stride (HF `patch_size`; ConvNeXt always uses 4).
+MLP_RATIO = 4  # Hidden width of the block MLP relative to the stage width.
+_DW_KERNEL = 7  # Depthwise kernel size; HF pads by 3 on every side, keeping the map size.
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNeXtConfig:
+  widths: tuple[int, ...] = (192, 384, 768, 1536)  # Channels of each stage (CLIP-ConvNeXt-L).
+  depths: tuple[int, ...] = (3, 3, 27, 3)  # Blocks in each stage.
+  act: str = "gelu"  # Activation of the block MLP (a `layers.ACTIVATIONS` name).
+  norm_eps: float = 1e-6  # Stem, downsampling and block LayerNorms (HF hard-codes 1e-6).
+  final_norm_eps: float = 1e-6  # The pooling LayerNorm (HF `layer_norm_eps`, default 1e-12).
+  layer_scale_init: float = 1e-6  # Initial γ of every block; 0 means no layer scale at all.
+  scan_layers: bool = False  # Run each stage's blocks with nn.scan (stacked parameters).
+  remat: bool = False  # Rematerialise each block in the backward pass.
+  dtype: str = "float32"  # Compute dtype (float32 or bfloat16).
+  param_dtype: str = "float32"  # Storage dtype of the parameters.
+
+  def __post_init__(self):
+    if not self.widths or len(self.widths) != len(self.depths):
+      raise ValueError(f"ConvNeXt widths={self.widths} and depths={self.depths} must be "
+                       "non-empty and of equal length (one entry per stage).")
+    if min(self.widths) < 1 or min(self.depths) < 1:
+      raise ValueError(f"ConvNeXt widths={self.widths} and depths={self.depths} must be "
+                       "positive.")
+    if self.norm_eps <= 0 or self.final_norm_eps <= 0:
+      raise ValueError(f"ConvNeXt norm_eps={self.norm_eps} and "
+                       f"final_norm_eps={self.final_norm_eps} must be positive.")
+    if self.layer_scale_init < 0:
+      raise ValueError(f"ConvNeXt layer_scale_init={self.layer_scale_init} must be >= 0 "
+                       "(0 disables layer scale).")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"Unknown ConvNeXt {name} {getattr(self, name)!r}; valid: {DTYPES}.")
+    if self.act not in layers.ACTIVATIONS:
+      raise ValueError(f"Unknown ConvNeXt act {self.act!r}; valid: {sorted(layers.ACTIVATIONS)}.")
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.widths)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNeXtBlockConfig:
+  """What a block needs: the model config plus the width of the stage it sits in."""
+  model: ConvNeXtConfig  # The whole model's config.
+  width: int  # Channels of this block's stage.
+
+
+def _shifted_sum(x: Float[Array, "B H W C"], kernel: Float[Array, "k k 1 C"]
+                 ) -> Float[Array, "B H W C"]:
+  k = kernel.shape[0]
+  h, w = x.shape[1:3]
+  pad = k // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(jnp.float32)
+  kernel = kernel.astype(jnp.float32)
+  out = jnp.zeros(x.shape, jnp.float32)
+  for i in range(k):
+    for j in range(k):
+      out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0]
+  return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def depthwise_conv(x: Float[Array, "B H W C"], kernel: Float[Array, "k k 1 C"]
+                   ) -> Float[Array, "B H W C"]:
+  """Depthwise 'same' convolution (torch's zero padding k//2, k odd) as a sum of shifted products.
+
+  XLA's grouped convolution (`feature_group_count=C`) is ~15× slower on CPU, and GPUs may run it
+  in TF32; the k² shifted multiply-adds fuse into one elementwise kernel that accumulates in
+  float32 (as torch's convolutions do for bfloat16 inputs). Reverse-mode differentiation only.
+  """
+  return _shifted_sum(x, kernel)
+
+
+def _depthwise_fwd(x, kernel):
+  return _shifted_sum(x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(residuals, g):
+  x, kernel = residuals
+  # The input gradient is the same convolution with the kernel flipped (the padding is symmetric).
+  dx = _shifted_sum(g, kernel[::-1, ::-1])
+  # Differentiating the shifted sum would give k² separate reductions for the kernel, which XLA
+  # compiles very slowly (seconds per block on CPU); a grouped convolution's kernel gradient is
+  # one op.
+  pad = kernel.shape[0] // 2
+  conv = lambda k: jax.lax.conv_general_dilated(
+      x.astype(jnp.float32), k, (1, 1), ((pad, pad), (pad, pad)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+      precision=jax.lax.Precision.HIGHEST)
+  _, vjp = jax.vjp(conv, kernel.astype(jnp.float32))
+  (dkernel,) = vjp(g.astype(jnp.float32))
+  return dx, dkernel.astype(kernel.dtype)
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class ConvNeXtBlock(nn.Module):
+  """x + γ · fc2(act(fc1(norm(dwconv(x)))))."""
+  config: ConvNeXtBlockConfig
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B H W C"], cache: None):
+    cfg, width = self.config.model, self.config.width
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    kernel = self.param(
+        "dw_kernel",
+        layers.partitioned(nn.initializers.lecun_normal(), ("conv_h", "conv_w", None, "embed")),
+        (_DW_KERNEL, _DW_KERNEL, 1, width), cfg.param_dtype)
+    bias = self.param("dw_bias", layers.partitioned(nn.initializers.zeros, ("embed",)),
+                      (width,), cfg.param_dtype)
+    h = depthwise_conv(x, kernel.astype(cfg.dtype)) + bias.astype(cfg.dtype)
+    h = layers.layer_norm(name="norm", epsilon=cfg.norm_eps, **kw)(h)
+    h = layers.dense(MLP_RATIO * width, ("embed", "mlp"), name="fc1", **kw)(h)
+    h = layers.constrain(layers.activation(cfg.act)(h), ("batch", "height", "width", "mlp"))
+    h = layers.dense(width, ("mlp", "embed"), name="fc2", **kw)(h)
+    if cfg.layer_scale_init > 0:
+      gamma = self.param("layer_scale",
+                         layers.partitioned(nn.initializers.constant(cfg.layer_scale_init),
+                                            ("embed",)),
+                         (width,), cfg.param_dtype)
+      h = h * gamma.astype(cfg.dtype)
+    x = layers.constrain(x + h, ("batch", "height", "width", "embed"))
+    return x, (x, None)
+
+
+def _patch_conv(features: int, size: int, cfg: ConvNeXtConfig, name: str) -> nn.Conv:
+  """A size×size stride-size convolution; 'VALID' drops a ragged border exactly as torch does."""
+  return nn.Conv(
+      features, (size, size), strides=(size, size), padding="VALID", dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                     ("conv_h", "conv_w", "conv_in", "conv_out")),
+      bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)), name=name)
+
+
+class ConvNeXt(nn.Module):
+  """Images [B, H, W, 3] → one channels-last feature map per stage.
+
+  Parameters: `stem` (conv), `stem_norm`, `down_{s}` / `down_norm_{s}` for stages s ≥ 1,
+  `stage_{s}` (a `stack.LayerStack` of blocks) and `final_norm` (the pooling LayerNorm).
+  """
+  config: ConvNeXtConfig
+
+  def setup(self):
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.stem = _patch_conv(cfg.widths[0], STEM_PATCH, cfg, "stem")
+    self.stem_norm = layers.layer_norm(name="stem_norm", epsilon=cfg.norm_eps, **kw)
+    # HF gives stage 0 no downsampling (same width, stride 1); every later stage opens with one.
+    self.down_norms = {s: layers.layer_norm(name=f"down_norm_{s}", epsilon=cfg.norm_eps, **kw)
+                       for s in range(1, cfg.num_stages)}
+    self.downs = {s: _patch_conv(cfg.widths[s], 2, cfg, f"down_{s}")
+                  for s in range(1, cfg.num_stages)}
+    self.stages = [
+        stack.LayerStack(ConvNeXtBlock, ConvNeXtBlockConfig(cfg, width), depth,
+                         scan=cfg.scan_layers, remat=cfg.remat, name=f"stage_{s}")
+        for s, (width, depth) in enumerate(zip(cfg.widths, cfg.depths))]
+    self.final_norm = layers.layer_norm(name="final_norm", epsilon=cfg.final_norm_eps, **kw)
+
+  def embed(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B h w C"]:
+    """The stem (HF `hidden_states[0]`): h, w = floor(H / 4), floor(W / 4)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"ConvNeXt expects channels-last RGB images [B, H, W, 3], got shape "
+                       f"{images.shape}.")
+    x = self.stem_norm(self.stem(images.astype(self.config.dtype)))
+    return layers.constrain(x, ("batch", "height", "width", "embed"))
+
+  def run_stage(self, x: Float[Array, "B h w C"], stage: int) -> Float[Array, "B h2 w2 C2"]:
+    """Stage `stage` (its downsampling included) on the previous stage's map or the stem."""
+    if stage > 0:
+      x = self.downs[stage](self.down_norms[stage](x))
+      x = layers.constrain(x, ("batch", "height", "width", "embed"))
+    x, _, _ = self.stages[stage](x, None)
+    return x
+
+  def pool(self, x: Float[Array, "B h w C"]) -> Float[Array, "B C"]:
+    """HF `pooler_output`: the final LayerNorm of the last stage's spatial mean."""
+    return self.final_norm(x.mean(axis=(1, 2)))
+
+  def __call__(self, images: Float[Array, "B H W 3"]) -> list[Float[Array, "B h_s w_s C_s"]]:
+    """Returns each stage's output (HF `hidden_states[1:]`); stage s has stride 4 · 2^s."""
+    x = self.embed(images)
+    maps = []
+    for s in range(self.config.num_stages):
+      x = self.run_stage(x, s)
+      maps.append(x)
+    if self.is_initializing():
+      self.pool(x)  # Creates `final_norm`'s parameters; callers apply `pool` when they need it.
+    return maps
