@@ -1,4 +1,6 @@
 """LLaVA-style assembly: splicing, loss masking, mixed batches, projectors, full-size shapes."""
+import dataclasses
+
 import chex
 import flax.linen as nn
 import jax
@@ -157,3 +159,19 @@ def test_llava15_7b_shapes_without_allocating():
   assert count(params["projector"]) == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
   logits, _ = jax.eval_shape(model.apply, variables, batch)
   assert logits.shape == (1, length, 32000)
+
+
+def test_bfloat16_compute_with_float32_parameters(variables, rng):
+  """Mixed precision: bf16 activations over the same f32 parameters track the f32 model."""
+  batch = _batch(rng)
+  bf16 = mllm.MLLMConfig(
+      tower=towers.ViTTowerConfig(dataclasses.replace(TINY.tower.vit, dtype="bfloat16")),
+      llm=dataclasses.replace(TINY.llm, dtype="bfloat16"), image_token_id=IMAGE)
+  ref, _ = jax.jit(mllm.MLLM(TINY).apply)(variables, batch)
+  low, _ = jax.jit(mllm.MLLM(bf16).apply)(variables, batch)
+  assert low.dtype == jnp.bfloat16
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  ref_loss = mllm.next_token_loss(ref, batch["targets"], batch["loss_mask"])["loss"]
+  low_loss = mllm.next_token_loss(low, batch["targets"], batch["loss_mask"])["loss"]
+  np.testing.assert_allclose(low_loss, ref_loss, rtol=2e-2)
+  assert np.mean(np.argmax(low, -1) == np.argmax(ref, -1)) > 0.9
