@@ -1,0 +1,160 @@
+"""The input pipeline: a TFDS data source → grain → global batches sharded over the mesh.
+
+grain reads records by index with a deterministic shuffle (by seed) and per-process sharding,
+decodes and formats them in worker processes, and batches them to static shapes; the host's
+batch then becomes global `jax.Array`s split over the mesh's batch axes. The iterator's state
+(`get_state` / `set_state`) goes into the checkpoint, so a resumed run sees exactly the examples
+an uninterrupted one would.
+
+Formatting turns a record into one row of the MLLM batch (`mmjax.models.mllm`): a conversation —
+all of the image's questions (`vqa`), its dense caption (`caption`), or stored LLaVA turns
+(`conversation`) — rendered by a chat template, plus the image views a resolution policy makes.
+A sample that cannot be used (e.g. too long for `max_len`) becomes an all-padding row with no
+loss and is counted in the batch's `dropped` field; truncated ones are counted in `truncated`.
+"""
+import dataclasses
+import json
+from typing import Any, Callable
+
+import grain.python as grain
+import jax
+from absl import flags
+import numpy as np
+from jax.sharding import Mesh
+from PIL import Image
+
+from mmjax import sharding
+from mmjax.data import tokenizer as tokenizer_lib
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics.
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ASPECTS = ("pad", "squash")
+TASKS = ("vqa", "caption", "conversation")
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedResolution:
+  """The fixed-size policy: square views of the whole image at one or two sizes.
+
+  `aspect="pad"` pads the image to a square with its mean colour first (LLaVA-1.5's
+  `expand2square`), "squash" resizes without keeping the aspect ratio. Views are resized from the
+  original with antialiasing (PIL bicubic) and normalised with `mean`/`std`.
+  """
+  sizes: tuple[int, ...] = (336,)  # Side of each view: (low,) or (low, high).
+  aspect: str = "pad"
+  mean: tuple[float, float, float] = CLIP_MEAN
+  std: tuple[float, float, float] = CLIP_STD
+
+  def __post_init__(self):
+    if self.aspect not in ASPECTS:
+      raise ValueError(f"Unknown aspect {self.aspect!r}; valid: {ASPECTS}.")
+    if not 1 <= len(self.sizes) <= 2 or min(self.sizes) < 1:
+      raise ValueError(f"sizes={self.sizes} must be one or two positive sides (low, high).")
+
+  @property
+  def keys(self) -> tuple[str, ...]:
+    return ("images", "images_hi")[:len(self.sizes)]
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 [H, W, 3] → {"images": float32 [s0, s0, 3], ("images_hi": [s1, s1, 3])}."""
+    pil = Image.fromarray(image)
+    if self.aspect == "pad":
+      side = max(pil.size)
+      fill = tuple(int(c) for c in np.asarray(image).reshape(-1, 3).mean(axis=0))
+      square = Image.new("RGB", (side, side), fill)
+      square.paste(pil, ((side - pil.width) // 2, (side - pil.height) // 2))
+      pil = square
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    return {key: ((np.asarray(pil.resize((s, s), Image.BICUBIC), np.float32) / 255.0 - mean)
+                  / std).astype(np.float32) for key, s in zip(self.keys, self.sizes)}
+
+  def blank(self) -> dict[str, np.ndarray]:
+    return {key: np.zeros((s, s, 3), np.float32) for key, s in zip(self.keys, self.sizes)}
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def conversation_of(record: dict[str, Any], task: str, rng: np.random.Generator,
+                    max_questions: int | None = None) -> list[dict[str, str]]:
+  """The LLaVA-format conversation a record is trained on under `task`."""
+  if task == "caption":
+    return [{"from": "human", "value": tokenizer_lib.IMAGE_TAG},
+            {"from": "gpt", "value": _text(record["caption"])}]
+  if task == "vqa":
+    qa = record["qa"]
+    order = rng.permutation(len(qa["question"]))[:max_questions]
+    turns = []
+    for n, i in enumerate(order):
+      prefix = tokenizer_lib.IMAGE_TAG + "\n" if n == 0 else ""
+      turns += [{"from": "human", "value": prefix + _text(qa["question"][i])},
+                {"from": "gpt", "value": _text(qa["answer"][i])}]
+    return turns
+  if task == "conversation":
+    return json.loads(_text(record["conversations"]))
+  raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
+
+
+class FormatExample(grain.RandomMapTransform):
+  """A record → one row of the model's batch (numpy arrays of static shapes)."""
+
+  def __init__(self, *, task: str, template: str, tokenizer: tokenizer_lib.Tokenizer,
+               num_image_tokens: int, max_len: int, policy: Callable[[np.ndarray], dict],
+               max_questions: int | None = None):
+    if task not in TASKS:
+      raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
+    tokenizer_lib.get_template(template)
+    self.task, self.template, self.tokenizer = task, template, tokenizer
+    self.num_image_tokens, self.max_len, self.policy = num_image_tokens, max_len, policy
+    self.max_questions = max_questions
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    has_image = bool(record.get("has_image", True))
+    row = {"dropped": np.int32(0), "truncated": np.int32(0), "has_image": np.int32(has_image)}
+    try:
+      encoded = tokenizer_lib.encode_conversation(
+          self.template, conversation_of(record, self.task, rng, self.max_questions),
+          self.tokenizer, num_images=int(has_image), num_image_tokens=self.num_image_tokens,
+          max_len=self.max_len)
+      ids, mask = encoded.ids, encoded.loss_mask
+      row["truncated"] = np.int32(encoded.truncated)
+    except tokenizer_lib.ConversationError:
+      ids, mask = np.zeros(0, np.int32), np.zeros(0, np.int32)
+      row["dropped"], has_image = np.int32(1), False
+    row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
+                                          image_id=self.tokenizer.image_id))
+    row.update(self.policy(record["image"]) if has_image else self.policy.blank())
+    return row
+
+
+def make_loader(source, transform: grain.MapTransform | grain.RandomMapTransform, *,
+                global_batch_size: int, seed: int, shuffle: bool = True,
+                num_epochs: int | None = None, worker_count: int = 0) -> grain.DataLoader:
+  """A grain loader yielding this process's share of each global batch, as numpy dicts.
+
+  Records are split across processes (`ShardByJaxProcess`), shuffled per epoch by `seed`, and
+  batched to `global_batch_size / process_count` rows; the last partial batch is dropped so every
+  batch has the same static shape. The order depends on `worker_count` too (grain gives each
+  worker its own slice of the indices), so a resumed run must keep it.
+  """
+  processes = jax.process_count()
+  if global_batch_size % processes:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                     f"{processes} processes.")
+  if worker_count and not flags.FLAGS.is_parsed():
+    # grain's workers read absl flags; a library caller (not train.py) has not parsed any.
+    flags.FLAGS.mark_as_parsed()
+  shard = grain.ShardByJaxProcess(drop_remainder=True)
+  sampler = grain.IndexSampler(len(source), shard_options=shard, shuffle=shuffle,
+                               num_epochs=num_epochs, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, worker_count=worker_count,
+      operations=[transform, grain.Batch(global_batch_size // processes, drop_remainder=True)])
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows → global arrays whose leading axis is split over the batch axes."""
+  spec = sharding.data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(spec, np.asarray(v))
+          for k, v in batch.items()}
