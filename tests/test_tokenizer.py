@@ -31,6 +31,10 @@ EXPECTED = {
         "<s>" + VICUNA_SYSTEM + " USER: <image>\nWhat is in the picture? ASSISTANT: A red "
         "bicycle.</s>USER: What colour is it? ASSISTANT: Red, with black tyres.</s>",
         ["A red bicycle.</s>", "Red, with black tyres.</s>"]),
+    "vicuna_short": (
+        "<s>USER: <image>\nWhat is in the picture? ASSISTANT: A red bicycle.</s>USER: What "
+        "colour is it? ASSISTANT: Red, with black tyres.</s>",
+        ["A red bicycle.</s>", "Red, with black tyres.</s>"]),
     "llava_v1": (
         "<s>A chat between a curious human and an artificial intelligence assistant. The "
         "assistant gives helpful, detailed, and polite answers to the human's questions. USER: "
