@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-import grain.python as grain
+import grain
 import jax
 from absl import flags
 import numpy as np
@@ -96,7 +96,7 @@ def conversation_of(record: dict[str, Any], task: str, rng: np.random.Generator,
   raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
 
 
-class FormatExample(grain.RandomMapTransform):
+class FormatExample(grain.transforms.RandomMap):
   """A record → one row of the model's batch (numpy arrays of static shapes)."""
 
   def __init__(self, *, task: str, template: str, tokenizer: tokenizer_lib.Tokenizer,
@@ -128,29 +128,35 @@ class FormatExample(grain.RandomMapTransform):
     return row
 
 
-def make_loader(source, transform: grain.MapTransform | grain.RandomMapTransform, *,
-                global_batch_size: int, seed: int, shuffle: bool = True,
-                num_epochs: int | None = None, worker_count: int = 0) -> grain.DataLoader:
-  """A grain loader yielding this process's share of each global batch, as numpy dicts.
+def make_loader(source, transform: grain.transforms.RandomMap, *, global_batch_size: int,
+                seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                worker_count: int = 0) -> grain.IterDataset:
+  """A grain dataset yielding this process's rows of each global batch, as numpy dicts.
 
-  Records are split across processes (`ShardByJaxProcess`), shuffled per epoch by `seed`, and
-  batched to `global_batch_size / process_count` rows; the last partial batch is dropped so every
-  batch has the same static shape. The order depends on `worker_count` too (grain gives each
-  worker its own slice of the indices), so a resumed run must keep it.
+  Every process walks the same global order (shuffled per epoch by `seed`) and process p keeps
+  rows [p·b, (p+1)·b) of each global batch (b = global_batch_size / processes), decoding only
+  those. So the global batches, and a resumed run, are the same whatever the number of processes
+  and workers. The last partial batch is dropped so every batch has the same static shape.
+  Iterate with `iter(...)`; the iterator's `get_state` / `set_state` resume it.
   """
-  processes = jax.process_count()
-  if global_batch_size % processes:
-    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+  processes, index = jax.process_count(), jax.process_index()
+  if global_batch_size < processes or global_batch_size % processes:
+    raise ValueError(f"global_batch_size={global_batch_size} is not a positive multiple of the "
                      f"{processes} processes.")
   if worker_count and not flags.FLAGS.is_parsed():
     # grain's workers read absl flags; a library caller (not train.py) has not parsed any.
     flags.FLAGS.mark_as_parsed()
-  shard = grain.ShardByJaxProcess(drop_remainder=True)
-  sampler = grain.IndexSampler(len(source), shard_options=shard, shuffle=shuffle,
-                               num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=worker_count,
-      operations=[transform, grain.Batch(global_batch_size // processes, drop_remainder=True)])
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).random_map(transform, seed=seed)
+  ds = ds.batch(global_batch_size // processes, drop_remainder=True)
+  if num_epochs is not None:  # Every process must get the same number of batches.
+    ds = ds.slice(slice(0, len(ds) // processes * processes))
+  ds = ds.slice(slice(index, None, processes)).to_iter_dataset()
+  if worker_count:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

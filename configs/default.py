@@ -1,0 +1,98 @@
+"""LLaVA-1.5-style baseline (ViT → mlp2x_gelu → LLM) on the embedded fine-detail dataset.
+
+Sized for a 2-core CPU by default; `size=7b` gives LLaVA-1.5-7B's shapes (CLIP ViT-L/14-336 and a
+Vicuna-7B-shaped decoder) for accelerators. Everything trains from scratch here (nothing can be
+downloaded), so both stages train every parameter; with converted checkpoints, set the stages'
+`trainable` patterns to LLaVA's (`^projector/`, then `^(projector|llm)/`).
+
+  python train.py --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
+  python eval.py  --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
+"""
+import ml_collections
+
+from mmjax import config_args
+
+# Per size: (image side, patch, ViT width/depth/heads, LLM width/depth/heads, batch, max_len).
+SIZES = {
+    "tiny": dict(image=64, patch=16, vit=(32, 2, 2), llm=(64, 2, 2), batch=4, max_len=384,
+                 dataset="fine_detail/tiny", questions=3),
+    "small": dict(image=224, patch=32, vit=(128, 4, 4), llm=(256, 4, 4), batch=16, max_len=384,
+                  dataset="fine_detail/small", questions=4),
+    "7b": dict(image=336, patch=14, vit=(1024, 24, 16), llm=(4096, 32, 32), batch=128,
+               max_len=2048, dataset="fine_detail/large", questions=10),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_args.parse(arg, size="small", steps=600)
+  size = config_args.choose("size", arg.size, SIZES)
+  vit_width, vit_depth, vit_heads = size["vit"]
+  llm_width, llm_depth, llm_heads = size["llm"]
+  big = arg.size == "7b"
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init and the data order.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.tower = "vit"  # Vision tower (mmjax.models.towers.TOWERS).
+  c.model.image_size = size["image"]  # ViT input side; its position table is laid out for it.
+  c.model.patch_size = size["patch"]
+  c.model.vit_width = vit_width
+  c.model.vit_depth = vit_depth
+  c.model.vit_heads = vit_heads
+  c.model.vit_mlp_dim = 4 * vit_width
+  c.model.vit_act = "quick_gelu" if big else "gelu"  # CLIP's act for the pretrained shape.
+  c.model.select_layer = -2  # ViT hidden state fed to the projector (LLaVA: penultimate).
+  c.model.projector = "mlp2x_gelu"  # "linear" or "mlp<N>x_gelu".
+  c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
+  c.model.llm_width = llm_width
+  c.model.llm_depth = llm_depth
+  c.model.llm_heads = llm_heads
+  c.model.llm_kv_heads = llm_heads  # < llm_heads for grouped-query attention.
+  c.model.llm_mlp_dim = 11008 if big else 4 * llm_width
+  c.model.rope_theta = 10000.0
+  c.model.dtype = "bfloat16" if big else "float32"  # Compute dtype (CPUs run f32 faster).
+  c.model.param_dtype = "float32"
+  c.model.scan_layers = big  # nn.scan over blocks: fast compiles for deep models.
+  c.model.remat = big  # Rematerialise blocks in the backward pass (memory for compute).
+  c.model.attention_impl = ml_collections.FieldReference(None, field_type=str)  # None/xla/cudnn.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = size["dataset"]  # "fine_detail/<config>" or "llava_json:<ingested dir>".
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS dir (None: default).
+  c.data.template = "vicuna_short"  # Chat template (mmjax.data.tokenizer.TEMPLATES).
+  c.data.tokenizer = "byte"  # "byte", or a path to a Hugging Face tokenizer.json.
+  c.data.max_len = size["max_len"]  # Tokens per row, image placeholders included.
+  c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
+  c.data.aspect = "pad"  # "pad" (LLaVA-1.5) or "squash" to make the image square.
+  c.data.worker_count = 0 if arg.size == "tiny" else 1  # grain decoding processes.
+  c.data.eval_split = "validation"
+  c.data.eval_examples = 64 if arg.size == "tiny" else 400  # Images evaluated (each question).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = arg.steps  # Optimizer updates over both stages.
+  c.train.batch_size = size["batch"]  # Global batch (rows); split over processes and devices.
+  c.train.grad_accum_steps = 1  # Micro-batches per update (the batch must split evenly).
+  c.train.align_fraction = 0.2  # Share of the steps in stage 1 (alignment on captions).
+  c.train.align_task = "caption"  # Stage 1 data: dense captions.
+  c.train.align_trainable = ".*"  # Regex over parameter paths; LLaVA: "^projector/".
+  c.train.align_lr = 1e-3
+  c.train.task = "vqa"  # Stage 2 data: multi-turn question answering.
+  c.train.trainable = ".*"  # Regex over parameter paths; LLaVA: "^(projector|llm)/".
+  c.train.lr = 1e-3 if not big else 2e-5
+  c.train.warmup_fraction = 0.05  # Of each stage's steps.
+  c.train.weight_decay = 0.0  # LLaVA uses none.
+  c.train.grad_clip = 1.0  # Global-norm clipping of the trainable gradients (0: off).
+  c.train.log_every = 10  # Steps between metrics.jsonl / TensorBoard rows.
+  c.train.checkpoint_every = 100  # Steps between checkpoints (also at the end and on SIGTERM).
+  c.train.keep_checkpoints = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Mesh axis sizes; -1 takes the remaining devices.
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_new_tokens = 8  # Answers are single words or digits.
+  c.eval.batch_size = 64
+  c.lock()
+  return c

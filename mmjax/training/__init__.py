@@ -1,0 +1,1 @@
+"""Training: optimizer and freezing, train state, the jitted step, checkpoints, the loop."""

@@ -1,0 +1,107 @@
+"""From an ml-collections config to the objects training and evaluation use."""
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from mmjax.data import pipeline
+from mmjax.data import tokenizer as tokenizer_lib
+from mmjax.data.datasets import finedetail
+from mmjax.models import llm
+from mmjax.models import mllm
+from mmjax.models import towers
+from mmjax.models import vit
+
+
+def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  if c.data.tokenizer == "byte":
+    return tokenizer_lib.ByteTokenizer()
+  return tokenizer_lib.HFTokenizer.from_file(c.data.tokenizer, eos="</s>", pad="<unk>",
+                                             bos="<s>")
+
+
+def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConfig:
+  m = c.model
+  if m.tower not in towers.TOWERS:
+    raise ValueError(f"Unknown tower {m.tower!r}; valid: {sorted(towers.TOWERS)}.")
+  common = dict(scan_layers=m.scan_layers, remat=m.remat, dtype=m.dtype,
+                param_dtype=m.param_dtype, attention_impl=m.attention_impl)
+  vision = vit.ViTConfig(image_size=m.image_size, patch_size=m.patch_size, width=m.vit_width,
+                         depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
+                         act=m.vit_act, **common)
+  decoder = llm.LLMConfig(vocab_size=m.vocab_size or vocab_size, width=m.llm_width,
+                          depth=m.llm_depth, num_heads=m.llm_heads, num_kv_heads=m.llm_kv_heads,
+                          mlp_dim=m.llm_mlp_dim, rope_theta=m.rope_theta, **common)
+  if decoder.vocab_size < vocab_size:
+    raise ValueError(f"model.vocab_size={decoder.vocab_size} is smaller than the tokenizer's "
+                     f"{vocab_size}.")
+  return mllm.MLLMConfig(tower=towers.ViTTowerConfig(vision, select_layer=m.select_layer),
+                         llm=decoder, projector=m.projector,
+                         image_token_id=tokenizer_lib.IMAGE_ID)
+
+
+def data_source(c: ml_collections.ConfigDict, split: str):
+  """The TFDS data source of `split` for `data.dataset` (generated on first use if embedded)."""
+  name = c.data.dataset
+  if name.startswith("fine_detail/"):
+    return finedetail.prepare(name.split("/", 1)[1], c.data.data_dir).as_data_source()[split]
+  if name.startswith("llava_json:"):
+    from mmjax.data import ingest
+    sources = ingest.load(name.split(":", 1)[1])
+    if split not in sources:
+      raise ValueError(f"Dataset {name!r} has no split {split!r}; it has {sorted(sources)}.")
+    return sources[split]
+  raise ValueError(f"Unknown dataset {name!r}; valid: 'fine_detail/<tiny|small|large>' or "
+                   "'llava_json:<directory written by mmjax.data.ingest>'.")
+
+
+def policy(c: ml_collections.ConfigDict) -> pipeline.FixedResolution:
+  return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
+
+
+def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> int:
+  return config.tower.num_tokens(c.model.image_size, c.model.image_size)
+
+
+def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
+              tok: tokenizer_lib.Tokenizer) -> pipeline.FormatExample:
+  return pipeline.FormatExample(task=task, template=c.data.template, tokenizer=tok,
+                                num_image_tokens=num_image_tokens(config, c),
+                                max_len=c.data.max_len, policy=policy(c),
+                                max_questions=c.data.max_questions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  start: int  # First global step of the stage.
+  end: int  # One past its last step.
+  task: str
+  trainable: str
+  lr: float
+
+  @property
+  def steps(self) -> int:
+    return self.end - self.start
+
+
+def stages(c: ml_collections.ConfigDict) -> list[Stage]:
+  """LLaVA's two stages: alignment (`align_fraction` of the steps), then instruction tuning."""
+  t = c.train
+  if t.steps < 1:
+    raise ValueError(f"train.steps={t.steps} must be positive.")
+  if not 0 <= t.align_fraction < 1:
+    raise ValueError(f"train.align_fraction={t.align_fraction} must be in [0, 1).")
+  split = int(round(t.steps * t.align_fraction))
+  out = []
+  if split:
+    out.append(Stage("align", 0, split, t.align_task, t.align_trainable, t.align_lr))
+  out.append(Stage("finetune", split, t.steps, t.task, t.trainable, t.lr))
+  return out
+
+
+def example_batch(fmt: pipeline.FormatExample, source, rows: int) -> dict[str, Any]:
+  """A batch of the pipeline's shapes (zeros), for shape inference and initialisation."""
+  row = fmt.random_map(source[0], np.random.default_rng(0))
+  return {k: np.zeros((rows,) + np.shape(v), np.asarray(v).dtype) for k, v in row.items()}

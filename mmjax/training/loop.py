@@ -1,0 +1,182 @@
+"""The training loop behind `train.py`: stages, sharded steps, checkpoints, metrics, resume.
+
+Re-running the same command resumes from the newest checkpoint in the workdir — model,
+optimizer, step and data iterator — so a preempted or killed run continues exactly where its
+last checkpoint left it. SIGTERM (preemption) saves a checkpoint before exiting; a non-finite
+loss stops the run with the last good checkpoint kept.
+"""
+import functools
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mmjax import sharding
+from mmjax.data import pipeline
+from mmjax.models import mllm
+from mmjax.training import build
+from mmjax.training import checkpoint as checkpoint_lib
+from mmjax.training import flops as flops_lib
+from mmjax.training import metrics as metrics_lib
+from mmjax.training import optim
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process it terminated.
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the run stopped without saving that state."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM arrived; a checkpoint was written and the run stopped."""
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between steps (a save mid-step is impossible)."""
+
+  def __init__(self):
+    self.raised = False
+    self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self.previous)
+
+
+def mesh_from_config(c: ml_collections.ConfigDict):
+  return sharding.make_mesh((c.mesh.data, c.mesh.fsdp, c.mesh.tensor))
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains `c` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+  workdir = pathlib.Path(workdir)
+  mesh = mesh_from_config(c)
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  all_stages = build.stages(c)
+  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)
+  start = checkpoints.latest_step() or 0
+  if start >= c.train.steps:
+    logging.info("Already trained %d steps in %s.", start, workdir)
+    return {}
+  writer = metrics_lib.MetricsWriter(workdir, c.train.steps, start)
+  peak = flops_lib.measured_peak_flops() * jax.device_count()
+  sigterm = _SigtermFlag()
+  source = build.data_source(c, "train")
+  rng = jax.random.key(c.seed)
+  state, last = None, {}
+  try:
+    for n, stage in enumerate(all_stages):
+      if start >= stage.end:
+        continue
+      setup = _Setup(c, stage, model, config, tok, source, mesh)
+      if start > stage.start:  # Resuming inside this stage: everything from the checkpoint.
+        state = checkpoints.restore(start, setup.factory.abstract, setup.factory.shardings,
+                                    setup.iterator)
+        logging.info("Resumed stage %s at step %d.", stage.name, start)
+      else:
+        if state is None and start > 0:  # Resuming at the boundary: the last stage's params.
+          before = _Setup(c, all_stages[n - 1], model, config, tok, source, mesh)
+          state = checkpoints.restore(start, before.factory.abstract, before.factory.shardings)
+        state = setup.factory.create(rng, None if state is None else state.params, stage.start)
+      state, last = _run(c, setup, state, checkpoints, writer, peak, sigterm)
+      start = stage.end
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    sigterm.restore()
+  return last
+
+
+class _Setup:
+  """What one stage trains with: its data, optimizer, state factory and compiled step."""
+
+  def __init__(self, c, stage, model, config, tok, source, mesh):
+    self.c, self.stage, self.mesh = c, stage, mesh
+    fmt = build.formatter(c, stage.task, config, tok)
+    self.batch_spec = build.example_batch(fmt, source, c.train.batch_size)
+    model_spec = step_lib.model_batch(self.batch_spec)
+    params_shape = state_lib.abstract_params(model, model_spec)
+    warmup = int(stage.steps * c.train.warmup_fraction)
+    self.lr = optim.schedule(stage.lr, warmup, stage.steps)
+    tx = optim.optimizer(params_shape, lr=self.lr, weight_decay=c.train.weight_decay,
+                         grad_clip=c.train.grad_clip, trainable=stage.trainable)
+    self.factory = state_lib.Factory(model, tx, model_spec, mesh)
+    self.trainable = optim.trainable_mask(params_shape, stage.trainable)
+    self.num_trainable = sum(int(np.prod(p.shape)) for p, t in zip(
+        jax.tree.leaves(params_shape), jax.tree.leaves(self.trainable)) if t)
+    self.num_params = state_lib.count(params_shape)
+    self.iterator = iter(pipeline.make_loader(source, fmt, global_batch_size=c.train.batch_size,
+                                              seed=c.seed + stage.start,
+                                              worker_count=c.data.worker_count))
+    self.step_fn = jax.jit(
+        functools.partial(step_lib.train_step, model=model, tx=tx,
+                          accum_steps=c.train.grad_accum_steps, trainable=self.trainable),
+        in_shardings=(self.factory.shardings, sharding.data_sharding(mesh)),
+        out_shardings=(self.factory.shardings, None), donate_argnums=0)
+
+  def compile(self):
+    with jax.set_mesh(self.mesh), sharding.axis_rules():
+      return self.step_fn.lower(self.factory.abstract,
+                                pipeline.to_global(self.batch_spec, self.mesh)).compile()
+
+
+def _run(c, setup, state, checkpoints, writer, peak, sigterm):
+  stage = setup.stage
+  compiled = setup.compile()
+  step_flops = flops_lib.compiled_flops(compiled)
+  logging.info("Stage %s: steps %d-%d, task %s, %d of %d parameters train, %.3g FLOPs/step.",
+               stage.name, stage.start, stage.end, stage.task, setup.num_trainable,
+               setup.num_params, step_flops)
+  window = {"time": 0.0, "steps": 0, "tokens": 0.0, "dropped": 0, "truncated": 0}
+  last = {}
+  step = int(state.step)
+  while step < stage.end:
+    host = next(setup.iterator)
+    tick = time.perf_counter()
+    new_state, m = compiled(state, pipeline.to_global(host, setup.mesh))
+    loss = float(m["loss"])  # Syncs, so the step time below is the device's, not a dispatch.
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"Loss is {loss} at step {step + 1} (stage {stage.name}); stopping without saving "
+          f"this state. The last good checkpoint is step {checkpoints.latest_step()} in "
+          f"{checkpoints.manager.directory}. Lower train.lr or raise train.warmup_fraction.")
+    state, step = new_state, step + 1
+    window["time"] += time.perf_counter() - tick
+    window["steps"] += 1
+    window["tokens"] += float(m["tokens"])
+    window["dropped"] += int(np.sum(host["dropped"]))
+    window["truncated"] += int(np.sum(host["truncated"]))
+    writer.advance()
+    if step % c.train.log_every == 0 or step == stage.end:
+      seconds = window["time"] / window["steps"]
+      last = {
+          "stage": stage.name, "loss": loss, "lr": float(setup.lr(step - 1 - stage.start)),
+          "grad_norm": float(m["grad_norm"]), "step_time": seconds,
+          "tokens_per_sec": window["tokens"] / window["time"],
+          "examples_per_sec": c.train.batch_size / seconds,
+          "mfu": step_flops / seconds / peak if step_flops else 0.0,
+          "dropped": window["dropped"], "truncated": window["truncated"],
+      }
+      writer.write(step, last)
+      window = {"time": 0.0, "steps": 0, "tokens": 0.0, "dropped": 0, "truncated": 0}
+    if sigterm.raised or step % c.train.checkpoint_every == 0 or step == stage.end:
+      checkpoints.save(step, state, setup.iterator)
+      if sigterm.raised:
+        checkpoints.wait()
+        logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
+        raise Preempted(PREEMPTED_EXIT_CODE)
+  return state, last

@@ -1,0 +1,78 @@
+"""The jitted train step: forward, backward over micro-batches, one optimizer update."""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmjax.models import mllm
+from mmjax.training.state import TrainState
+
+MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", "images",
+              "images_hi")
+
+
+def model_batch(batch: dict[str, Any]) -> dict[str, Any]:
+  """The arrays the model reads (the pipeline's bookkeeping fields stay on the host)."""
+  return {k: v for k, v in batch.items() if k in MODEL_KEYS}
+
+
+def loss_and_grads(model: nn.Module, params: Any, batch: dict[str, jax.Array],
+                   accum_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+  """Gradients of the summed answer-token loss over `accum_steps` micro-batches.
+
+  The batch's leading axis is split into micro-batches run one after another (a scan), so peak
+  activation memory is that of one micro-batch; sums, not means, are accumulated so the result
+  weights every answer token equally however the batch is split.
+  """
+
+  def micro(b):
+    def loss_fn(p):
+      logits, _ = model.apply({"params": p}, b)
+      out = mllm.next_token_loss(logits, b["targets"], b["loss_mask"])
+      return out["loss_sum"], out
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, {"loss_sum": out["loss_sum"], "tokens": out["tokens"]}
+
+  if accum_steps == 1:
+    return micro(batch)
+  rows = jax.tree.leaves(batch)[0].shape[0]
+  if rows % accum_steps:
+    raise ValueError(f"Batch of {rows} rows does not split into grad_accum_steps={accum_steps}.")
+  split = jax.tree.map(lambda x: x.reshape(accum_steps, rows // accum_steps, *x.shape[1:]), batch)
+
+  def body(total, b):
+    return jax.tree.map(jnp.add, total, micro(b)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro, jax.tree.map(lambda x: x[0], split)))
+  total, _ = jax.lax.scan(body, zeros, split)
+  return total
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, accum_steps: int = 1,
+               trainable: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on the mean answer-token loss of the global batch.
+
+  `trainable` (a bool tree like the params) restricts the reported gradient norm to the
+  parameters that train.
+  """
+  grads, sums = loss_and_grads(model, state.params, model_batch(batch), accum_steps)
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  grads = jax.tree.map(lambda g: g / tokens, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  shown = grads if trainable is None else jax.tree.map(
+      lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+  metrics = {"loss": sums["loss_sum"] / tokens, "tokens": sums["tokens"],
+             "grad_norm": optax.global_norm(shown)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module
+              ) -> dict[str, jax.Array]:
+  """Summed answer-token loss and token count of a batch (for loss / perplexity)."""
+  logits, _ = model.apply({"params": params}, model_batch(batch))
+  out = mllm.next_token_loss(logits, batch["targets"], batch["loss_mask"])
+  return {"loss_sum": out["loss_sum"], "tokens": out["tokens"]}
