@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "jaxtyping==0.3.11",
     "tokenizers==0.23.3",
     "importlib_resources==7.1.0",  # etils.epath needs it for TFDS builders defined in packages.
+    "tensorboardX==2.6.5",
+    "tqdm==4.70.1",
 ]
 
 # Parity references. torch must be the CPU build: never add timm or torchvision here, they pull a
@@ -35,5 +37,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mmjax", "mmjax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": ["matplotlib==3.11.2"]},
 )

@@ -6,7 +6,6 @@ last checkpoint left it. SIGTERM (preemption) saves a checkpoint before exiting;
 loss stops the run with the last good checkpoint kept.
 """
 import functools
-import math
 import pathlib
 import signal
 import time
@@ -149,11 +148,13 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
     tick = time.perf_counter()
     new_state, m = compiled(state, pipeline.to_global(host, setup.mesh))
     loss = float(m["loss"])  # Syncs, so the step time below is the device's, not a dispatch.
-    if not math.isfinite(loss):
+    if not bool(m["finite"]):
       raise NonFiniteLossError(
-          f"Loss is {loss} at step {step + 1} (stage {stage.name}); stopping without saving "
+          f"Loss {loss}, gradient norm {float(m['grad_norm'])} at step {step + 1} (stage "
+          f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
+          f"saving "
           f"this state. The last good checkpoint is step {checkpoints.latest_step()} in "
-          f"{checkpoints.manager.directory}. Lower train.lr or raise train.warmup_fraction.")
+          f"{checkpoints.directory}. Lower train.lr or raise train.warmup_fraction.")
     state, step = new_state, step + 1
     window["time"] += time.perf_counter() - tick
     window["steps"] += 1
@@ -174,7 +175,7 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
       writer.write(step, last)
       window = {"time": 0.0, "steps": 0, "tokens": 0.0, "dropped": 0, "truncated": 0}
     if sigterm.raised or step % c.train.checkpoint_every == 0 or step == stage.end:
-      checkpoints.save(step, state, setup.iterator)
+      checkpoints.save(state, setup.iterator)
       if sigterm.raised:
         checkpoints.wait()
         logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
