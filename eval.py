@@ -1,0 +1,28 @@
+"""Evaluates the newest (or a given) checkpoint of a training run.
+
+  python eval.py --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run [--step N]
+
+Writes WORKDIR/eval/<step>.json (accuracy by question family and kind, loss, perplexity,
+generation speed) and prints a table. The mesh may differ from training's (--config.mesh.*).
+"""
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mmjax import evaluation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  evaluation.evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,139 @@
+"""Evaluation behind `eval.py`: exact-match accuracy by question family and kind, from KV-cached
+greedy generation, and the answer-token loss / perplexity, for one checkpoint.
+
+Runs on whatever mesh the config names (it may differ from training's): parameters are restored
+straight onto it. Writes `WORKDIR/eval/<step>.json` and prints a table.
+"""
+import collections
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from mmjax import sampling
+from mmjax import sharding
+from mmjax.data import pipeline
+from mmjax.data import tokenizer as tokenizer_lib
+from mmjax.data.datasets import questions
+from mmjax.models import mllm
+from mmjax.training import build
+from mmjax.training import checkpoint as checkpoint_lib
+from mmjax.training import loop
+from mmjax.training import step as step_lib
+
+
+def _restore(c, workdir, model, spec, mesh, step):
+  checkpoints = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  step = checkpoints.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train "
+                            "first (python train.py ... --workdir DIR).")
+  if step not in checkpoints.all_steps():
+    raise ValueError(f"No checkpoint for step {step}; saved: {checkpoints.all_steps()}.")
+  boxed = jax.eval_shape(model.init, jax.random.key(0), spec)["params"]
+  params = checkpoints.restore_params(step, nn.unbox(boxed), sharding.shardings(boxed, mesh))
+  checkpoints.close()
+  return step, params
+
+
+def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
+  """Greedy answers to every question of the first `eval_examples` images."""
+  policy = build.policy(c)
+  n_tokens = build.num_image_tokens(config, c)
+  prompts, images, truth = [], [], []
+  for i in range(min(c.data.eval_examples, len(source))):
+    record = source[i]
+    view = policy(record["image"])["images"]
+    qa = record["qa"]
+    for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
+                                              qa["answer"]):
+      turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
+      prompts.append(tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
+                                                 num_image_tokens=n_tokens))
+      images.append(view)
+      truth.append((family.decode(), kind.decode(), answer.decode()))
+  correct, generated, seconds = [], 0, 0.0
+  size = c.eval.batch_size
+  for s in range(0, len(prompts), size):
+    batch_prompts, batch_images = prompts[s:s + size], images[s:s + size]
+    pad = size - len(batch_prompts)  # Full batches keep one compiled shape.
+    batch_prompts += batch_prompts[:1] * pad
+    batch_images += batch_images[:1] * pad
+    tick = time.perf_counter()
+    tokens, lengths = sampling.generate(model, {"params": params}, batch_prompts,
+                                        np.stack(batch_images),
+                                        max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id,
+                                        pad_id=tok.pad_id, bucket=c.data.max_len)
+    seconds += time.perf_counter() - tick
+    for row in range(size - pad):
+      answer = tok.decode(tokens[row, :lengths[row]])
+      correct.append(questions.normalize_answer(answer) ==
+                     questions.normalize_answer(truth[s + row][2]))
+      generated += int(lengths[row])
+  by_family, by_kind = collections.defaultdict(list), collections.defaultdict(list)
+  for (family, kind, _), ok in zip(truth, correct):
+    by_family[family].append(ok)
+    by_kind[kind].append(ok)
+  mean = lambda d: {k: float(np.mean(v)) for k, v in sorted(d.items())}
+  return {"accuracy": mean(by_family), "accuracy_by_kind": mean(by_kind),
+          "questions": {k: len(v) for k, v in sorted(by_family.items())},
+          "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
+
+
+def _loss(c, model, params, tok, source, config, mesh) -> dict[str, float]:
+  """Answer-token loss and perplexity of the eval images' multi-turn conversations."""
+  fmt = build.formatter(c, c.train.task, config, tok)
+  examples = min(c.data.eval_examples, len(source))
+  rows = max(min(c.eval.batch_size, examples) // sharding.num_batch_shards(mesh), 1) * \
+      sharding.num_batch_shards(mesh)
+  sub = [source[i] for i in range(examples)]
+  loader = pipeline.make_loader(sub, fmt, global_batch_size=rows, seed=0, shuffle=False,
+                                num_epochs=1)
+  step = jax.jit(lambda p, b: step_lib.eval_step(p, b, model=model))
+  total, tokens = 0.0, 0.0
+  for host in loader:
+    out = step(params, pipeline.to_global(step_lib.model_batch(host), mesh))
+    total, tokens = total + float(out["loss_sum"]), tokens + float(out["tokens"])
+  loss = total / max(tokens, 1.0)
+  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "loss_tokens": tokens}
+
+
+def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+             step: int | None = None) -> dict[str, Any]:
+  """Evaluates the checkpoint at `step` (default: the newest) and writes its JSON."""
+  workdir = pathlib.Path(workdir)
+  mesh = loop.mesh_from_config(c)
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  source = build.data_source(c, c.data.eval_split)
+  fmt = build.formatter(c, c.train.task, config, tok)
+  spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
+  step, params = _restore(c, workdir, model, spec, mesh, step)
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    result = {"step": step, "split": c.data.eval_split, "dataset": c.data.dataset,
+              **_accuracy(c, model, params, tok, source, config),
+              **_loss(c, model, params, tok, source, config, mesh)}
+  out = workdir / "eval"
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{step}.json").write_text(json.dumps(result, indent=1))
+  print(table(result))
+  return result
+
+
+def table(result: dict[str, Any]) -> str:
+  lines = [f"step {result['step']}  {result['dataset']} / {result['split']}",
+           f"{'question family':<22}{'accuracy':>10}{'questions':>11}"]
+  for family, acc in result["accuracy"].items():
+    lines.append(f"{family:<22}{acc:>10.3f}{result['questions'][family]:>11}")
+  for kind, acc in result["accuracy_by_kind"].items():
+    lines.append(f"  {kind:<20}{acc:>10.3f}")
+  lines.append(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+               f"generation {result['generated_tokens_per_sec']:.1f} tokens/s")
+  return "\n".join(lines)
