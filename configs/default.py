@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.lr = 1e-3 if not big else 2e-5
   c.train.warmup_fraction = 0.05  # Of each stage's steps.
   c.train.weight_decay = 0.0  # LLaVA uses none.
+  c.train.adam_eps = 1e-8
   c.train.grad_clip = 1.0  # Global-norm clipping of the trainable gradients (0: off).
   c.train.log_every = 10  # Steps between metrics.jsonl / TensorBoard rows.
   c.train.checkpoint_every = 100  # Steps between checkpoints (also at the end and on SIGTERM).

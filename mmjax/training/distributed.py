@@ -14,6 +14,8 @@ def define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Processes in the job.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "A peer silent this long is dead.")
+  flags.DEFINE_integer("shutdown_timeout_seconds", 300, "How long exit waits for the peers.")
 
 
 def initialize() -> None:
@@ -26,6 +28,9 @@ def initialize() -> None:
   if explicit:
     if f.num_processes is None or f.process_id is None:
       raise ValueError("--coordinator_address needs --num_processes and --process_id.")
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                               heartbeat_timeout_seconds=f.heartbeat_timeout_seconds,
+                               shutdown_timeout_seconds=f.shutdown_timeout_seconds)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=f.heartbeat_timeout_seconds,
+                               shutdown_timeout_seconds=f.shutdown_timeout_seconds)

@@ -89,6 +89,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         if state is None and start > 0:  # Resuming at the boundary: the last stage's params.
           before = _Setup(c, all_stages[n - 1], model, config, tok, source, mesh)
           state = checkpoints.restore(start, before.factory.abstract, before.factory.shardings)
+          logging.info("Resumed stage %s at step %d (its start).", stage.name, start)
         state = setup.factory.create(rng, None if state is None else state.params, stage.start)
       state, last = _run(c, setup, state, checkpoints, writer, peak, sigterm)
       start = stage.end
@@ -112,7 +113,8 @@ class _Setup:
     warmup = int(stage.steps * c.train.warmup_fraction)
     self.lr = optim.schedule(stage.lr, warmup, stage.steps)
     tx = optim.optimizer(params_shape, lr=self.lr, weight_decay=c.train.weight_decay,
-                         grad_clip=c.train.grad_clip, trainable=stage.trainable)
+                         grad_clip=c.train.grad_clip, trainable=stage.trainable,
+                         eps=c.train.adam_eps)
     self.factory = state_lib.Factory(model, tx, model_spec, mesh)
     self.trainable = optim.trainable_mask(params_shape, stage.trainable)
     self.num_trainable = sum(int(np.prod(p.shape)) for p, t in zip(
@@ -128,9 +130,12 @@ class _Setup:
         out_shardings=(self.factory.shardings, None), donate_argnums=0)
 
   def compile(self):
+    """The step compiled ahead of time for the global batch (`batch_spec` has global rows)."""
+    spec = sharding.data_sharding(self.mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec)
+             for k, v in self.batch_spec.items()}
     with jax.set_mesh(self.mesh), sharding.axis_rules():
-      return self.step_fn.lower(self.factory.abstract,
-                                pipeline.to_global(self.batch_spec, self.mesh)).compile()
+      return self.step_fn.lower(self.factory.abstract, batch).compile()
 
 
 def _run(c, setup, state, checkpoints, writer, peak, sigterm):

@@ -41,7 +41,8 @@ def schedule(lr: float, warmup_steps: int, total_steps: int,
 
 
 def optimizer(params: Any, *, lr: optax.Schedule, weight_decay: float, grad_clip: float,
-              trainable: str, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+              trainable: str, b1: float = 0.9, b2: float = 0.999,
+              eps: float = 1e-8) -> optax.GradientTransformation:
   """Clipping (by the global norm of the trainable gradients) + AdamW on the trainable params.
 
   Weight decay skips biases, norm scales and other vectors (as LLaVA/HF Trainer do).
@@ -50,6 +51,6 @@ def optimizer(params: Any, *, lr: optax.Schedule, weight_decay: float, grad_clip
   decay = jax.tree.map(lambda p: p.ndim > 1, params)
   train = optax.chain(
       optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
-      optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay))
+      optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay))
   labels = jax.tree.map(lambda m: "train" if m else "frozen", mask)
   return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)

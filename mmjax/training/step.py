@@ -65,10 +65,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   shown = grads if trainable is None else jax.tree.map(
       lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
-  loss, grad_norm = sums["loss_sum"] / tokens, optax.global_norm(shown)
+  loss, grad_norm = sums["loss_sum"] / tokens, optax.tree.norm(shown)
   # A finite loss can still come with an update that overflows the parameters; both are checked
   # so that no checkpoint ever holds a non-finite state.
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(params))
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
   metrics = {"loss": loss, "tokens": sums["tokens"], "grad_norm": grad_norm, "finite": finite}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

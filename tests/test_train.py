@@ -1,0 +1,249 @@
+"""train.py / eval.py: sharded equality, freezing, NaN guard, configs, resume, preemption,
+multi-process training and evaluation end to end."""
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from mmjax import evaluation
+from mmjax import sharding
+from mmjax.data import pipeline
+from mmjax.models import mllm
+from mmjax.training import build
+from mmjax.training import checkpoint as checkpoint_lib
+from mmjax.training import loop
+from mmjax.training import optim
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_default():
+  spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs/default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+DEFAULT = _load_default()
+# Tiny, with every sharded dimension divisible by 8 so any split of 8 devices works.
+OVERRIDES = {"model.vit_heads": 8, "model.llm_heads": 8, "model.llm_kv_heads": 8,
+             "model.vocab_size": 264, "train.batch_size": 8, "train.log_every": 1,
+             "data.eval_examples": 4}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  build.finedetail.prepare("tiny", path)
+  return path
+
+
+def tiny(data_dir, steps=4, **overrides):
+  c = DEFAULT.get_config(f"size=tiny,steps={steps}")
+  for key, value in {**OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
+    section, name = key.split(".")
+    setattr(c[section], name, value)
+  return c
+
+
+def _flags(c, workdir, steps):
+  return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/configs/default.py:"
+          f"size=tiny,steps={steps}", f"--workdir={workdir}"] + [
+              f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.data_dir": c.data.data_dir,
+                                                 "train.checkpoint_every": 2}.items()]
+
+
+def _losses(workdir) -> dict[int, float]:
+  """Loss by step; a step logged twice (before a crash and after resuming) keeps its last row."""
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+  return {r["step"]: r["loss"] for r in rows}
+
+
+def _stage_pieces(c, stage, mesh, eps=1e-8):
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  source = build.data_source(c, "train")
+  fmt = build.formatter(c, stage.task, config, tok)
+  host = next(iter(pipeline.make_loader(source, fmt, global_batch_size=8, seed=0)))
+  spec = step_lib.model_batch(host)
+  params = state_lib.abstract_params(model, spec)
+  tx = optim.optimizer(params, lr=optim.schedule(stage.lr, 0, 10), weight_decay=0.0,
+                       grad_clip=1.0, trainable=stage.trainable, eps=eps)
+  return model, tx, state_lib.Factory(model, tx, spec, mesh), host
+
+
+def _steps(c, stage, mesh, n=2, eps=1e-8):
+  model, tx, factory, host = _stage_pieces(c, stage, mesh, eps)
+  state = factory.create(jax.random.key(0))
+  step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx),
+                 in_shardings=(factory.shardings, sharding.data_sharding(mesh)),
+                 out_shardings=(factory.shardings, None))
+  losses = []
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    for _ in range(n):
+      state, m = step(state, pipeline.to_global(step_lib.model_batch(host), mesh))
+      losses.append(float(m["loss"]))
+  return state, losses
+
+
+def test_train_step_on_meshes_equals_one_device(data_dir):
+  c = tiny(data_dir)
+  stage = build.stages(c)[-1]
+  # Adam turns a gradient that is zero in exact arithmetic (attention key biases: softmax ignores
+  # them) into ±lr steps whose sign is float noise, which any change of summation order flips;
+  # eps=1e-6 keeps such noise below the tolerance without changing any real update's scale.
+  one = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  ref_state, ref_losses = _steps(c, stage, one, eps=1e-6)
+  for shape in [(8, 1, 1), (2, 2, 2), (1, 1, 8)]:
+    state, losses = _steps(c, stage, sharding.make_mesh(shape), eps=1e-6)
+    np.testing.assert_allclose(losses, ref_losses, atol=1e-5, err_msg=str(shape))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=str(shape))
+
+
+def test_frozen_parameters_do_not_move_and_have_no_optimizer_state(data_dir):
+  c = tiny(data_dir)
+  stage = build.Stage("align", 0, 4, "caption", "^projector/", 1e-2)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  model, tx, factory, _ = _stage_pieces(c, stage, mesh)
+  before = factory.create(jax.random.key(0))
+  before_params = jax.tree.map(np.asarray, before.params)
+  after, _ = _steps(c, stage, mesh, n=1)
+  for name in ("tower", "llm"):
+    for a, b in zip(jax.tree.leaves(after.params[name]), jax.tree.leaves(before_params[name])):
+      np.testing.assert_array_equal(a, b)
+  assert not np.allclose(after.params["projector"]["linear_0"]["kernel"],
+                         before_params["projector"]["linear_0"]["kernel"])
+  moments = state_lib.count(after.opt_state) - len(jax.tree.leaves(after.opt_state))
+  assert moments <= 2 * state_lib.count(after.params["projector"])
+
+
+def test_config_typos_fail_listing_valid_keys():
+  c = DEFAULT.get_config("size=tiny")
+  with pytest.raises(AttributeError, match="Did you mean \"lr\""):
+    c.train.lrr = 1.0
+  with pytest.raises(ValueError, match=r"valid: \['size', 'steps'\]"):
+    DEFAULT.get_config("sise=tiny")
+  with pytest.raises(ValueError, match=r"valid: \['7b', 'small', 'tiny'\]"):
+    DEFAULT.get_config("size=huge")
+
+
+def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_path):
+  # Warm-up from 0 makes step 1 harmless; then lr 1e30 blows the parameters up.
+  c = tiny(data_dir, steps=6, **{"train.align_fraction": 0.0, "train.lr": 1e30,
+                                 "train.warmup_fraction": 0.5, "train.checkpoint_every": 1,
+                                 "train.grad_clip": 0.0})
+  with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 1"):
+    loop.train(c, tmp_path)
+  checkpoints = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
+  assert checkpoints.all_steps() == [1]
+
+
+def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_path):
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *_, **__: compiles.append(name) if "backend_compile" in name else None)
+  short, long = tmp_path / "short", tmp_path / "long"
+  loop.train(tiny(data_dir, steps=4), short)
+  n_short = len(compiles)
+  loop.train(tiny(data_dir, steps=8), long)
+  assert len(compiles) - n_short == n_short  # Twice the steps, no more compilations.
+  rows = [json.loads(line) for line in (long / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  assert {"loss", "lr", "grad_norm", "tokens_per_sec", "examples_per_sec", "step_time",
+          "mfu"} <= rows[-1].keys()
+  assert list((long / "tensorboard").glob("events.out.tfevents.*"))
+  result = evaluation.evaluate(tiny(data_dir, steps=8, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                                          "mesh.tensor": 2}), long)
+  saved = json.loads((long / "eval" / "8.json").read_text())
+  assert saved["step"] == 8 and set(saved["accuracy"]) == {"fine", "coarse", "position"}
+  assert saved == json.loads(json.dumps(result))
+
+
+def _run(command, env=None, timeout=300):
+  return subprocess.run(["timeout", "-k", "10", str(timeout)] + command, cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+
+
+def _wait_for_step(process, workdir, step, limit=240):
+  metrics = pathlib.Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + limit
+  while time.time() < deadline and process.poll() is None:
+    if metrics.exists() and max(_losses(metrics.parent) or [0]) >= step:
+      return
+    time.sleep(0.2)
+  raise AssertionError(f"training never reached step {step}: {process.poll()}")
+
+
+def test_kill_and_rerun_continues_the_same_loss_curve(data_dir, tmp_path):
+  c = tiny(data_dir)
+  steps = 8
+  done = _run(_flags(c, tmp_path / "whole", steps))
+  assert done.returncode == 0, done.stderr[-3000:]
+  process = subprocess.Popen(_flags(c, tmp_path / "killed", steps), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for_step(process, tmp_path / "killed", 5)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  resumed = _run(_flags(c, tmp_path / "killed", steps))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  resumed_at = int(re.search(r"Resumed stage \w+ at step (\d+)", resumed.stderr).group(1))
+  assert 2 <= resumed_at <= 5
+  whole, killed = _losses(tmp_path / "whole"), _losses(tmp_path / "killed")
+  assert sorted(killed) == sorted(whole) == list(range(1, steps + 1))
+  np.testing.assert_allclose([killed[s] for s in whole], list(whole.values()), rtol=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(data_dir, tmp_path):
+  c = tiny(data_dir)
+  command = _flags(c, tmp_path, 40)
+  command[-1] = "--config.train.checkpoint_every=1000"
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  _wait_for_step(process, tmp_path, 3)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == loop.PREEMPTED_EXIT_CODE
+  saved = checkpoint_lib.Checkpointer(tmp_path / "checkpoints").all_steps()
+  assert len(saved) == 1 and 3 <= saved[0] < 40 and saved[0] >= max(_losses(tmp_path))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, tmp_path):
+  c = tiny(data_dir)
+  steps = 3
+  env = {**os.environ, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  single = _run(_flags(c, tmp_path / "one", steps), env)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  procs = [subprocess.Popen(
+      ["timeout", "-k", "10", "300"] + _flags(c, tmp_path / "two", steps) + [
+          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+          "--heartbeat_timeout_seconds=20", "--shutdown_timeout_seconds=20"],
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate()
+    assert p.returncode == 0, err[-3000:]
+  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  assert sorted(one) == sorted(two) == list(range(1, steps + 1))
+  np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
