@@ -5,10 +5,12 @@ tokenize, make the image views) for several worker counts, and examples/s of a j
 step (forward, backward, AdamW) at the same batch size, in the same process. The pipeline keeps
 up when its rate exceeds the step's. Prints a table and writes JSON.
 
-  python benchmarks/pipeline_throughput.py --workers 0,1,2 --out benchmarks/results
+  python benchmarks/pipeline_throughput.py --config size=small --workers 0,1,2
 """
 import argparse
+import importlib.util
 import json
+import os
 import pathlib
 import platform
 import time
@@ -20,21 +22,18 @@ import numpy as np
 import optax
 
 from mmjax.data import pipeline
-from mmjax.data import tokenizer
-from mmjax.data.datasets import finedetail
-from mmjax.models import llm
 from mmjax.models import mllm
-from mmjax.models import towers
-from mmjax.models import vit
+from mmjax.training import build
+from mmjax.training import step as step_lib
 
 
-def model_config(size: int) -> mllm.MLLMConfig:
-  """A CPU-sized LLaVA-1.5-style model: ViT at `size` px, patch 16, and a small decoder."""
-  return mllm.MLLMConfig(
-      tower=towers.ViTTowerConfig(vit.ViTConfig(image_size=size, patch_size=16, width=192,
-                                                depth=6, num_heads=3, mlp_dim=768)),
-      llm=llm.LLMConfig(vocab_size=tokenizer.ByteTokenizer().vocab_size, width=256, depth=4,
-                        num_heads=4, num_kv_heads=4, mlp_dim=1024))
+def load_config(arg: str):
+  """configs/default.py with `arg` (e.g. "size=small")."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  spec = importlib.util.spec_from_file_location("default_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def pipeline_rate(source, fmt, batch, workers, batches) -> float:
@@ -50,8 +49,7 @@ def pipeline_rate(source, fmt, batch, workers, batches) -> float:
 
 def step_rate(config, batch_np, steps) -> float:
   model = mllm.MLLM(config)
-  batch = {k: jnp.asarray(v) for k, v in batch_np.items()
-           if k in ("tokens", "positions", "segment_ids", "targets", "loss_mask", "images")}
+  batch = {k: jnp.asarray(v) for k, v in step_lib.model_batch(batch_np).items()}
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch))["params"]
   tx = optax.adamw(1e-4)
   opt = tx.init(params)
@@ -77,28 +75,26 @@ def step_rate(config, batch_np, steps) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="small", help="fine_detail builder config.")
+  parser.add_argument("--config", default="size=small", help="configs/default.py arguments.")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--workers", default="0,1,2")
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--size", type=int, default=224, help="Image side the model sees.")
-  parser.add_argument("--max_len", type=int, default=768)
   parser.add_argument("--batches", type=int, default=10)
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args()
-  source = finedetail.prepare(args.config, args.data_dir).as_data_source()["train"]
-  config = model_config(args.size)
-  fmt = pipeline.FormatExample(
-      task="vqa", template="vicuna_v1", tokenizer=tokenizer.ByteTokenizer(),
-      num_image_tokens=config.tower.num_tokens(args.size, args.size), max_len=args.max_len,
-      policy=pipeline.FixedResolution((args.size,)), max_questions=6)
+  c = load_config(args.config)
+  c.data.data_dir = args.data_dir
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  source = build.data_source(c, "train")
+  fmt = build.formatter(c, c.train.task, config, tok)
+  batch = c.train.batch_size
   rows = []
   for workers in map(int, args.workers.split(",")):
-    rate = pipeline_rate(source, fmt, args.batch, workers, args.batches)
+    rate = pipeline_rate(source, fmt, batch, workers, args.batches)
     rows.append({"what": f"pipeline, {workers} workers", "examples_per_sec": rate})
-  sample = next(iter(pipeline.make_loader(source, fmt, global_batch_size=args.batch, seed=0)))
-  rows.append({"what": "train step (ViT-6x192 @%d + LLM-4x256)" % args.size,
+  sample = next(iter(pipeline.make_loader(source, fmt, global_batch_size=batch, seed=0)))
+  rows.append({"what": f"train step ({args.config}, batch {batch})",
                "examples_per_sec": step_rate(config, sample, args.steps)})
   consumed = rows[-1]["examples_per_sec"]
   print(f"\n{'what':<44}{'examples/s':>12}{'vs step':>9}")
@@ -107,7 +103,7 @@ def main():
     print(f"{row['what']:<44}{row['examples_per_sec']:>12.1f}{row['ratio_to_step']:>8.1f}x")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  result = {"args": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
+  result = {"args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{jax.device_count()} {jax.devices()[0].platform} device(s)", "rows": rows}
   (out / "pipeline_throughput.json").write_text(json.dumps(result, indent=1))
   print(f"wrote {out / 'pipeline_throughput.json'}")

@@ -16,7 +16,7 @@ from mmjax import config_args
 SIZES = {
     "tiny": dict(image=64, patch=16, vit=(32, 2, 2), llm=(64, 2, 2), batch=4, max_len=384,
                  dataset="fine_detail/tiny", questions=3),
-    "small": dict(image=224, patch=32, vit=(128, 4, 4), llm=(256, 4, 4), batch=16, max_len=384,
+    "small": dict(image=224, patch=32, vit=(128, 4, 4), llm=(192, 4, 4), batch=8, max_len=320,
                   dataset="fine_detail/small", questions=4),
     "7b": dict(image=336, patch=14, vit=(1024, 24, 16), llm=(4096, 32, 32), batch=128,
                max_len=2048, dataset="fine_detail/large", questions=10),
@@ -24,7 +24,7 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_args.parse(arg, size="small", steps=600)
+  arg = config_args.parse(arg, size="small", steps=500)
   size = config_args.choose("size", arg.size, SIZES)
   vit_width, vit_depth, vit_heads = size["vit"]
   llm_width, llm_depth, llm_heads = size["llm"]
@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.max_new_tokens = 8  # Answers are single words or digits.
+  c.eval.max_new_tokens = 16  # Bytes: the longest answer, "bottom right", is 12 + eos.
   c.eval.batch_size = 64
   c.lock()
   return c

@@ -247,3 +247,9 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   assert sorted(one) == sorted(two) == list(range(1, steps + 1))
   np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+
+
+def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
+  loop.train(tiny(data_dir, steps=2), tmp_path)
+  with pytest.raises(ValueError, match="llm_width"):
+    loop.train(tiny(data_dir, steps=4, **{"model.llm_width": 128}), tmp_path)

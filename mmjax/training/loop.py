@@ -6,6 +6,7 @@ last checkpoint left it. SIGTERM (preemption) saves a checkpoint before exiting;
 loss stops the run with the last good checkpoint kept.
 """
 import functools
+import json
 import pathlib
 import signal
 import time
@@ -67,6 +68,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
   all_stages = build.stages(c)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)
   start = checkpoints.latest_step() or 0
+  _check_same_model(c, workdir, resuming=start > 0)
   if start >= c.train.steps:
     logging.info("Already trained %d steps in %s.", start, workdir)
     return {}
@@ -99,6 +101,20 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     writer.close()
     sigterm.restore()
   return last
+
+
+def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resuming: bool):
+  """Records the config in `workdir/config.json`; a resumed run must build the same model."""
+  path = workdir / "config.json"
+  if resuming and path.exists():
+    saved = json.loads(path.read_text())["model"]
+    changed = {k: (saved.get(k), v) for k, v in c.model.to_dict().items() if saved.get(k) != v}
+    if changed:
+      raise ValueError(f"{workdir} holds checkpoints of another model; changed fields "
+                       f"(saved, now): {changed}. Use a new --workdir.")
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(c.to_json(indent=1))
 
 
 class _Setup:
@@ -163,7 +179,7 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
     state, step = new_state, step + 1
     window["time"] += time.perf_counter() - tick
     window["steps"] += 1
-    window["tokens"] += float(m["tokens"])
+    window["tokens"] += float(np.sum(host["segment_ids"] > 0)) * jax.process_count()
     window["dropped"] += int(np.sum(host["dropped"]))
     window["truncated"] += int(np.sum(host["truncated"]))
     writer.advance()
