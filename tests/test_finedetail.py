@@ -1,9 +1,7 @@
 """The embedded fine-detail dataset: determinism, disjoint splits, and details illegible at 224 px."""
-import io
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmjax.data.datasets import finedetail

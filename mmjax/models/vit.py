@@ -7,7 +7,6 @@ bicubically to the input's patch grid; `position_embedding="none"` leaves positi
 attention (2D rotary embeddings) instead.
 """
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
