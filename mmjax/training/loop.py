@@ -136,14 +136,19 @@ class _Setup:
     self.num_trainable = sum(int(np.prod(p.shape)) for p, t in zip(
         jax.tree.leaves(params_shape), jax.tree.leaves(self.trainable)) if t)
     self.num_params = state_lib.count(params_shape)
-    self.iterator = iter(pipeline.make_loader(source, fmt, global_batch_size=c.train.batch_size,
-                                              seed=c.seed + stage.start,
-                                              worker_count=c.data.worker_count))
+    self.loader = pipeline.make_loader(source, fmt, global_batch_size=c.train.batch_size,
+                                       seed=c.seed + stage.start,
+                                       worker_count=c.data.worker_count)
     self.step_fn = jax.jit(
         functools.partial(step_lib.train_step, model=model, tx=tx,
                           accum_steps=c.train.grad_accum_steps, trainable=self.trainable),
         in_shardings=(self.factory.shardings, sharding.data_sharding(mesh)),
         out_shardings=(self.factory.shardings, None), donate_argnums=0)
+
+  @functools.cached_property
+  def iterator(self):
+    """Created on first use: a setup only restored from (a stage boundary) reads no data."""
+    return iter(self.loader)
 
   def compile(self):
     """The step compiled ahead of time for the global batch (`batch_spec` has global rows)."""
