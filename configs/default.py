@@ -18,6 +18,8 @@ SIZES = {
                  dataset="fine_detail/tiny", questions=3),
     "small": dict(image=224, patch=32, vit=(128, 4, 4), llm=(192, 4, 4), batch=8, max_len=320,
                   dataset="fine_detail/small", questions=4),
+    "base": dict(image=224, patch=16, vit=(256, 6, 8), llm=(384, 6, 6), batch=8, max_len=512,
+                 dataset="fine_detail/small", questions=4),
     "7b": dict(image=336, patch=14, vit=(1024, 24, 16), llm=(4096, 32, 32), batch=128,
                max_len=2048, dataset="fine_detail/large", questions=10),
 }

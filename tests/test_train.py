@@ -137,7 +137,7 @@ def test_config_typos_fail_listing_valid_keys():
     c.train.lrr = 1.0
   with pytest.raises(ValueError, match=r"valid: \['size', 'steps'\]"):
     DEFAULT.get_config("sise=tiny")
-  with pytest.raises(ValueError, match=r"valid: \['7b', 'small', 'tiny'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     DEFAULT.get_config("size=huge")
 
 

@@ -1,0 +1,102 @@
+"""Train-step speed of the default config at several sizes: compile time, step time, tokens/s
+and MFU against the `jnp.dot` peak measured in the same process. Prints a table, writes JSON.
+
+  python benchmarks/train_step.py --sizes 'size=tiny;size=small;size=base' --steps 5
+"""
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+from mmjax import sharding
+from mmjax.data import pipeline
+from mmjax.models import mllm
+from mmjax.training import build
+from mmjax.training import flops as flops_lib
+from mmjax.training import optim
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
+
+
+def load_config(arg: str):
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  spec = importlib.util.spec_from_file_location("default_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def measure(arg: str, data_dir: str | None, steps: int, peak: float) -> dict:
+  c = load_config(arg)
+  c.data.data_dir = data_dir
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  fmt = build.formatter(c, c.train.task, config, tok)
+  host = next(iter(pipeline.make_loader(build.data_source(c, "train"), fmt,
+                                        global_batch_size=c.train.batch_size, seed=0)))
+  mesh = sharding.make_mesh((-1, 1, 1))
+  batch = pipeline.to_global(step_lib.model_batch(host), mesh)
+  params = state_lib.abstract_params(model, step_lib.model_batch(host))
+  tx = optim.optimizer(params, lr=optim.schedule(c.train.lr, 1, 100), weight_decay=0.0,
+                       grad_clip=c.train.grad_clip, trainable=".*")
+  factory = state_lib.Factory(model, tx, step_lib.model_batch(host), mesh)
+  state = factory.create(jax.random.key(0))
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx),
+                 in_shardings=(factory.shardings, sharding.data_sharding(mesh)),
+                 out_shardings=(factory.shardings, None), donate_argnums=0)
+  tick = time.perf_counter()
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    compiled = step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - tick
+  state, m = compiled(state, batch)
+  m["loss"].block_until_ready()
+  tick = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, batch)
+  m["loss"].block_until_ready()
+  seconds = (time.perf_counter() - tick) / steps
+  step_flops = flops_lib.compiled_flops(compiled)
+  tokens = float(np.sum(host["segment_ids"] > 0))
+  return {"config": arg, "parameters": state_lib.count(params),
+          "batch": c.train.batch_size, "max_len": c.data.max_len,
+          "compile_seconds": compile_seconds, "step_seconds": seconds,
+          "tokens_per_sec": tokens / seconds, "flops_per_step": step_flops,
+          "mfu": step_flops / seconds / peak}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--sizes", default="size=tiny;size=small;size=base",
+                      help="configs/default.py argument strings, ';'-separated.")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--out", default="benchmarks/results")
+  args = parser.parse_args()
+  peak = flops_lib.measured_peak_flops() * jax.device_count()
+  rows = [measure(arg, args.data_dir, args.steps, peak) for arg in args.sizes.split(";")]
+  print(f"\njnp.dot peak: {peak / 1e9:.1f} GFLOP/s")
+  print(f"{'config':<24}{'params':>10}{'compile s':>11}{'step s':>9}{'tokens/s':>10}"
+        f"{'GFLOP/step':>12}{'MFU':>7}")
+  for r in rows:
+    print(f"{r['config']:<24}{r['parameters']:>10,}{r['compile_seconds']:>11.1f}"
+          f"{r['step_seconds']:>9.3f}{r['tokens_per_sec']:>10.0f}"
+          f"{r['flops_per_step'] / 1e9:>12.1f}{r['mfu']:>7.2f}")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s)", "peak_flops": peak, "rows": rows}
+  (out / "train_step.json").write_text(json.dumps(result, indent=1))
+  print(f"wrote {out / 'train_step.json'}")
+
+
+if __name__ == "__main__":
+  main()
