@@ -8,7 +8,6 @@ up when its rate exceeds the step's. Prints a table and writes JSON.
   python benchmarks/pipeline_throughput.py --config size=small --workers 0,1,2
 """
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,19 +19,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax import config_args
 from mmjax.data import pipeline
 from mmjax.models import mllm
 from mmjax.training import build
 from mmjax.training import step as step_lib
 
-
-def load_config(arg: str):
-  """configs/default.py with `arg` (e.g. "size=small")."""
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
 def pipeline_rate(source, fmt, batch, workers, batches) -> float:
@@ -81,7 +74,7 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args()
-  c = load_config(args.config)
+  c = config_args.get_config(DEFAULT_CONFIG, args.config)
   c.data.data_dir = args.data_dir
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)

@@ -5,7 +5,6 @@ and MFU against the `jnp.dot` peak measured in the same process. Prints a table,
 """
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,6 +14,7 @@ import time
 import jax
 import numpy as np
 
+from mmjax import config_args
 from mmjax import sharding
 from mmjax.data import pipeline
 from mmjax.models import mllm
@@ -24,17 +24,11 @@ from mmjax.training import optim
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
-
-def load_config(arg: str):
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
 def measure(arg: str, data_dir: str | None, steps: int, peak: float) -> dict:
-  c = load_config(arg)
+  c = config_args.get_config(DEFAULT_CONFIG, arg)
   c.data.data_dir = data_dir
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)

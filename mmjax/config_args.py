@@ -4,6 +4,9 @@ A config's `get_config(arg)` declares its arguments with defaults; `parse` check
 ones against them (an unknown name fails, listing the valid ones) and converts each value to the
 default's type.
 """
+import importlib.util
+import os
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -39,3 +42,14 @@ def choose(name: str, value: str, options: dict[str, Any]) -> Any:
   if value not in options:
     raise ValueError(f"Unknown {name} {value!r}; valid: {sorted(options)}.")
   return options[value]
+
+
+def get_config(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """A config file's `get_config(arg)`, as `--config path:arg` loads it (for scripts and tests)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"mmjax_config_{path.stem}", path)
+  if spec is None or not path.is_file():
+    raise FileNotFoundError(f"No config file {path}.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,6 +1,5 @@
 """train.py / eval.py: sharded equality, freezing, NaN guard, configs, resume, preemption,
 multi-process training and evaluation end to end."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from mmjax import config_args
 from mmjax import evaluation
 from mmjax import sharding
 from mmjax.data import pipeline
@@ -27,16 +27,9 @@ from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.py"
 
 
-def _load_default():
-  spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs/default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-DEFAULT = _load_default()
 # Tiny, with every sharded dimension divisible by 8 so any split of 8 devices works.
 OVERRIDES = {"model.vit_heads": 8, "model.llm_heads": 8, "model.llm_kv_heads": 8,
              "model.vocab_size": 264, "train.batch_size": 8, "train.log_every": 1,
@@ -51,7 +44,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, steps=4, **overrides):
-  c = DEFAULT.get_config(f"size=tiny,steps={steps}")
+  c = config_args.get_config(DEFAULT, f"size=tiny,steps={steps}")
   for key, value in {**OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
     section, name = key.split(".")
     setattr(c[section], name, value)
@@ -132,13 +125,15 @@ def test_frozen_parameters_do_not_move_and_have_no_optimizer_state(data_dir):
 
 
 def test_config_typos_fail_listing_valid_keys():
-  c = DEFAULT.get_config("size=tiny")
+  c = config_args.get_config(DEFAULT, "size=tiny")
   with pytest.raises(AttributeError, match="Did you mean \"lr\""):
     c.train.lrr = 1.0
   with pytest.raises(ValueError, match=r"valid: \['size', 'steps'\]"):
-    DEFAULT.get_config("sise=tiny")
+    config_args.get_config(DEFAULT, "sise=tiny")
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
-    DEFAULT.get_config("size=huge")
+    config_args.get_config(DEFAULT, "size=huge")
+  with pytest.raises(FileNotFoundError, match="no_such.py"):
+    config_args.get_config(ROOT / "configs" / "no_such.py")
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_path):
