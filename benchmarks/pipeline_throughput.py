@@ -8,21 +8,22 @@ up when its rate exceeds the step's. Prints a table and writes JSON.
   python benchmarks/pipeline_throughput.py --config size=small --workers 0,1,2
 """
 import argparse
+import functools
 import json
 import os
 import pathlib
 import platform
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import optax
 
 from mmjax import config_args
+from mmjax import sharding
 from mmjax.data import pipeline
 from mmjax.models import mllm
 from mmjax.training import build
+from mmjax.training import optim
+from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -39,28 +40,22 @@ def pipeline_rate(source, fmt, batch, workers, batches) -> float:
   return batches * batch / (time.perf_counter() - start)
 
 
-def step_rate(config, batch_np, steps) -> float:
+def step_rate(c, config, batch_np, steps) -> float:
+  """Examples/s of the training step (`mmjax.training.step.train_step`) on one device."""
   model = mllm.MLLM(config)
-  batch = {k: jnp.asarray(v) for k, v in step_lib.model_batch(batch_np).items()}
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch))["params"]
-  tx = optax.adamw(1e-4)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, batch):
-    def loss_fn(p):
-      logits, _ = model.apply({"params": p}, batch)
-      return mllm.next_token_loss(logits, batch["targets"], batch["loss_mask"])["loss"]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, loss
-
-  params, opt, loss = step(params, opt, batch)
-  loss.block_until_ready()
+  batch = step_lib.model_batch(batch_np)
+  params = state_lib.abstract_params(model, batch)
+  tx = optim.optimizer(params, lr=optim.schedule(c.train.lr, 1, 100), weight_decay=0.0,
+                       grad_clip=c.train.grad_clip, trainable=".*")
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  state = state_lib.Factory(model, tx, batch, mesh).create(jax.random.key(0))
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx), donate_argnums=0)
+  state, m = step(state, batch)
+  m["loss"].block_until_ready()
   start = time.perf_counter()
   for _ in range(steps):
-    params, opt, loss = step(params, opt, batch)
-  loss.block_until_ready()
+    state, m = step(state, batch)
+  m["loss"].block_until_ready()
   return steps * len(batch_np["tokens"]) / (time.perf_counter() - start)
 
 
@@ -87,7 +82,7 @@ def main():
     rows.append({"what": f"pipeline, {workers} workers", "examples_per_sec": rate})
   sample = next(iter(pipeline.make_loader(source, fmt, global_batch_size=batch, seed=0)))
   rows.append({"what": f"train step ({args.config}, batch {batch})",
-               "examples_per_sec": step_rate(config, sample, args.steps)})
+               "examples_per_sec": step_rate(c, config, sample, args.steps)})
   consumed = rows[-1]["examples_per_sec"]
   print(f"\n{'what':<44}{'examples/s':>12}{'vs step':>9}")
   for row in rows:
