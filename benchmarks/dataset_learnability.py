@@ -1,7 +1,7 @@
 """Learning curves on the embedded fine-detail dataset: is each question kind learnable from
 scratch on a CPU, and only at high resolution?
 
-A small ConvNeXt probe sees the image (squashed to `res`×`res`) and the question reduced to the
+A small ConvNeXt probe sees the image (letterboxed to `res`×`res`) and the question reduced to the
 words that pick its target (kind, colour, shape, region); attention pooling over its last map
 feeds an answer classifier. It is trained on all question kinds at once (every question of each
 image in the batch, as a multi-turn conversation would), at high and at low resolution, and
@@ -50,15 +50,28 @@ def condition(kind: str, question: str) -> np.ndarray:
   return vec
 
 
-def load_split(source, res: int, cache: pathlib.Path):
-  """Images squashed to res×res (uint8) and the (image, condition, answer, kind) items."""
-  path = cache / f"{len(source)}_{res}.npz"
+def letterbox(image: np.ndarray, res: int) -> np.ndarray:
+  """The image with its long side resized to `res`, centred on a res×res mean-grey canvas (as
+  LLaVA-1.5 pads), so shapes keep their aspect and orientation stays visible."""
+  h, w = image.shape[:2]
+  scale = res / max(h, w)
+  size = (max(round(w * scale), 1), max(round(h * scale), 1))
+  canvas = np.full((res, res, 3), (124, 116, 104), np.uint8)
+  x0, y0 = (res - size[0]) // 2, (res - size[1]) // 2
+  canvas[y0:y0 + size[1], x0:x0 + size[0]] = np.asarray(
+      Image.fromarray(image).resize(size, Image.BICUBIC))
+  return canvas
+
+
+def load_split(source, name: str, res: int, cache: pathlib.Path):
+  """Letterboxed res×res images (uint8) and the (image, condition, answer, kind) items."""
+  path = cache / f"{name}_{len(source)}_{res}.npz"
   items = []
   images = np.zeros((len(source), res, res, 3), np.uint8)
   for i in range(len(source)):
     record = source[i]
     if not path.exists():
-      images[i] = np.asarray(Image.fromarray(record["image"]).resize((res, res), Image.BICUBIC))
+      images[i] = letterbox(record["image"], res)
     qa = record["qa"]
     for kind, q, a in zip(qa["kind"], qa["question"], qa["answer"]):
       items.append((i, kind.decode(), q.decode(), a.decode()))
@@ -214,17 +227,28 @@ def main():
   parser.add_argument("--depths", default="1,1,2,1", help="ConvNeXt stage depths.")
   parser.add_argument("--lr", type=float, default=2e-3)
   parser.add_argument("--eval_every", type=int, default=100)
+  parser.add_argument("--kinds", default="", help="Comma-separated question kinds to train and "
+                      "evaluate on (default: all).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   cache = out / "cache"
   cache.mkdir(parents=True, exist_ok=True)
-  sources = finedetail.prepare(args.config, args.data_dir).as_data_source()
+  builder = finedetail.prepare(args.config, args.data_dir)
+  sources = builder.as_data_source()
+  name = f"{args.config}_{builder.version}"
   results = {"config": args.config, "args": vars(args), "curves": {}}
   for res in map(int, args.res.split(",")):
-    train = load_split(sources["train"], res, cache)
-    val = load_split(sources["validation"], res, cache)
+    train = load_split(sources["train"], f"{name}_train", res, cache)
+    val = load_split(sources["validation"], f"{name}_validation", res, cache)
+    if args.kinds:
+      wanted = args.kinds.split(",")
+      unknown = set(wanted) - set(KINDS)
+      if unknown:
+        raise ValueError(f"Unknown kinds {sorted(unknown)}; valid: {KINDS}.")
+      train = train[0], [item for item in train[1] if item[1] in wanted]
+      val = val[0], [item for item in val[1] if item[1] in wanted]
     answers = sorted({a for *_, a in train[1] + val[1]})
     results["chance"] = chance(val[1], answers)
     results["curves"][res] = run(res, train, val, answers, args)

@@ -77,7 +77,30 @@ def test_questions_cover_every_family_with_correct_answers():
   codes = {b.colour: b.code for b in scene.of_kind("box")}
   box_q = by_kind["box_code"]
   assert box_q.answer == codes[next(c for c in codes if c in box_q.question)]
+  assert by_kind["mark_shape"].answer == scene.of_kind("mark")[0].shape
   assert questions.normalize_answer(" Two. ") == questions.normalize_answer("2") == "2"
+
+
+def test_marks_share_a_shape_have_equal_ink_and_contrast_with_the_background():
+  """A blurred mark's brightness must not give its shape away (so low resolution cannot answer
+  mark_shape by area), and marks must stand out from the background (so high resolution can)."""
+  areas = {}
+  for i in range(40):
+    image, scene = scenes.render(np.random.default_rng(i), scenes.SceneSpec())
+    marks = scene.of_kind("mark")
+    assert len({(m.shape, m.colour) for m in marks}) == 1
+    assert np.linalg.norm(np.subtract(scenes.COLOURS[marks[0].colour],
+                                      scenes.BACKGROUNDS[scene.background])) >= 120
+    shapes = scene.of_kind("shape")
+    assert len({s.shape for s in shapes}) == len({s.colour for s in shapes}) == len(shapes)
+    pixels = np.asarray(image).astype(int)
+    for m in marks:
+      x0, y0, x1, y1 = m.box
+      ink = (np.abs(pixels[y0:y1, x0:x1] - scenes.COLOURS[m.colour]).sum(-1) == 0).sum()
+      areas.setdefault(m.shape, []).append(ink / scene.detail_px ** 2)
+  means = {k: np.mean(v) for k, v in areas.items()}
+  assert set(means) == set(scenes.MARK_SHAPES)
+  assert max(means.values()) / min(means.values()) < 1.15, means
 
 
 def test_unknown_config_is_rejected(tmp_path):

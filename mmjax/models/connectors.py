@@ -10,13 +10,15 @@ _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
 
 def validate_projector(kind: str) -> None:
-  if kind != "linear" and not _MLP.match(kind):
-    raise ValueError(f"Unknown projector {kind!r}; valid: 'linear' or 'mlp<N>x_gelu' "
-                     "(e.g. 'mlp2x_gelu', LLaVA-1.5's).")
+  if kind not in ("linear", "identity") and not _MLP.match(kind):
+    raise ValueError(f"Unknown projector {kind!r}; valid: 'linear', 'identity' (towers that "
+                     "project per encoder, as LEO) or 'mlp<N>x_gelu' (e.g. 'mlp2x_gelu', "
+                     "LLaVA-1.5's).")
 
 
 class Projector(nn.Module):
-  """'linear': one Linear. 'mlp<N>x_gelu': Linear, then N-1 × (GELU, Linear), as LLaVA builds it."""
+  """'linear': one Linear. 'mlp<N>x_gelu': Linear, then N-1 × (GELU, Linear), as LLaVA builds it.
+  'identity': nothing (the tower's features already have the LLM's width)."""
   kind: str
   out_dim: int
   dtype: str = "float32"
@@ -25,6 +27,11 @@ class Projector(nn.Module):
   @nn.compact
   def __call__(self, x: Float[Array, "B N C"]) -> Float[Array, "B N D"]:
     validate_projector(self.kind)
+    if self.kind == "identity":
+      if x.shape[-1] != self.out_dim:
+        raise ValueError(f"The identity projector needs features of the LLM's width "
+                         f"{self.out_dim}, got {x.shape[-1]}.")
+      return x
     depth = 1 if self.kind == "linear" else int(_MLP.match(self.kind).group(1))
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.dense(self.out_dim, ("vision_embed", "embed"), name="linear_0", **kw)(x)

@@ -21,7 +21,7 @@ from mmjax.models import towers
 
 @dataclasses.dataclass(frozen=True)
 class MLLMConfig:
-  tower: towers.ViTTowerConfig = towers.ViTTowerConfig()  # Which vision tower, and its config.
+  tower: towers.TowerConfig = towers.ViTTowerConfig()  # Which vision tower, and its config.
   llm: llm_lib.LLMConfig = llm_lib.LLMConfig()  # The decoder (LLaMA-2-7B / Vicuna-7B shape by default).
   projector: str = "mlp2x_gelu"  # "linear" (LLaVA) or "mlp<N>x_gelu" (LLaVA-1.5: mlp2x_gelu).
   image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).

@@ -66,8 +66,12 @@ def _example_star(args):
 
 class FineDetail(tfds.core.GeneratorBasedBuilder):
   """Procedural scenes with fine-detail, coarse and position questions."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "2.0.0": "Learnable ladder: one mark shape per scene at equal ink area, marks contrasting "
+               "with the background, distinct large shapes, less clutter.",
+  }
   BUILDER_CONFIGS = list(CONFIGS.values())
   DEFAULT_CONFIG_NAME = "small"
 

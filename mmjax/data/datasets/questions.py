@@ -1,7 +1,7 @@
 """Questions and dense captions about a `Scene`, in three families.
 
-* fine: needs the small details (box codes, mark shapes, mark counts) — the difficulty ladder
-  mark_shape → mark_count → box_code;
+* fine: needs the small details — the difficulty ladder mark_shape (what shape the small marks
+  are) → mark_count (how many there are) → box_code (read a digit);
 * coarse: answerable from a thumbnail (background colour, texture, orientation, number and
   colours of the large shapes);
 * position: where a detail is, on a 3×3 grid of regions.
@@ -41,11 +41,8 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
   return options[int(rng.integers(len(options)))]
 
 
-def _unique_by_region(scene: Scene, kind: str):
-  """Things of `kind` alone in their region, so "the mark at the top left" names one thing."""
-  things = scene.of_kind(kind)
-  regions = [t.region(scene.width, scene.height) for t in things]
-  return [t for t, r in zip(things, regions) if regions.count(r) == 1]
+def _plural(shape: str) -> str:
+  return shape + ("es" if shape.endswith("s") else "s")
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
@@ -54,27 +51,26 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   w, h = scene.width, scene.height
   marks, boxes, shapes = scene.of_kind("mark"), scene.of_kind("box"), scene.of_kind("shape")
 
-  lonely = _unique_by_region(scene, "mark")
-  if lonely:
-    mark = lonely[int(rng.integers(len(lonely)))]
-    region = mark.region(w, h)
-    out.append(QA("fine", "mark_shape", _pick(rng, (
-        f"What shape is the small {mark.colour} mark at the {region}?",
-        f"Which shape is the tiny {mark.colour} mark in the {region} of the image?",
-        f"The small {mark.colour} mark at the {region}: what shape is it?")), mark.shape))
-  distinct = [m for m in marks if sum(o.shape == m.shape for o in marks) == 1]
-  if distinct:
-    mark = distinct[int(rng.integers(len(distinct)))]
-    out.append(QA("position", "mark_position", _pick(rng, (
-        f"Where is the small {mark.colour} {mark.shape}?",
-        f"In which part of the image is the tiny {mark.colour} {mark.shape}?")),
-        mark.region(w, h)))
-  if marks:
-    colour = marks[0].colour
+  if marks:  # All marks of a scene share their colour and shape.
+    colour, shape = marks[0].colour, marks[0].shape
+    if len(marks) == 1:
+      phrasings = (f"What shape is the small {colour} mark?",
+                   f"Which shape is the tiny {colour} mark?",
+                   f"The small {colour} mark: what shape is it?")
+    else:
+      phrasings = (f"What shape are the small {colour} marks?",
+                   f"Which shape do the tiny {colour} marks have?",
+                   f"The small {colour} marks: what shape are they?")
+    out.append(QA("fine", "mark_shape", _pick(rng, phrasings), shape))
     out.append(QA("fine", "mark_count", _pick(rng, (
         f"How many small {colour} marks are there?",
         f"Count the tiny {colour} marks in the image.",
         f"What is the number of small {colour} marks?")), str(len(marks))))
+    if len(marks) == 1:
+      out.append(QA("position", "mark_position", _pick(rng, (
+          f"Where is the small {colour} {shape}?",
+          f"In which part of the image is the tiny {colour} {shape}?")),
+          marks[0].region(w, h)))
   if boxes:
     box = boxes[int(rng.integers(len(boxes)))]
     out.append(QA("fine", "box_code", _pick(rng, (
@@ -97,9 +93,8 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   out.append(QA("coarse", "shape_count", _pick(rng, (
       "How many large shapes are there?", "Count the big shapes in the image.")),
       str(len(shapes))))
-  named = [s for s in shapes if sum(o.shape == s.shape for o in shapes) == 1]
-  if named:
-    shape = named[int(rng.integers(len(named)))]
+  if shapes:  # Large shapes differ in kind, so each is named by it.
+    shape = shapes[int(rng.integers(len(shapes)))]
     out.append(QA("coarse", "shape_colour", _pick(rng, (
         f"What colour is the large {shape.shape}?", f"Which colour is the big {shape.shape}?")),
         shape.colour))
@@ -110,19 +105,27 @@ def _a(word: str) -> str:
   return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+def _listing(items: list[str]) -> str:
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def caption(scene: Scene) -> str:
   """A dense caption describing every object, for the alignment stage."""
   w, h = scene.width, scene.height
   parts = [f"{_a(scene.orientation).capitalize()} image with {_a(scene.background)} "
            f"{scene.texture} background."]
   shapes = scene.of_kind("shape")
-  parts.append(f"{NUMBERS[len(shapes)].capitalize()} large shape{'s' * (len(shapes) != 1)}: " +
-               ", ".join(f"{_a(s.colour)} {s.shape} at the {s.region(w, h)}" for s in shapes) + ".")
+  if shapes:
+    parts.append(f"{NUMBERS[len(shapes)].capitalize()} large shape{'s' * (len(shapes) != 1)}: " +
+                 _listing([f"{_a(s.colour)} {s.shape} at the {s.region(w, h)}" for s in shapes]) +
+                 ".")
+  else:
+    parts.append("No large shapes.")
   for box in scene.of_kind("box"):
     parts.append(f"{_a(box.colour).capitalize()} box at the {box.region(w, h)} reads {box.code}.")
   marks = scene.of_kind("mark")
   if marks:
-    parts.append(f"{NUMBERS[len(marks)].capitalize()} small {marks[0].colour} "
-                 f"mark{'s' * (len(marks) != 1)}: " +
-                 ", ".join(f"a {m.shape} at the {m.region(w, h)}" for m in marks) + ".")
+    shape = marks[0].shape if len(marks) == 1 else _plural(marks[0].shape)
+    parts.append(f"{NUMBERS[len(marks)].capitalize()} small {marks[0].colour} {shape} at the "
+                 f"{_listing([m.region(w, h) for m in marks])}.")
   return " ".join(parts)

@@ -3,8 +3,12 @@
 A scene is a textured background of a named colour, a few large shapes (coarse content) and small
 details sized as a fraction of the image's long side, so that after downscaling the long side to
 224 px a detail is under 3 px — below legibility — while at full resolution it spans 6–13 px:
-  * small marks (a few coloured circles / squares / triangles / crosses),
+  * small marks: one to three copies of one mark (circle / square / triangle / cross) in one
+    colour that stands out from the background, drawn at equal ink area so that a blurred blob's
+    brightness does not give its shape away,
   * labelled boxes: a white box with a coloured border holding a short code in small type.
+Clutter is kept low (no texture looks like a mark; large shapes differ in kind and colour) so the
+fine details are learnable from scratch at CPU budgets: see benchmarks/dataset_learnability.py.
 Everything drawn is recorded in a `Scene`, from which questions and dense captions are made.
 """
 import dataclasses
@@ -21,9 +25,14 @@ BACKGROUNDS = {  # Muted background colours (the "dominant colour" of the image)
     "grey": (128, 128, 128), "beige": (205, 190, 150), "teal": (70, 140, 140),
     "pink": (225, 160, 175), "olive": (120, 125, 60), "navy": (45, 55, 105),
 }
-TEXTURES = ("plain", "stripes", "checks", "dots", "waves", "noise")
+TEXTURES = ("plain", "stripes", "checks", "waves", "noise")
 SHAPES = ("circle", "square", "triangle")
-MARK_SHAPES = ("circle", "square", "triangle", "cross")
+# Circle and square are left out: at equal area and a few pixels across they differ by a pixel.
+MARK_SHAPES = ("circle", "triangle", "cross")
+# Each mark's extent as a fraction of the detail size, so that every mark has the ink area of the
+# triangle (half its box): a blurred mark's brightness says nothing about its shape.
+MARK_EXTENT = {"circle": 0.80, "triangle": 1.0, "cross": 0.95}
+MARK_CONTRAST = 120  # Least RGB distance between the marks' colour and the background's.
 CODE_ALPHABET = "0123456789"
 REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
            "bottom right")
@@ -36,10 +45,10 @@ class SceneSpec:
   """How scenes are drawn. Sizes are in pixels of the generated image."""
   long_side: tuple[int, int] = (512, 1024)  # Range of the image's long side.
   max_aspect: float = 3.0  # Aspect ratios from 1:max_aspect to max_aspect:1 (log-uniform).
-  detail_frac: float = 0.0125  # Detail (glyph / mark) height as a fraction of the long side.
-  num_shapes: tuple[int, int] = (1, 4)  # Range of the number of large shapes.
-  num_marks: tuple[int, int] = (1, 4)  # Range of the number of small marks.
-  num_boxes: tuple[int, int] = (1, 3)  # Range of the number of labelled boxes.
+  detail_frac: float = 0.013  # Detail (glyph / mark) height as a fraction of the long side.
+  num_shapes: tuple[int, int] = (1, 3)  # Range of the number of large shapes.
+  num_marks: tuple[int, int] = (1, 3)  # Range of the number of small marks.
+  num_boxes: tuple[int, int] = (1, 2)  # Range of the number of labelled boxes.
   code_length: int = 1  # Characters per box code.
 
   def __post_init__(self):
@@ -47,8 +56,9 @@ class SceneSpec:
       raise ValueError(f"detail_frac={self.detail_frac} makes details "
                        f"{self.detail_frac * LOW_RES:.2f} px high at {LOW_RES} px: they must "
                        f"stay under {LEGIBLE_PX} px (detail_frac < {LEGIBLE_PX / LOW_RES:.4f}).")
-    if self.num_boxes[1] > len(COLOURS) or self.num_shapes[1] > 6:
-      raise ValueError("num_boxes ≤ number of box colours and num_shapes ≤ 6 are required.")
+    if self.num_boxes[1] > len(COLOURS) or self.num_shapes[1] > len(SHAPES):
+      raise ValueError(f"num_boxes ≤ {len(COLOURS)} (box colours) and num_shapes ≤ {len(SHAPES)} "
+                       f"(large shapes differ in kind) are required.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +101,7 @@ def _size(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, int]:
 
 def _texture(rng: np.random.Generator, name: str, base: tuple[int, int, int], width: int,
              height: int) -> np.ndarray:
-  """A [H, W, 3] uint8 background: the base colour modulated by a texture of amplitude ±25."""
+  """A [H, W, 3] uint8 background: the base colour modulated by a texture of amplitude ±30."""
   y, x = np.mgrid[0:height, 0:width].astype(np.float32)
   period = rng.uniform(0.04, 0.1) * max(width, height)
   if name == "plain":
@@ -101,16 +111,13 @@ def _texture(rng: np.random.Generator, name: str, base: tuple[int, int, int], wi
     pattern = np.sign(np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period))
   elif name == "checks":
     pattern = np.where((x // period + y // period) % 2 == 0, 1.0, -1.0)
-  elif name == "dots":
-    d = np.hypot((x % period) - period / 2, (y % period) - period / 2)
-    pattern = np.where(d < period / 4, 1.0, -0.3)
   elif name == "waves":
     pattern = np.sin(2 * math.pi * x / period + 3 * np.sin(2 * math.pi * y / (2 * period)))
   else:  # noise: smooth value noise, upsampled from a coarse grid.
     coarse = rng.uniform(-1, 1, (8, 8)).astype(np.float32)
     img = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
     pattern = np.clip(np.asarray(img), -1, 1)
-  out = np.asarray(base, np.float32)[None, None] + 25.0 * pattern[..., None]
+  out = np.asarray(base, np.float32)[None, None] + 30.0 * pattern[..., None]
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -152,12 +159,15 @@ def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scen
   taken: list[tuple[int, int, int, int]] = []
 
   short = min(width, height)
-  for _ in range(int(rng.integers(spec.num_shapes[0], spec.num_shapes[1] + 1))):
-    size = int(rng.uniform(0.18, 0.28) * short)
+  num_shapes = int(rng.integers(spec.num_shapes[0], spec.num_shapes[1] + 1))
+  # Distinct kinds and colours: "the large circle" names one shape, whose colour is one answer.
+  for shape, colour in zip(rng.permutation(SHAPES)[:num_shapes],
+                           rng.permutation(list(COLOURS))[:num_shapes]):
+    shape, colour = str(shape), str(colour)
+    size = int(rng.uniform(0.22, 0.32) * short)
     box = _free_box(rng, taken, width, height, size, size, margin=int(0.02 * short))
     if box is None:
       continue
-    shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
     _draw_shape(draw, shape, box, COLOURS[colour])
     things.append(Thing("shape", shape, colour, box))
     taken.append(box)
@@ -182,13 +192,16 @@ def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scen
     things.append(Thing("box", "box", str(colour), box, code))
     taken.append(box)
 
-  mark_colour = str(rng.choice(list(COLOURS)))  # All marks share a colour: "the small red marks".
-  size = max(int(round(detail)), 2)
+  # All marks share a colour and a shape ("the small red marks are crosses"): the ladder's first
+  # rungs ask for that shape, then for their number.
+  visible = [c for c, rgb in COLOURS.items()
+             if np.linalg.norm(np.subtract(rgb, BACKGROUNDS[background])) >= MARK_CONTRAST]
+  mark_colour, shape = str(rng.choice(visible)), str(rng.choice(MARK_SHAPES))
+  size = max(int(round(detail * MARK_EXTENT[shape])), 2)
   for _ in range(int(rng.integers(spec.num_marks[0], spec.num_marks[1] + 1))):
     box = _free_box(rng, taken, width, height, size, size, margin=int(2 * detail))
     if box is None:
       continue
-    shape = str(rng.choice(MARK_SHAPES))
     _draw_shape(draw, shape, box, COLOURS[mark_colour])
     things.append(Thing("mark", shape, mark_colour, box))
     taken.append(box)

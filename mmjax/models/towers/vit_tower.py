@@ -1,8 +1,4 @@
-"""Vision towers: encoders (and later their fusion) turning pixels into a sequence of features.
-
-A tower maps `images [B, H, W, 3]` (normalised pixels) to features `[B, N, C]`; towers are chosen
-by name (`TOWERS`), so configs swap them without code changes.
-"""
+"""LLaVA-1.5's tower: one ViT, features of `select_layer`, class token dropped."""
 import dataclasses
 
 import flax.linen as nn
@@ -27,6 +23,10 @@ class ViTTowerConfig:
                        "hidden states of the ViT.")
 
   @property
+  def image_size(self) -> int:
+    return self.vit.image_size
+
+  @property
   def width(self) -> int:
     return self.vit.width
 
@@ -37,7 +37,6 @@ class ViTTowerConfig:
 
 
 class ViTTower(nn.Module):
-  """LLaVA-1.5's tower: one ViT, features of `select_layer`, class token dropped."""
   config: ViTTowerConfig
 
   @nn.compact
@@ -47,13 +46,3 @@ class ViTTower(nn.Module):
     if cfg.select_feature == "patch" and cfg.vit.use_cls:
       hidden = hidden[:, 1:]
     return hidden
-
-
-TOWERS = {"vit": (ViTTowerConfig, ViTTower)}
-
-
-def tower_for(config) -> nn.Module:
-  for config_type, module in TOWERS.values():
-    if isinstance(config, config_type):
-      return module(config, name="tower")
-  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(TOWERS)}.")

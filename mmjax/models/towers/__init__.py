@@ -1,0 +1,38 @@
+"""Vision towers: pixels in, a sequence of features out (one concept per file).
+
+A tower maps `images [B, S, S, 3]` (normalised pixels at the tower's input side) to features
+`[B, N, C]`; its config says `width` (C) and `num_tokens` (N), so the data pipeline budgets the
+placeholders before any encoding. Towers are chosen by name (`TOWERS`) in configs.
+
+  vit          LLaVA-1.5: one ViT                                        (vit_tower.py)
+  llava_hr     ConvNeXt at high res injected into a low-res ViT          (llava_hr.py)
+  mini_gemini  low-res tokens mine their high-res regions (+ MGM-HD)     (mini_gemini.py)
+  eagle        encoders interpolated to one grid, channels concatenated  (eagle.py)
+  leo          per-encoder pixel unshuffle + projector, tokens interleaved (leo.py)
+"""
+import flax.linen as nn
+
+from mmjax.models.towers.eagle import EagleTower, EagleTowerConfig
+from mmjax.models.towers.encoders import EncoderSpec
+from mmjax.models.towers.leo import LEOTower, LEOTowerConfig
+from mmjax.models.towers.llava_hr import LLaVAHRTower, LLaVAHRTowerConfig
+from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConfig
+from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
+
+TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
+               | LEOTowerConfig)
+
+TOWERS = {
+    "vit": (ViTTowerConfig, ViTTower),
+    "llava_hr": (LLaVAHRTowerConfig, LLaVAHRTower),
+    "mini_gemini": (MiniGeminiTowerConfig, MiniGeminiTower),
+    "eagle": (EagleTowerConfig, EagleTower),
+    "leo": (LEOTowerConfig, LEOTower),
+}
+
+
+def tower_for(config: TowerConfig) -> nn.Module:
+  for config_type, module in TOWERS.values():
+    if isinstance(config, config_type):
+      return module(config, name="tower")
+  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(TOWERS)}.")

@@ -1,0 +1,63 @@
+"""EAGLE's mixture of encoders (METHODS §2.3): every encoder's map is bilinearly interpolated
+(align_corners=True) to one token grid and the channels are concatenated — the fusion EAGLE
+found as good as the complex ones. `fusion="sequence"` is the compared alternative: each
+encoder's tokens, linearly projected to a common width, appended one encoder after another.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from mmjax.models import interpolate
+from mmjax.models import layers
+from mmjax.models.towers import encoders as encoders_lib
+
+FUSIONS = ("channel", "sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class EagleTowerConfig:
+  encoders: tuple[encoders_lib.EncoderSpec, ...] = ()  # At least one; each sees the input resized.
+  image_size: int = 1024  # The tower's input side.
+  grid: int = 32  # Token grid side every encoder is interpolated to (EAGLE: 32 → 1024 tokens).
+  fusion: str = "channel"  # "channel" (concat channels) or "sequence" (append token sequences).
+  sequence_width: int = 0  # Width of each encoder's projection for "sequence" (0: the first's).
+
+  def __post_init__(self):
+    if not self.encoders:
+      raise ValueError("An EAGLE tower needs at least one encoder.")
+    if self.fusion not in FUSIONS:
+      raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {FUSIONS}.")
+    if self.grid < 1:
+      raise ValueError(f"grid={self.grid} must be positive.")
+
+  @property
+  def width(self) -> int:
+    if self.fusion == "channel":
+      return sum(e.width for e in self.encoders)
+    return self.sequence_width or self.encoders[0].width
+
+  def num_tokens(self, height: int, width: int) -> int:
+    del height, width
+    return self.grid ** 2 * (len(self.encoders) if self.fusion == "sequence" else 1)
+
+
+class EagleTower(nn.Module):
+  config: EagleTowerConfig
+
+  @nn.compact
+  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N C"]:
+    cfg = self.config
+    b = images.shape[0]
+    tokens = []
+    for i, spec in enumerate(cfg.encoders):
+      x = encoders_lib.Encoder(spec, name=f"encoder_{i}")(images)
+      x = interpolate.resize(x, (cfg.grid, cfg.grid), "bilinear", align_corners=True)
+      x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])
+      if cfg.fusion == "sequence":
+        x = layers.dense(cfg.width, ("conv_in", "embed"), name=f"project_{i}",
+                         dtype=spec.vit.dtype if spec.vit else spec.convnext.dtype)(x)
+      tokens.append(x)
+    out = jnp.concatenate(tokens, axis=-1 if cfg.fusion == "channel" else 1)
+    return layers.constrain(out, ("batch", "length", "embed"))

@@ -1,0 +1,67 @@
+"""One vision encoder inside a tower: which network, at which input side, which features.
+
+Towers that mix encoders (EAGLE, LEO) hold a tuple of `EncoderSpec`s; each encoder sees the
+tower's input image bilinearly resized to its own side and returns a channels-last map.
+"""
+import dataclasses
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from mmjax.models import convnext as convnext_lib
+from mmjax.models import interpolate
+from mmjax.models import vit as vit_lib
+
+
+def resize_images(images: Float[Array, "B H W 3"], side: int) -> Float[Array, "B S S 3"]:
+  """A square bilinear resize as the reference towers make their low-resolution views
+  (`F.interpolate(..., mode="bilinear", align_corners=False)`, no antialiasing)."""
+  return interpolate.resize(images, (side, side), "bilinear")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """Exactly one of `vit` / `convnext`."""
+  vit: vit_lib.ViTConfig | None = None
+  convnext: convnext_lib.ConvNeXtConfig | None = None
+  image_size: int = 448  # Side of the (square) image this encoder sees.
+  select: int = -1  # ViT: hidden-state index (class token dropped); ConvNeXt: stage index.
+
+  def __post_init__(self):
+    if (self.vit is None) == (self.convnext is None):
+      raise ValueError("An EncoderSpec needs exactly one of vit= or convnext=.")
+    if self.vit is not None:
+      if not -(self.vit.depth + 1) <= self.select <= self.vit.depth:
+        raise ValueError(f"select={self.select} is outside the {self.vit.depth + 1} hidden "
+                         "states of the ViT.")
+      if self.image_size % self.vit.patch_size:
+        raise ValueError(f"Encoder image_size={self.image_size} is not a multiple of the ViT "
+                         f"patch_size={self.vit.patch_size}.")
+    elif not -self.convnext.num_stages <= self.select < self.convnext.num_stages:
+      raise ValueError(f"select={self.select} is not one of the ConvNeXt's "
+                       f"{self.convnext.num_stages} stages.")
+
+  @property
+  def width(self) -> int:
+    return self.vit.width if self.vit is not None else self.convnext.widths[self.select]
+
+  @property
+  def grid(self) -> int:
+    """Side of the feature map."""
+    if self.vit is not None:
+      return self.image_size // self.vit.patch_size
+    return self.image_size // (convnext_lib.STEM_PATCH * 2 ** (self.select % self.convnext.num_stages))
+
+
+class Encoder(nn.Module):
+  spec: EncoderSpec
+
+  @nn.compact
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B h w C"]:
+    spec = self.spec
+    x = resize_images(images, spec.image_size)
+    if spec.vit is not None:
+      hidden = vit_lib.ViT(spec.vit, name="vit")(x)["hidden_states"][spec.select]
+      hidden = hidden[:, int(spec.vit.use_cls):]
+      return hidden.reshape(hidden.shape[0], spec.grid, spec.grid, hidden.shape[-1])
+    return convnext_lib.ConvNeXt(spec.convnext, name="convnext")(x)[spec.select]

@@ -1,0 +1,63 @@
+"""LEO's tower (METHODS §2.4): each encoder's map is pixel-unshuffled to one token grid and passed
+through its own projector (LayerNorm → Linear → GELU → Linear, "post-adaptation"); the encoders'
+tokens are then interleaved one by one (encoder 0, encoder 1, encoder 0, …), as the authors'
+code does. The tokens leave in the LLM's width, so the model's own projector is `identity`.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from mmjax.models import layers
+from mmjax.models import pixel_unshuffle
+from mmjax.models.towers import encoders as encoders_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LEOTowerConfig:
+  encoders: tuple[encoders_lib.EncoderSpec, ...] = ()  # Two in LEO (InternViT and SAM).
+  image_size: int = 448  # The tower's input side (one tile).
+  grid: int = 16  # Token grid per encoder after pixel unshuffle (LEO: 16 → 256 tokens each).
+  out_width: int = 4096  # The LLM's width: the per-encoder projectors map to it.
+
+  def __post_init__(self):
+    if not self.encoders:
+      raise ValueError("A LEO tower needs at least one encoder.")
+    for i, spec in enumerate(self.encoders):
+      if spec.grid % self.grid:
+        raise ValueError(f"Encoder {i}'s {spec.grid}x{spec.grid} map does not pixel-unshuffle "
+                         f"to the {self.grid}x{self.grid} grid (its side must be a multiple).")
+
+  @property
+  def width(self) -> int:
+    return self.out_width
+
+  def num_tokens(self, height: int, width: int) -> int:
+    del height, width
+    return self.grid ** 2 * len(self.encoders)
+
+
+class LEOTower(nn.Module):
+  config: LEOTowerConfig
+
+  @nn.compact
+  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N D"]:
+    cfg = self.config
+    b = images.shape[0]
+    streams = []
+    for i, spec in enumerate(cfg.encoders):
+      dtype = spec.vit.dtype if spec.vit else spec.convnext.dtype
+      kw = dict(dtype=dtype, param_dtype=spec.vit.param_dtype if spec.vit else
+                spec.convnext.param_dtype)
+      x = encoders_lib.Encoder(spec, name=f"encoder_{i}")(images)
+      x = pixel_unshuffle.pixel_unshuffle(x, spec.grid // cfg.grid)
+      x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])
+      x = layers.layer_norm(name=f"project_{i}_norm", axis_name="conv_in", **kw)(x)
+      x = layers.dense(cfg.out_width, ("conv_in", "embed"), name=f"project_{i}_in", **kw)(x)
+      x = layers.dense(cfg.out_width, ("embed", "mlp"), name=f"project_{i}_out", **kw)(
+          nn.gelu(x, approximate=False))
+      streams.append(x)
+    # [B, N, E, D] → [B, N·E, D]: token n of encoder e lands at position n·E + e.
+    out = jnp.stack(streams, axis=2).reshape(b, -1, cfg.out_width)
+    return layers.constrain(out, ("batch", "length", "embed"))
