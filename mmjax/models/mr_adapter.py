@@ -96,6 +96,8 @@ class MRAdapter(nn.Module):
     g = layers.dense(d // 2, ("vision_embed", "mlp"), name="gate_in", **kw)(pooled)
     g = nn.gelu(g, approximate=False)
     g = layers.dense(1 if cfg.gate == "scalar" else d, ("mlp", None), name="gate_out", **kw)(g)
-    self.sow("intermediates", "gate", jnp.tanh(jnp.tanh(g)))
-    out = x + jnp.tanh(jnp.tanh(g))[:, None, None, :] * f_h
+    gate = jnp.tanh(jnp.tanh(g))
+    if not self.is_initializing():  # Sown for inspection; `init` must return parameters only.
+      self.sow("intermediates", "gate", gate)
+    out = x + gate[:, None, None, :] * f_h
     return out.reshape(b, n, d)

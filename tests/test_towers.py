@@ -1,0 +1,213 @@
+"""Mixture-of-resolution towers: LLaVA-HR's MR-adapter, Mini-Gemini's patch mining, EAGLE, LEO and
+pixel unshuffle — against their definitions and the reference code's tensor layouts."""
+import dataclasses
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmjax.models import convnext
+from mmjax.models import mr_adapter
+from mmjax.models import patch_mining
+from mmjax.models import pixel_unshuffle
+from mmjax.models import towers
+from mmjax.models import vit
+
+VIT = vit.ViTConfig(image_size=32, patch_size=8, width=16, depth=4, num_heads=2, mlp_dim=32)
+CONVNEXT = convnext.ConvNeXtConfig(widths=(8, 8, 16, 16), depths=(1, 1, 1, 1))
+
+
+def _init_apply(tower, images, **apply_kw):
+  module = towers.tower_for(tower)
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), images))
+  return module, params, jax.jit(module.apply)(params, images, **apply_kw)
+
+
+def test_pixel_unshuffle_matches_its_definition(rng):
+  x = rng.standard_normal((2, 6, 4, 3)).astype(np.float32)
+  out = np.asarray(pixel_unshuffle.pixel_unshuffle(jnp.asarray(x), 2))
+  assert out.shape == (2, 3, 2, 12)
+  for a in range(3):
+    for b in range(2):
+      expected = np.concatenate([x[:, 2 * a, 2 * b], x[:, 2 * a, 2 * b + 1],
+                                 x[:, 2 * a + 1, 2 * b], x[:, 2 * a + 1, 2 * b + 1]], -1)
+      np.testing.assert_array_equal(out[:, a, b], expected)
+  with pytest.raises(ValueError, match="does not split into 4x4"):
+    pixel_unshuffle.pixel_unshuffle(jnp.asarray(x), 4)
+
+
+@pytest.mark.parametrize("high_side", [2, 4, 8])
+def test_grid_alignment_matches_the_reference_ops(rng, high_side):
+  """Smaller maps: bilinear with align_corners=True; larger: average pooling, kernel = stride."""
+  x = rng.standard_normal((2, high_side, high_side, 5)).astype(np.float32)
+  ours = np.asarray(mr_adapter.align_to_grid(jnp.asarray(x), (4, 4)))
+  t = torch.from_numpy(x).permute(0, 3, 1, 2)
+  if high_side < 4:
+    ref = F.interpolate(t, size=(4, 4), mode="bilinear", align_corners=True)
+  else:
+    ref = F.avg_pool2d(t, high_side // 4, high_side // 4)
+  np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+  with pytest.raises(ValueError, match="cannot be average-pooled"):
+    mr_adapter.check_alignment(6, 4)
+
+
+@pytest.mark.parametrize("gate", mr_adapter.GATES)
+def test_mr_adapter_is_the_identity_at_init_and_its_gate_stays_in_range(rng, gate):
+  tokens = jnp.asarray(rng.standard_normal((2, 16, 12)), jnp.float32)
+  high = jnp.asarray(rng.standard_normal((2, 2, 2, 10)), jnp.float32)
+  adapter = mr_adapter.MRAdapter(mr_adapter.MRAdapterConfig(gate=gate))
+  params = nn.unbox(adapter.init(jax.random.key(0), tokens, (4, 4), high))
+  chex.assert_trees_all_equal(adapter.apply(params, tokens, (4, 4), high), tokens)
+  # Trained weights: the zero inits replaced and everything scaled up, so the gate saturates.
+  big = jax.tree.map(lambda p: 50.0 * jax.random.normal(jax.random.key(1), p.shape), params)
+  out, state = adapter.apply(big, tokens, (4, 4), high, mutable="intermediates")
+  g = np.asarray(state["intermediates"]["gate"][0])
+  assert g.shape == (2, 1 if gate == "scalar" else 12)
+  assert np.all(np.abs(g) < 1.0) and np.abs(g).max() > 0.5
+  assert not np.allclose(out, tokens)
+
+
+def test_llava_hr_tower_equals_its_vit_at_init(rng):
+  """With every adapter the identity, the tower's ViT path is the plain ViT on the bilinearly
+  downsampled image; the final features are Linear(vit) + Linear(aligned ConvNeXt)."""
+  cfg = towers.LLaVAHRTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=128)
+  assert cfg.adapter_positions == (1, 2, 3) and cfg.grouped_vit.layer_groups == (1, 1, 1, 1)
+  images = jnp.asarray(rng.standard_normal((2, 128, 128, 3)), jnp.float32)
+  _, params, out = _init_apply(cfg, images)
+  assert out.shape == (2, cfg.num_tokens(128, 128), VIT.width) == (2, 16, 16)
+  p = params["params"]
+  low = F.interpolate(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2), size=(32, 32),
+                      mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
+  def plain_vit(module, x):
+    x = module.embed(x)
+    for g in range(len(module.blocks)):
+      x, _ = module.run_group(x, g)
+    return x
+
+  hidden = vit.ViT(cfg.grouped_vit).apply({"params": p["vit"]}, jnp.asarray(low),
+                                          method=plain_vit)
+  high = convnext.ConvNeXt(CONVNEXT).apply({"params": p["convnext"]}, images)[-1]
+  expected = (hidden[:, 1:] @ p["vit_out"]["kernel"] + p["vit_out"]["bias"]
+              + high.reshape(2, 16, -1) @ p["convnext_out"]["kernel"] + p["convnext_out"]["bias"])
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_llava_hr_rejects_bad_placements():
+  with pytest.raises(ValueError, match="adapter_after"):
+    towers.LLaVAHRTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=128, adapter_after=(2, 4))
+  with pytest.raises(ValueError, match="cannot be average-pooled"):
+    towers.LLaVAHRTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=192)
+
+
+def _reference_mining(tokens, high, params):
+  """The authors' `unified_resampler`, transcribed in torch (channels-first aux map)."""
+  def proj(name, x):
+    x = F.layer_norm(x, x.shape[-1:], torch.from_numpy(np.array(params[f"{name}_norm"]["scale"])),
+                     torch.from_numpy(np.array(params[f"{name}_norm"]["bias"])), eps=1e-5)
+    return x @ torch.from_numpy(np.array(params[name]["kernel"])) + torch.from_numpy(
+        np.asarray(params[name]["bias"]))
+  images = torch.from_numpy(np.array(tokens))
+  aux = torch.from_numpy(np.array(high)).permute(0, 3, 1, 2)
+  patch_num = int(images.shape[1] ** 0.5)
+  patch_size = aux.shape[-1] // patch_num
+  aux = aux.permute(0, 2, 3, 1).reshape(len(aux), patch_num, patch_size, patch_num, patch_size,
+                                        aux.shape[1])
+  aux = aux.permute(0, 1, 3, 2, 4, 5).reshape(len(aux), patch_num ** 2, patch_size ** 2,
+                                              aux.shape[-1])
+  q, k, v = proj("query", images), proj("key", aux), proj("value", aux)
+  att = q[:, :, None] @ (k.transpose(-1, -2) / (k.shape[-1] ** 0.5))
+  return images + (att.nan_to_num().softmax(-1) @ v).mean(2)
+
+
+def test_patch_mining_matches_the_reference_and_is_local(rng):
+  tokens = jnp.asarray(rng.standard_normal((2, 9, 8)), jnp.float32)
+  high = jnp.asarray(rng.standard_normal((2, 12, 12, 6)), jnp.float32)
+  mining = patch_mining.PatchInfoMining()
+  params = nn.unbox(mining.init(jax.random.key(0), tokens, (3, 3), high))
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+  out = mining.apply(params, tokens, (3, 3), high)
+  np.testing.assert_allclose(out, _reference_mining(tokens, high, params["params"]).numpy(),
+                             atol=1e-5)
+  # Token 4 (row 1, col 1) owns pixels [4:8, 4:8]; change everything else.
+  outside = np.ones((12, 12), bool)
+  outside[4:8, 4:8] = False
+  perturbed = high + jnp.asarray(outside[None, :, :, None] * rng.standard_normal(high.shape),
+                                 jnp.float32)
+  moved = mining.apply(params, tokens, (3, 3), perturbed)
+  np.testing.assert_array_equal(moved[:, 4], out[:, 4])
+  assert not np.allclose(moved[:, 3], out[:, 3])
+
+
+@pytest.mark.parametrize("hd", [False, True])
+def test_mini_gemini_shapes_and_token_order(rng, hd):
+  cfg = towers.MiniGeminiTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=128 if hd else 64,
+                                     hd=hd)
+  images = jnp.asarray(rng.standard_normal((2, cfg.image_size, cfg.image_size, 3)), jnp.float32)
+  _, _, out = _init_apply(cfg, images)
+  assert out.shape == (2, cfg.num_tokens(0, 0), VIT.width) == (2, 16 * (5 if hd else 1), 16)
+  assert cfg.region == 4
+  if hd:
+    with pytest.raises(ValueError, match="must split"):
+      towers.MiniGeminiTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=96, hd=True)
+
+
+@pytest.mark.parametrize("fusion", ["channel", "sequence"])
+def test_eagle_shapes(rng, fusion):
+  specs = (towers.EncoderSpec(vit=VIT, image_size=32, select=-2),
+           towers.EncoderSpec(convnext=CONVNEXT, image_size=64, select=-1))
+  cfg = towers.EagleTowerConfig(encoders=specs, image_size=64, grid=3, fusion=fusion)
+  images = jnp.asarray(rng.standard_normal((2, 64, 64, 3)), jnp.float32)
+  _, _, out = _init_apply(cfg, images)
+  assert out.shape == (2, cfg.num_tokens(0, 0), cfg.width)
+  assert out.shape == ((2, 9, 16 + 16) if fusion == "channel" else (2, 18, 16))
+
+
+def test_leo_interleaves_tokens_of_its_encoders(rng):
+  specs = (towers.EncoderSpec(vit=VIT, image_size=32, select=-1),
+           towers.EncoderSpec(convnext=CONVNEXT, image_size=64, select=1))
+  cfg = towers.LEOTowerConfig(encoders=specs, image_size=64, grid=2, out_width=24)
+  images = jnp.asarray(rng.standard_normal((2, 64, 64, 3)), jnp.float32)
+  module, params, out = _init_apply(cfg, images)
+  assert out.shape == (2, 8, 24)
+  # Zeroing encoder 1's output projection zeroes exactly the odd positions.
+  p = jax.tree.map(lambda x: x, params)  # A copy whose dicts can be edited.
+  p["params"]["project_1_out"] = jax.tree.map(jnp.zeros_like, p["params"]["project_1_out"])
+  zeroed = jax.jit(module.apply)(p, images)
+  np.testing.assert_array_equal(zeroed[:, 1::2], 0.0)
+  np.testing.assert_allclose(zeroed[:, 0::2], out[:, 0::2], atol=1e-6)
+  with pytest.raises(ValueError, match="does not pixel-unshuffle"):
+    towers.LEOTowerConfig(encoders=specs, image_size=64, grid=3)
+
+
+def test_every_tower_parameter_has_known_logical_axes(rng):
+  from mmjax import sharding
+  specs = (towers.EncoderSpec(vit=VIT, image_size=32), towers.EncoderSpec(
+      convnext=CONVNEXT, image_size=64))
+  for cfg in (towers.LLaVAHRTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=128),
+              towers.MiniGeminiTowerConfig(vit=VIT, convnext=CONVNEXT, image_size=64),
+              towers.EagleTowerConfig(encoders=specs, image_size=64, grid=4),
+              towers.LEOTowerConfig(encoders=specs, image_size=64, grid=2, out_width=8)):
+    module = towers.tower_for(cfg)
+    images = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    abstract = jax.eval_shape(module.init, jax.random.key(0), images)
+    assert set(abstract) == {"params"}
+    leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(leaf, nn.Partitioned) for leaf in leaves)
+    sharding.check_names(abstract)
+
+
+def test_encoder_spec_validation():
+  with pytest.raises(ValueError, match="exactly one"):
+    towers.EncoderSpec()
+  with pytest.raises(ValueError, match="not a multiple"):
+    towers.EncoderSpec(vit=VIT, image_size=30)
+  with pytest.raises(ValueError, match="stages"):
+    towers.EncoderSpec(convnext=CONVNEXT, select=4)
+  with pytest.raises(ValueError, match="fusion"):
+    towers.EagleTowerConfig(encoders=(towers.EncoderSpec(vit=VIT, image_size=32),), fusion="x")
+  assert dataclasses.replace(towers.EncoderSpec(convnext=CONVNEXT, image_size=64, select=2)).grid == 4
