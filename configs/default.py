@@ -1,33 +1,51 @@
-"""LLaVA-1.5-style baseline (ViT → mlp2x_gelu → LLM) on the embedded fine-detail dataset.
+"""LLaVA-style MLLM (tower → projector → LLM) on the embedded fine-detail dataset.
 
-Sized for a 2-core CPU by default; `size=7b` gives LLaVA-1.5-7B's shapes (CLIP ViT-L/14-336 and a
-Vicuna-7B-shaped decoder) for accelerators. Everything trains from scratch here (nothing can be
+`tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
+`mini_gemini`, `eagle` or `leo`; configs/<method>.py fix it. Sized for a 2-core CPU by default;
+`size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
+for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
+does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
 downloaded), so both stages train every parameter; with converted checkpoints, set the stages'
 `trainable` patterns to LLaVA's (`^projector/`, then `^(projector|llm)/`).
 
   python train.py --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
   python eval.py  --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
+  python train.py --config configs/default.py:tower=llava_hr --workdir /tmp/hr
 """
 import ml_collections
 
 from mmjax import config_args
 
-# Per size: (image side, patch, ViT width/depth/heads, LLM width/depth/heads, batch, max_len).
+# Per size: ViT side (low resolution), high resolution (the mixed towers' input), patch, ViT
+# width/depth/heads, ConvNeXt widths/depths, LLM width/depth/heads, batch, max_len.
 SIZES = {
-    "tiny": dict(image=64, patch=16, vit=(32, 2, 2), llm=(64, 2, 2), batch=4, max_len=384,
+    "tiny": dict(image=64, high=128, patch=16, vit=(32, 2, 2), convnext=((8, 16, 16, 32),
+                 (1, 1, 1, 1)), llm=(64, 2, 2), batch=4, max_len=384,
                  dataset="fine_detail/tiny", questions=3),
-    "small": dict(image=224, patch=32, vit=(128, 4, 4), llm=(192, 4, 4), batch=8, max_len=320,
+    "small": dict(image=224, high=448, patch=32, vit=(128, 4, 4), convnext=((24, 48, 96, 128),
+                  (1, 1, 1, 1)), llm=(192, 4, 4), batch=8, max_len=320,
                   dataset="fine_detail/small", questions=4),
-    "base": dict(image=224, patch=16, vit=(256, 6, 8), llm=(384, 6, 6), batch=8, max_len=512,
+    "base": dict(image=224, high=448, patch=16, vit=(256, 6, 8), convnext=((48, 96, 192, 256),
+                 (1, 1, 3, 1)), llm=(384, 6, 6), batch=8, max_len=512,
                  dataset="fine_detail/small", questions=4),
-    "7b": dict(image=336, patch=14, vit=(1024, 24, 16), llm=(4096, 32, 32), batch=128,
-               max_len=2048, dataset="fine_detail/large", questions=10),
+    "7b": dict(image=336, high=768, patch=14, vit=(1024, 24, 16), convnext=(
+        (192, 384, 768, 1536), (3, 3, 27, 3)), llm=(4096, 32, 32), batch=128, max_len=2048,
+        dataset="fine_detail/large", questions=10),
 }
+TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo")
+# The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
+PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
+                     "eagle": (448, 1024), "leo": (448, 1024)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_args.parse(arg, size="small", steps=500)
+  arg = config_args.parse(arg, size="small", steps=500, tower="vit")
   size = config_args.choose("size", arg.size, SIZES)
+  config_args.choose("tower", arg.tower, dict.fromkeys(TOWERS))
+  low, high = PAPER_RESOLUTIONS[arg.tower] if arg.size == "7b" else (size["image"],
+                                                                       size["high"])
+  high = low if arg.tower == "vit" else high
+  patch = size["patch"]
   vit_width, vit_depth, vit_heads = size["vit"]
   llm_width, llm_depth, llm_heads = size["llm"]
   big = arg.size == "7b"
@@ -35,16 +53,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds parameter init and the data order.
 
   c.model = ml_collections.ConfigDict()
-  c.model.tower = "vit"  # Vision tower (mmjax.models.towers.TOWERS).
-  c.model.image_size = size["image"]  # ViT input side; its position table is laid out for it.
-  c.model.patch_size = size["patch"]
+  c.model.tower = arg.tower  # Vision tower (mmjax.models.towers.TOWERS).
+  c.model.image_size = high  # The tower's input side (the ViT's for `vit`, else the high res).
+  c.model.low_res = low  # Mixed towers: the ViT's side (a bilinear downsample of the input).
+  c.model.patch_size = patch
   c.model.vit_width = vit_width
   c.model.vit_depth = vit_depth
   c.model.vit_heads = vit_heads
   c.model.vit_mlp_dim = 4 * vit_width
   c.model.vit_act = "quick_gelu" if big else "gelu"  # CLIP's act for the pretrained shape.
-  c.model.select_layer = -2  # ViT hidden state fed to the projector (LLaVA: penultimate).
-  c.model.projector = "mlp2x_gelu"  # "linear" or "mlp<N>x_gelu".
+  c.model.select_layer = -2  # ViT hidden state fed on (LLaVA: penultimate; not LLaVA-HR's).
+  c.model.convnext_widths = size["convnext"][0]  # High-resolution ConvNeXt stage widths.
+  c.model.convnext_depths = size["convnext"][1]  # …and blocks per stage.
+  c.model.convnext_layer_scale = 1e-6 if big else 1.0  # Initial layer scale (HF: 1e-6).
+  c.model.convnext_stage = -1  # EAGLE / LEO: the ConvNeXt stage whose map is used.
+  c.model.adapter_gate = "scalar"  # LLaVA-HR gate: "scalar" (author code) or "channel" (paper).
+  c.model.adapter_after = ()  # LLaVA-HR: ViT blocks followed by an adapter; (): depth/4·{1,2,3}.
+  c.model.mgm_hd = False  # Mini-Gemini HD: global view + 2×2 crops (5× the tokens).
+  # EAGLE / LEO token grid side: the ViT's grid (LEO pixel-unshuffles to it, 16 in the paper).
+  c.model.grid = low // patch // (2 if arg.tower == "leo" and big else 1)
+  c.model.fusion = "channel"  # EAGLE: "channel" concat or "sequence" append.
+  # "linear", "mlp<N>x_gelu", or "identity" (LEO projects per encoder inside its tower).
+  c.model.projector = "identity" if arg.tower == "leo" else "mlp2x_gelu"
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth

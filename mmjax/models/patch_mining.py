@@ -39,7 +39,7 @@ class PatchInfoMining(nn.Module):
 
     def projection(name, x, in_axis):
       x = layers.layer_norm(name=f"{name}_norm", axis_name=in_axis, **kw)(x)
-      return layers.dense(c, (in_axis, "vision_embed"), name=name, **kw)(x)
+      return layers.dense(c, (in_axis, "embed"), name=name, **kw)(x)
 
     keys_in = regions(high, grid)
     q = projection("query", tokens, "vision_embed")

@@ -8,8 +8,10 @@ import numpy as np
 from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
+from mmjax.models import convnext
 from mmjax.models import llm
 from mmjax.models import mllm
+from mmjax.models import mr_adapter
 from mmjax.models import towers
 from mmjax.models import vit
 
@@ -21,24 +23,62 @@ def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
                                              bos="<s>")
 
 
+def _vit(m: ml_collections.ConfigDict, image_size: int, common: dict) -> vit.ViTConfig:
+  return vit.ViTConfig(image_size=image_size, patch_size=m.patch_size, width=m.vit_width,
+                       depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
+                       act=m.vit_act, **common)
+
+
+def _convnext(m: ml_collections.ConfigDict, common: dict) -> convnext.ConvNeXtConfig:
+  return convnext.ConvNeXtConfig(widths=tuple(m.convnext_widths), depths=tuple(m.convnext_depths),
+                                 layer_scale_init=m.convnext_layer_scale, dtype=common["dtype"],
+                                 param_dtype=common["param_dtype"],
+                                 scan_layers=common["scan_layers"], remat=common["remat"])
+
+
+def _mixed_encoders(m: ml_collections.ConfigDict, common: dict) -> tuple[towers.EncoderSpec, ...]:
+  """The low-resolution ViT and the high-resolution ConvNeXt, as EAGLE / LEO encoders."""
+  return (towers.EncoderSpec(vit=_vit(m, m.low_res, common), image_size=m.low_res,
+                             select=m.select_layer),
+          towers.EncoderSpec(convnext=_convnext(m, common), image_size=m.image_size,
+                             select=m.convnext_stage))
+
+
+def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> towers.TowerConfig:
+  """The tower named by `model.tower`, from the flat `model` fields (see configs/default.py)."""
+  name = m.tower
+  if name not in towers.TOWERS:
+    raise ValueError(f"Unknown tower {name!r}; valid: {sorted(towers.TOWERS)}.")
+  if name == "vit":
+    return towers.ViTTowerConfig(_vit(m, m.image_size, common), select_layer=m.select_layer)
+  if name == "llava_hr":
+    return towers.LLaVAHRTowerConfig(
+        vit=_vit(m, m.low_res, common), convnext=_convnext(m, common), image_size=m.image_size,
+        adapter=mr_adapter.MRAdapterConfig(gate=m.adapter_gate),
+        adapter_after=tuple(m.adapter_after))
+  if name == "mini_gemini":
+    return towers.MiniGeminiTowerConfig(
+        vit=_vit(m, m.low_res, common), convnext=_convnext(m, common), image_size=m.image_size,
+        select_layer=m.select_layer, hd=m.mgm_hd)
+  if name == "eagle":
+    return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
+                                   grid=m.grid, fusion=m.fusion)
+  return towers.LEOTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
+                               grid=m.grid, out_width=llm_width)
+
+
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConfig:
   m = c.model
-  if m.tower not in towers.TOWERS:
-    raise ValueError(f"Unknown tower {m.tower!r}; valid: {sorted(towers.TOWERS)}.")
   common = dict(scan_layers=m.scan_layers, remat=m.remat, dtype=m.dtype,
                 param_dtype=m.param_dtype, attention_impl=m.attention_impl)
-  vision = vit.ViTConfig(image_size=m.image_size, patch_size=m.patch_size, width=m.vit_width,
-                         depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
-                         act=m.vit_act, **common)
   decoder = llm.LLMConfig(vocab_size=m.vocab_size or vocab_size, width=m.llm_width,
                           depth=m.llm_depth, num_heads=m.llm_heads, num_kv_heads=m.llm_kv_heads,
                           mlp_dim=m.llm_mlp_dim, rope_theta=m.rope_theta, **common)
   if decoder.vocab_size < vocab_size:
     raise ValueError(f"model.vocab_size={decoder.vocab_size} is smaller than the tokenizer's "
                      f"{vocab_size}.")
-  return mllm.MLLMConfig(tower=towers.ViTTowerConfig(vision, select_layer=m.select_layer),
-                         llm=decoder, projector=m.projector,
-                         image_token_id=tokenizer_lib.IMAGE_ID)
+  return mllm.MLLMConfig(tower=tower_config(m, decoder.width, common), llm=decoder,
+                         projector=m.projector, image_token_id=tokenizer_lib.IMAGE_ID)
 
 
 def data_source(c: ml_collections.ConfigDict, split: str):

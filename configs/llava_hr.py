@@ -1,0 +1,13 @@
+"""The `llava_hr` tower in the default setup (see configs/default.py for every field and size).
+
+  python train.py --config configs/llava_hr.py:size=tiny,steps=20 --workdir /tmp/llava_hr
+"""
+import pathlib
+
+from mmjax import config_args
+
+
+def get_config(arg: str | None = None):
+  defaults = config_args.parse(arg, size="small", steps=500)
+  return config_args.get_config(pathlib.Path(__file__).with_name("default.py"),
+                                f"size={defaults.size},steps={defaults.steps},tower=llava_hr")
