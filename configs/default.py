@@ -39,16 +39,20 @@ PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_args.parse(arg, size="small", steps=500, tower="vit")
+  # res: the tower's input side when non-zero (the ViT's for `vit`, the high resolution for the
+  # mixed towers), e.g. LLaVA-1.5 run directly at a high resolution.
+  arg = config_args.parse(arg, size="small", steps=500, tower="vit", res=0)
   size = config_args.choose("size", arg.size, SIZES)
   config_args.choose("tower", arg.tower, dict.fromkeys(TOWERS))
-  low, high = PAPER_RESOLUTIONS[arg.tower] if arg.size == "7b" else (size["image"],
-                                                                       size["high"])
-  high = low if arg.tower == "vit" else high
   patch = size["patch"]
+  big = arg.size == "7b"
+  low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
+  high = arg.res or (low if arg.tower == "vit" else high)
+  low = high if arg.tower == "vit" else low
+  if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
+    low = max(high // 32 * patch, 336)
   vit_width, vit_depth, vit_heads = size["vit"]
   llm_width, llm_depth, llm_heads = size["llm"]
-  big = arg.size == "7b"
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init and the data order.
 

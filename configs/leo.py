@@ -8,6 +8,6 @@ from mmjax import config_args
 
 
 def get_config(arg: str | None = None):
-  defaults = config_args.parse(arg, size="small", steps=500)
+  a = config_args.parse(arg, size="small", steps=500, res=0)
   return config_args.get_config(pathlib.Path(__file__).with_name("default.py"),
-                                f"size={defaults.size},steps={defaults.steps},tower=leo")
+                                f"size={a.size},steps={a.steps},res={a.res},tower=leo")

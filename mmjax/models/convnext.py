@@ -157,13 +157,14 @@ class ConvNeXtBlock(nn.Module):
     return x, (x, None)
 
 
-def _patch_conv(features: int, size: int, cfg: ConvNeXtConfig, name: str) -> nn.Conv:
+def _patch_conv(features: int, size: int, cfg: ConvNeXtConfig, name: str,
+                in_axis: str | None = "conv_in") -> nn.Conv:
   """A size×size stride-size convolution; 'VALID' drops a ragged border exactly as torch does."""
   return nn.Conv(
       features, (size, size), strides=(size, size), padding="VALID", dtype=cfg.dtype,
       param_dtype=cfg.param_dtype,
       kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                     ("conv_h", "conv_w", "conv_in", "conv_out")),
+                                     ("conv_h", "conv_w", in_axis, "conv_out")),
       bias_init=layers.partitioned(nn.initializers.zeros, ("conv_out",)), name=name)
 
 
@@ -178,7 +179,8 @@ class ConvNeXt(nn.Module):
   def setup(self):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    self.stem = _patch_conv(cfg.widths[0], STEM_PATCH, cfg, "stem")
+    # The stem's 3 input channels are never sharded (no mesh axis divides them).
+    self.stem = _patch_conv(cfg.widths[0], STEM_PATCH, cfg, "stem", in_axis=None)
     self.stem_norm = layers.layer_norm(name="stem_norm", epsilon=cfg.norm_eps, **kw)
     # HF gives stage 0 no downsampling (same width, stride 1); every later stage opens with one.
     self.down_norms = {s: layers.layer_norm(name=f"down_norm_{s}", epsilon=cfg.norm_eps, **kw)

@@ -1,0 +1,100 @@
+"""The cost of a config's train step at any scale, from an ahead-of-time compile on abstract inputs.
+
+Nothing is allocated: parameters, optimizer state and batch are `ShapeDtypeStruct`s with their
+shardings, the step is lowered and compiled for the mesh, and XLA reports FLOPs (cost analysis)
+and per-device memory (memory analysis). A 7B LLaVA on 8 simulated CPU devices plans in minutes:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m mmjax.plan \\
+      --config configs/llava_hr.py:size=7b,res=1024 --mesh 1,8,1 --batch 8
+"""
+import argparse
+import functools
+import json
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mmjax import config_args
+from mmjax import sharding
+from mmjax.models import mllm
+from mmjax.training import build
+from mmjax.training import flops as flops_lib
+from mmjax.training import optim
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
+
+
+def example_batch(config: mllm.MLLMConfig, image_size: int, rows: int, text_len: int
+                  ) -> dict[str, np.ndarray]:
+  """Zeros shaped like a model batch of `rows` sequences: the tower's visual tokens plus
+  `text_len` text tokens (numpy zeros are not touched, so not really allocated)."""
+  length = config.tower.num_tokens(image_size, image_size) + text_len
+  batch = {k: np.zeros((rows, length), np.int32)
+           for k in ("tokens", "positions", "segment_ids", "targets", "loss_mask")}
+  batch["images"] = np.zeros((rows, image_size, image_size, 3), np.float32)
+  return batch
+
+
+def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_len: int
+         ) -> dict[str, Any]:
+  """FLOPs and per-device memory of one full-tuning train step of config `c` on `mesh`."""
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  spec = example_batch(config, c.model.image_size, rows, text_len)
+  params = state_lib.abstract_params(model, spec)
+  tx = optim.optimizer(params, lr=optim.schedule(c.train.lr, 1, 100),
+                       weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip,
+                       trainable=c.train.trainable)
+  factory = state_lib.Factory(model, tx, spec, mesh)
+  data = sharding.data_sharding(mesh)
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx),
+                 in_shardings=(factory.shardings, data), out_shardings=(factory.shardings, None),
+                 donate_argnums=0)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in spec.items()}
+  tick = time.perf_counter()
+  with jax.set_mesh(mesh), sharding.axis_rules():
+    compiled = step.lower(factory.abstract, batch).compile()
+  memory = compiled.memory_analysis()
+  per_device = {
+      "argument_bytes": memory.argument_size_in_bytes,
+      "output_bytes": memory.output_size_in_bytes,
+      "alias_bytes": memory.alias_size_in_bytes,
+      "temp_bytes": memory.temp_size_in_bytes,
+  }
+  # Donated state aliases its outputs: live memory is arguments + new outputs + temporaries.
+  per_device["peak_bytes"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  return {
+      "tower": c.model.tower, "image_size": c.model.image_size,
+      "visual_tokens": config.tower.num_tokens(c.model.image_size, c.model.image_size),
+      "sequence": spec["tokens"].shape[1], "rows": rows, "mesh": dict(mesh.shape),
+      "parameters": state_lib.count(params),
+      "parameters_by_module": {name: state_lib.count(tree) for name, tree in params.items()},
+      "flops_per_device": flops_lib.compiled_flops(compiled),
+      "memory_per_device": per_device, "compile_seconds": time.perf_counter() - tick,
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="path.py[:argument string]")
+  parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1: the rest).")
+  parser.add_argument("--batch", type=int, default=8, help="Global rows per step.")
+  parser.add_argument("--text_len", type=int, default=512, help="Text tokens per row.")
+  args = parser.parse_args(argv)
+  path, _, arg = args.config.partition(":")
+  c = config_args.get_config(path, arg or None)
+  mesh = sharding.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
+  result = plan(c, mesh, args.batch, args.text_len)
+  print(json.dumps(result, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
