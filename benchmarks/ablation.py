@@ -1,0 +1,146 @@
+"""The tower ablation: each mixed-resolution tower against the LLaVA-1.5 low-resolution baseline on
+the embedded dataset, at the same number of visual tokens into the LLM (LEO: twice, by design),
+over several seeds — the small-scale counterpart of LLaVA-HR's Table 1 and EAGLE's fusion study.
+
+Every (tower, seed) run is `train.py` then `eval.py` in a subprocess, in its own workdir, so an
+interrupted ablation resumes where it stopped (training resumes from its checkpoint; finished
+evaluations are kept). Writes a table (accuracy per question family, mean ± std over seeds; step
+time; visual tokens; peak memory), JSON and a PNG of the loss curves and accuracies.
+
+  python benchmarks/ablation.py --steps 500 --seeds 0,1 --out benchmarks/results/ablation
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOWERS = ("llava15", "llava_hr", "mini_gemini", "eagle", "leo")
+FAMILIES = ("fine", "coarse", "position")
+
+
+def _run(command: list[str], log: pathlib.Path) -> dict:
+  """Runs a command to completion; returns its peak resident memory and wall time."""
+  start = time.time()
+  with log.open("a") as f:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f"{' '.join(command)} failed (exit {os.waitstatus_to_exitcode(status)}); "
+                       f"see {log}.")
+  return {"peak_rss_bytes": usage.ru_maxrss * 1024, "seconds": time.time() - start}
+
+
+def visual_tokens(tower: str, size: str) -> int:
+  from mmjax import config_args
+  from mmjax.training import build
+  c = config_args.get_config(ROOT / "configs" / f"{tower}.py", f"size={size}")
+  config = build.model_config(c, build.tokenizer(c).vocab_size)
+  return config.tower.num_tokens(c.model.image_size, c.model.image_size)
+
+
+def run_one(tower: str, seed: int, args) -> dict:
+  workdir = pathlib.Path(args.out) / "runs" / f"{tower}_seed{seed}"
+  workdir.mkdir(parents=True, exist_ok=True)
+  done = workdir / "ablation_row.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  config = f"--config={ROOT}/configs/{tower}.py:size={args.size},steps={args.steps}"
+  flags = [config, f"--workdir={workdir}", f"--config.seed={seed}"]
+  if args.data_dir:
+    flags.append(f"--config.data.data_dir={args.data_dir}")
+  train = _run([sys.executable, "train.py", *flags], workdir / "train.log")
+  evaluate = _run([sys.executable, "eval.py", *flags], workdir / "eval.log")
+  result = json.loads((workdir / "eval" / f"{args.steps}.json").read_text())
+  metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  row = {
+      "tower": tower, "seed": seed, "steps": args.steps,
+      "accuracy": result["accuracy"], "accuracy_by_kind": result["accuracy_by_kind"],
+      "visual_tokens": visual_tokens(tower, args.size),
+      "step_seconds": float(np.median([m["step_time"] for m in metrics])),
+      "train_peak_rss_bytes": train["peak_rss_bytes"], "train_seconds": train["seconds"],
+      "eval_seconds": evaluate["seconds"],
+      "loss_curve": [(m["step"], m["loss"]) for m in metrics],
+  }
+  done.write_text(json.dumps(row))
+  return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+  out = []
+  for tower in dict.fromkeys(r["tower"] for r in rows):
+    runs = [r for r in rows if r["tower"] == tower]
+    acc = {f: [r["accuracy"][f] for r in runs] for f in FAMILIES}
+    out.append({
+        "tower": tower, "seeds": len(runs), "visual_tokens": runs[0]["visual_tokens"],
+        **{f"{f}_mean": float(np.mean(v)) for f, v in acc.items()},
+        **{f"{f}_std": float(np.std(v)) for f, v in acc.items()},
+        "step_seconds": float(np.mean([r["step_seconds"] for r in runs])),
+        "peak_rss_gb": float(np.max([r["train_peak_rss_bytes"] for r in runs])) / 1e9,
+    })
+  return out
+
+
+def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
+  colours = dict(zip(TOWERS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  for r in rows:
+    steps, losses = zip(*r["loss_curve"])
+    curves.plot(steps, losses, color=colours.get(r["tower"]), alpha=0.7,
+                label=r["tower"] if r["seed"] == rows[0]["seed"] else None)
+  curves.set(xlabel="step", ylabel="training loss (answer tokens)", yscale="log")
+  curves.legend(fontsize=8)
+  width = 0.8 / len(summary)
+  for i, s in enumerate(summary):
+    x = np.arange(len(FAMILIES)) + i * width
+    bars.bar(x, [s[f"{f}_mean"] for f in FAMILIES], width, yerr=[s[f"{f}_std"] for f in FAMILIES],
+             color=colours.get(s["tower"]), label=s["tower"])
+  bars.set_xticks(np.arange(len(FAMILIES)) + 0.4 - width / 2, FAMILIES)
+  bars.set(ylabel="validation accuracy", ylim=(0, 1))
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--towers", default=",".join(TOWERS))
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--size", default="small")
+  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--out", default="benchmarks/results/ablation")
+  args = parser.parse_args()
+  towers = args.towers.split(",")
+  unknown = set(towers) - set(TOWERS)
+  if unknown:
+    raise SystemExit(f"Unknown towers {sorted(unknown)}; valid: {TOWERS}.")
+  rows = []
+  for seed in map(int, args.seeds.split(",")):
+    for tower in towers:
+      rows.append(run_one(tower, seed, args))
+      print(f"{tower} seed {seed}: {rows[-1]['accuracy']}", flush=True)
+  summary = summarize(rows)
+  print(f"\n| tower | visual tokens | fine | coarse | position | step s | peak RSS GB |")
+  print("|---|---|---|---|---|---|---|")
+  for s in summary:
+    cells = " | ".join(f"{s[f + '_mean']:.3f} ± {s[f + '_std']:.3f}" for f in FAMILIES)
+    print(f"| {s['tower']} | {s['visual_tokens']} | {cells} | {s['step_seconds']:.2f} | "
+          f"{s['peak_rss_gb']:.1f} |")
+  out = pathlib.Path(args.out)
+  (out / "ablation.json").write_text(json.dumps({"args": vars(args), "summary": summary,
+                                                  "runs": rows}, indent=1))
+  plot(rows, summary, out / "ablation.png")
+  print(f"wrote {out / 'ablation.json'} and {out / 'ablation.png'}")
+
+
+if __name__ == "__main__":
+  main()
