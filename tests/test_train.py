@@ -128,8 +128,11 @@ def test_config_typos_fail_listing_valid_keys():
   c = config_args.get_config(DEFAULT, "size=tiny")
   with pytest.raises(AttributeError, match="Did you mean \"lr\""):
     c.train.lrr = 1.0
-  with pytest.raises(ValueError, match=r"valid: \['size', 'steps'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
+  with pytest.raises(ValueError, match=r"valid: \['eagle', 'leo', 'llava_hr', 'mini_gemini', "
+                     r"'vit'\]"):
+    config_args.get_config(DEFAULT, "tower=resnet")
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     config_args.get_config(DEFAULT, "size=huge")
   with pytest.raises(FileNotFoundError, match="no_such.py"):

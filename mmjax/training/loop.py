@@ -108,7 +108,8 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resum
   path = workdir / "config.json"
   if resuming and path.exists():
     saved = json.loads(path.read_text())["model"]
-    changed = {k: (saved.get(k), v) for k, v in c.model.to_dict().items() if saved.get(k) != v}
+    now = json.loads(c.to_json())["model"]  # Through JSON too, so tuples compare as lists.
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if changed:
       raise ValueError(f"{workdir} holds checkpoints of another model; changed fields "
                        f"(saved, now): {changed}. Use a new --workdir.")
