@@ -57,7 +57,7 @@ class EagleTower(nn.Module):
       x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])
       if cfg.fusion == "sequence":
         x = layers.dense(cfg.width, ("conv_in", "embed"), name=f"project_{i}",
-                         dtype=spec.vit.dtype if spec.vit else spec.convnext.dtype)(x)
+                         **spec.dtypes)(x)
       tokens.append(x)
     out = jnp.concatenate(tokens, axis=-1 if cfg.fusion == "channel" else 1)
     return layers.constrain(out, ("batch", "length", "embed"))

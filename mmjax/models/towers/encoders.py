@@ -46,6 +46,12 @@ class EncoderSpec:
     return self.vit.width if self.vit is not None else self.convnext.widths[self.select]
 
   @property
+  def dtypes(self) -> dict[str, str]:
+    """The encoder's compute and parameter dtypes, for the layers a tower adds after it."""
+    net = self.vit if self.vit is not None else self.convnext
+    return dict(dtype=net.dtype, param_dtype=net.param_dtype)
+
+  @property
   def grid(self) -> int:
     """Side of the feature map."""
     if self.vit is not None:

@@ -47,9 +47,7 @@ class LEOTower(nn.Module):
     b = images.shape[0]
     streams = []
     for i, spec in enumerate(cfg.encoders):
-      dtype = spec.vit.dtype if spec.vit else spec.convnext.dtype
-      kw = dict(dtype=dtype, param_dtype=spec.vit.param_dtype if spec.vit else
-                spec.convnext.param_dtype)
+      kw = spec.dtypes
       x = encoders_lib.Encoder(spec, name=f"encoder_{i}")(images)
       x = pixel_unshuffle.pixel_unshuffle(x, spec.grid // cfg.grid)
       x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])
