@@ -1,0 +1,215 @@
+"""Resolution policies: at what size an image is encoded and how many visual tokens it yields.
+
+Pure functions of the image size (and numpy / PIL pixel operations), so a batch can be budgeted
+before anything is encoded. Each rule follows its reference implementation exactly, rounding and
+tie-breaks included (METHODS §3); the parity tests compare them on hundreds of random sizes.
+
+  * Qwen2-VL native resolution: `smart_resize`, `qwen2vl_num_tokens`.
+  * InternVL 1.5 dynamic tiling: `internvl_grid`, `internvl_tiles`, `internvl_num_tokens`.
+  * LLaVA-NeXT / OneVision AnyRes: `select_best_resolution`, `anyres_resized_size`,
+    `anyres_crops`, `anyres_grid_shape`, `unpad_bounds`, `unpad`, `onevision_pooled_size`,
+    `onevision_num_tokens`.
+
+Sizes are (height, width) everywhere except `internvl_grid`'s answer, which is (cols, rows) as
+InternVL and GOT-OCR2 return it.
+"""
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+# LLaVA-OneVision's candidate canvases ("anyres_max_9", grid 1..6 × 1..6 of 384 px crops).
+ONEVISION_PINPOINTS = tuple((384 * rows, 384 * cols) for rows in range(1, 7)
+                            for cols in range(1, 7))
+
+
+def _check_size(height: int, width: int) -> None:
+  if height < 1 or width < 1:
+    raise ValueError(f"Image size must be positive, got height={height}, width={width}.")
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+  """Qwen2-VL's encoded size: both sides multiples of `factor`, the area within
+  [min_pixels, max_pixels], the aspect ratio kept as closely as that allows.
+
+  Sides are rounded (half to even) to the factor; an area over max_pixels is scaled down and
+  floored (never below one factor), one under min_pixels scaled up and ceiled.
+  Raises ValueError when the aspect ratio exceeds 200 (as the reference does).
+  """
+  _check_size(height, width)
+  if max(height, width) / min(height, width) > 200:
+    raise ValueError(f"Aspect ratio must be at most 200, got {height}x{width} "
+                     f"({max(height, width) / min(height, width):.1f}).")
+  h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+  if h_bar * w_bar > max_pixels:
+    beta = math.sqrt(height * width / max_pixels)
+    h_bar = max(factor, math.floor(height / beta / factor) * factor)
+    w_bar = max(factor, math.floor(width / beta / factor) * factor)
+  elif h_bar * w_bar < min_pixels:
+    beta = math.sqrt(min_pixels / (height * width))
+    h_bar = math.ceil(height * beta / factor) * factor
+    w_bar = math.ceil(width * beta / factor) * factor
+  return h_bar, w_bar
+
+
+def qwen2vl_num_tokens(height: int, width: int, patch: int = 14, merge: int = 2,
+                       min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280) -> int:
+  """LLM tokens of one image under Qwen2-VL (one per merge×merge block of patches), without the
+  vision start / end markers."""
+  h, w = smart_resize(height, width, patch * merge, min_pixels, max_pixels)
+  return (h // (patch * merge)) * (w // (patch * merge))
+
+
+def internvl_grid(height: int, width: int, tile: int = 448, min_num: int = 1,
+                  max_num: int = 12) -> tuple[int, int]:
+  """InternVL 1.5's tile grid (cols, rows): the grid with min_num ≤ cols·rows ≤ max_num whose
+  aspect ratio is closest to the image's.
+
+  Candidates are visited by increasing tile count (cols major within a count); on an exact tie a
+  later grid wins only while the image covers more than half of its canvas, so small images are
+  not upscaled onto many tiles.
+  """
+  _check_size(height, width)
+  if not 1 <= min_num <= max_num:
+    raise ValueError(f"Need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}.")
+  grids = sorted(((c, r) for c in range(1, max_num + 1) for r in range(1, max_num + 1)
+                  if min_num <= c * r <= max_num), key=lambda g: g[0] * g[1])
+  aspect, area = width / height, width * height
+  best, best_diff = (1, 1), float("inf")
+  for cols, rows in grids:
+    diff = abs(aspect - cols / rows)
+    if diff < best_diff:
+      best, best_diff = (cols, rows), diff
+    elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+      best = (cols, rows)
+  return best
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bicubic resize of a uint8 (H, W, 3) image, as the reference processors do with PIL."""
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
+def _split(image: np.ndarray, size: int) -> np.ndarray:
+  """(rows·size, cols·size, 3) → (rows·cols, size, size, 3), row-major."""
+  h, w, c = image.shape
+  tiles = image.reshape(h // size, size, w // size, size, c).swapaxes(1, 2)
+  return tiles.reshape(-1, size, size, c)
+
+
+def internvl_tiles(image: np.ndarray, tile: int = 448, min_num: int = 1, max_num: int = 12,
+                   thumbnail: bool = True) -> np.ndarray:
+  """uint8 (H, W, 3) → (n, tile, tile, 3): the image resized onto its grid and cut row-major, plus
+  (when there is more than one tile and `thumbnail`) the whole image squashed to one tile, last."""
+  cols, rows = internvl_grid(image.shape[0], image.shape[1], tile, min_num, max_num)
+  tiles = _split(_resize(image, rows * tile, cols * tile), tile)
+  if thumbnail and len(tiles) > 1:
+    tiles = np.concatenate([tiles, _resize(image, tile, tile)[None]])
+  return tiles
+
+
+def internvl_num_tokens(height: int, width: int, tile: int = 448, min_num: int = 1,
+                        max_num: int = 12, tokens_per_tile: int = 256,
+                        thumbnail: bool = True) -> int:
+  """LLM tokens of one image under InternVL 1.5 (256 per 448 px tile after pixel unshuffle)."""
+  cols, rows = internvl_grid(height, width, tile, min_num, max_num)
+  tiles = cols * rows + (thumbnail and cols * rows > 1)
+  return tiles * tokens_per_tile
+
+
+def select_best_resolution(height: int, width: int,
+                           candidates: Sequence[tuple[int, int]]) -> tuple[int, int]:
+  """LLaVA-NeXT's canvas (height, width) among `candidates`: the one keeping the most of the
+  image's pixels when it is fitted inside (never counting more than the original has), ties
+  broken by the least wasted canvas; the first of equals wins."""
+  _check_size(height, width)
+  if not candidates:
+    raise ValueError("select_best_resolution needs at least one candidate resolution.")
+  best, best_effective, best_waste = None, 0, float("inf")
+  for cand_h, cand_w in candidates:
+    scale = min(cand_w / width, cand_h / height)
+    effective = min(int(width * scale) * int(height * scale), width * height)
+    waste = cand_h * cand_w - effective
+    if effective > best_effective or (effective == best_effective and waste < best_waste):
+      best, best_effective, best_waste = (cand_h, cand_w), effective, waste
+  if best is None:
+    raise ValueError(f"No candidate in {list(candidates)} can hold any pixel of a "
+                     f"{height}x{width} image.")
+  return best
+
+
+def anyres_resized_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+  """The size an image is resized to inside its AnyRes canvas: the limiting side fills the
+  canvas, the other is scaled with it and rounded up (capped at the canvas)."""
+  target_h, target_w = target
+  scale_w, scale_h = target_w / width, target_h / height
+  if scale_w < scale_h:
+    return min(math.ceil(height * scale_w), target_h), target_w
+  return target_h, min(math.ceil(width * scale_h), target_w)
+
+
+def anyres_crops(image: np.ndarray, candidates: Sequence[tuple[int, int]],
+                 crop: int) -> np.ndarray:
+  """uint8 (H, W, 3) → (1 + rows·cols, crop, crop, 3): the whole image squashed to one crop
+  first, then the image resized into its best canvas, zero-padded centred (an odd pixel goes to
+  the bottom / right) and cut row-major into crops."""
+  target = select_best_resolution(image.shape[0], image.shape[1], candidates)
+  if target[0] % crop or target[1] % crop:
+    raise ValueError(f"Candidate resolution {target} is not a multiple of the crop size {crop}.")
+  new_h, new_w = anyres_resized_size(image.shape[0], image.shape[1], target)
+  top, left = (target[0] - new_h) // 2, (target[1] - new_w) // 2
+  canvas = np.zeros((*target, 3), np.uint8)
+  canvas[top:top + new_h, left:left + new_w] = _resize(image, new_h, new_w)
+  return np.concatenate([_resize(image, crop, crop)[None], _split(canvas, crop)])
+
+
+def anyres_grid_shape(height: int, width: int, candidates: Sequence[tuple[int, int]],
+                      crop: int) -> tuple[int, int]:
+  """(rows, cols) of crops an image is cut into."""
+  target_h, target_w = select_best_resolution(height, width, candidates)
+  return target_h // crop, target_w // crop
+
+
+def unpad_bounds(map_height: int, map_width: int, height: int,
+                 width: int) -> tuple[int, int, int, int]:
+  """(top, bottom, left, right) of the part of a feature map of an AnyRes canvas that holds
+  image rather than padding, for an original image of height×width (LLaVA-NeXT's `unpad_image`:
+  the same padding is cut from both sides, so an odd remainder stays at the far side)."""
+  _check_size(height, width)
+  if width / height > map_width / map_height:
+    new_height = int(round(height * (map_width / width), 7))
+    pad = (map_height - new_height) // 2
+    return pad, map_height - pad, 0, map_width
+  new_width = int(round(width * (map_height / height), 7))
+  pad = (map_width - new_width) // 2
+  return 0, map_height, pad, map_width - pad
+
+
+def unpad(features: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(map_h, map_w, C) features of an AnyRes canvas → the rows and columns that hold image."""
+  top, bottom, left, right = unpad_bounds(features.shape[0], features.shape[1], height, width)
+  return features[top:bottom, left:right]
+
+
+def onevision_pooled_size(map_height: int, map_width: int, grid: int = 27,
+                          max_crops: int = 9) -> tuple[int, int]:
+  """Size of the unpadded feature map after OneVision's `anyres_max_<max_crops>` budget: a map of
+  more than 1.1× the area of `max_crops` crops is bilinearly shrunk by the ratio of the sides
+  (each side floored)."""
+  ratio = math.sqrt(map_height * map_width / (max_crops * grid * grid))
+  if ratio > 1.1:
+    return int(map_height // ratio), int(map_width // ratio)
+  return map_height, map_width
+
+
+def onevision_num_tokens(height: int, width: int,
+                         candidates: Sequence[tuple[int, int]] = ONEVISION_PINPOINTS,
+                         crop: int = 384, grid: int = 27, max_crops: int = 9) -> int:
+  """LLM tokens of one image under LLaVA-OneVision AnyRes: the base image's grid², then the
+  unpadded (and budgeted) map of the crops with one newline token per row."""
+  rows, cols = anyres_grid_shape(height, width, candidates, crop)
+  top, bottom, left, right = unpad_bounds(rows * grid, cols * grid, height, width)
+  pooled_h, pooled_w = onevision_pooled_size(bottom - top, right - left, grid, max_crops)
+  return grid * grid + pooled_h * pooled_w + pooled_h

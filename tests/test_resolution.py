@@ -1,0 +1,145 @@
+"""Resolution policies against transformers' reference code on hundreds of random image sizes,
+extremes included."""
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from transformers import image_processing_utils
+from transformers.image_processing_utils import SizeDict
+from transformers.image_utils import PILImageResampling
+from transformers.models.got_ocr2 import image_processing_pil_got_ocr2 as got_ocr2
+from transformers.models.llava_onevision import image_processing_pil_llava_onevision
+from transformers.models.llava_onevision import modeling_llava_onevision
+from transformers.models.llava_onevision import processing_llava_onevision
+from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as qwen2_vl
+
+from mmjax.data import resolution
+
+EXTREMES = [(1, 1), (1, 200), (200, 1), (1, 201), (3, 700), (27, 28), (13, 13), (14, 14),
+            (28, 28), (56, 56), (447, 448), (448, 448), (449, 448), (384, 1152), (1000, 1),
+            (10_000, 50), (50, 10_000), (8000, 8000), (20_000, 300), (333, 333)]
+LLAVA_NEXT_PINPOINTS = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
+
+
+def random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
+  """Log-uniform sides from 1 to 8000 px, plus the extremes."""
+  rng = np.random.default_rng(seed)
+  sides = np.exp(rng.uniform(0, math.log(8000), (n, 2))).astype(int)
+  return EXTREMES + [tuple(map(int, s)) for s in sides]
+
+
+SIZES = random_sizes(400, 0)
+
+
+@pytest.mark.parametrize("min_pixels,max_pixels", [(56 * 56, 28 * 28 * 1280),
+                                                   (100 * 28 * 28, 16384 * 28 * 28)])
+def test_smart_resize_matches_qwen2_vl(min_pixels, max_pixels):
+  for h, w in SIZES:
+    try:
+      expected = qwen2_vl.smart_resize(h, w, 28, min_pixels, max_pixels)
+    except ValueError:
+      with pytest.raises(ValueError, match="Aspect ratio"):
+        resolution.smart_resize(h, w, 28, min_pixels, max_pixels)
+      continue
+    got = resolution.smart_resize(h, w, 28, min_pixels, max_pixels)
+    assert got == tuple(expected), (h, w)
+    assert resolution.qwen2vl_num_tokens(h, w, min_pixels=min_pixels,
+                                         max_pixels=max_pixels) == got[0] * got[1] // 28**2
+
+
+@pytest.mark.parametrize("tile,min_num,max_num", [(448, 1, 12), (448, 1, 40), (336, 2, 6)])
+def test_internvl_grid_matches_got_ocr2(tile, min_num, max_num):
+  for h, w in SIZES:
+    expected = got_ocr2.get_optimal_tiled_canvas((h, w), (tile, tile), min_num, max_num)
+    assert resolution.internvl_grid(h, w, tile, min_num, max_num) == tuple(expected), (h, w)
+
+
+def test_internvl_grid_tie_break():
+  # METHODS §3.1's worked example, and a tie (1:1 image on 1×1 vs 2×2) decided by the area rule.
+  assert resolution.internvl_grid(1300, 800) == (2, 3)
+  assert resolution.internvl_grid(300, 300) == (1, 1)
+  assert resolution.internvl_grid(700, 700) == (2, 2)
+  assert resolution.internvl_grid(1000, 1000) == (3, 3)
+
+
+@pytest.mark.parametrize("candidates", [list(resolution.ONEVISION_PINPOINTS),
+                                        LLAVA_NEXT_PINPOINTS])
+def test_select_best_resolution_and_grid_match_llava(candidates):
+  for h, w in SIZES:
+    expected = image_processing_utils.select_best_resolution((h, w), candidates)
+    assert resolution.select_best_resolution(h, w, candidates) == tuple(expected), (h, w)
+    crop = 336 if candidates is LLAVA_NEXT_PINPOINTS else 384
+    assert resolution.anyres_grid_shape(h, w, candidates, crop) == tuple(
+        modeling_llava_onevision.get_anyres_image_grid_shape((h, w), candidates, crop))
+    assert 1 + math.prod(resolution.anyres_grid_shape(h, w, candidates, crop)) == (
+        modeling_llava_onevision.image_size_to_num_patches((h, w), candidates, crop))
+
+
+def test_unpad_matches_llava_onevision():
+  rng = np.random.default_rng(1)
+  for h, w in SIZES:
+    rows, cols = (int(x) for x in rng.integers(1, 5, 2))
+    features = rng.normal(size=(rows * 27, cols * 27, 2)).astype(np.float32)
+    expected = modeling_llava_onevision.unpad_image(
+        torch.from_numpy(features).permute(2, 0, 1), (h, w)).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(resolution.unpad(features, h, w), expected)
+
+
+def test_onevision_num_tokens_match_processor():
+  processor = types.SimpleNamespace(
+      image_processor=types.SimpleNamespace(
+          image_grid_pinpoints=[list(p) for p in resolution.ONEVISION_PINPOINTS]),
+      num_image_tokens=729, vision_aspect_ratio="anyres_max_9")
+  processor._get_unpadded_features = types.MethodType(
+      processing_llava_onevision.LlavaOnevisionProcessor._get_unpadded_features, processor)
+  for h, w in SIZES:
+    expected = processing_llava_onevision.LlavaOnevisionProcessor._get_number_of_features(
+        processor, h, w, 384, 384)
+    assert resolution.onevision_num_tokens(h, w) == expected, (h, w)
+
+
+def test_onevision_num_tokens_match_feature_packing():
+  """The processor's count and the model's packing agree with ours on the number of tokens (the
+  packing allocates the crops' features, so fewer sizes)."""
+  grid, crop = 27, 384
+  model = types.SimpleNamespace(config=types.SimpleNamespace(
+      vision_config=types.SimpleNamespace(image_size=crop, patch_size=crop // grid),
+      image_grid_pinpoints=[list(p) for p in resolution.ONEVISION_PINPOINTS]))
+  for h, w in SIZES[:20] + SIZES[-20:]:
+    rows, cols = resolution.anyres_grid_shape(h, w, resolution.ONEVISION_PINPOINTS, crop)
+    features = torch.zeros(1 + rows * cols, grid * grid, 1)
+    _, lengths = modeling_llava_onevision.LlavaOnevisionModel.pack_image_features(
+        model, [features], torch.tensor([[h, w]]), image_newline=torch.zeros(1))
+    assert resolution.onevision_num_tokens(h, w) == int(lengths[0]), (h, w)
+
+
+def test_crops_and_tiles_pixel_exact():
+  rng = np.random.default_rng(2)
+  onevision = image_processing_pil_llava_onevision.LlavaOnevisionImageProcessorPil()
+  got = got_ocr2.GotOcr2ImageProcessorPil()
+  for h, w in [(300, 700), (901, 260), (384, 384), (50, 1700)]:
+    image = rng.integers(0, 256, (h, w, 3), np.uint8)
+    expected = onevision.get_image_patches(
+        image.transpose(2, 0, 1), LLAVA_NEXT_PINPOINTS, size=(336, 336), patch_size=336,
+        resample=PILImageResampling.BICUBIC)
+    np.testing.assert_array_equal(resolution.anyres_crops(image, LLAVA_NEXT_PINPOINTS, 336),
+                                  np.stack(expected).transpose(0, 2, 3, 1))
+    expected = got.crop_image_to_patches(image.transpose(2, 0, 1), 1, 12, True,
+                                         SizeDict(height=448, width=448),
+                                         PILImageResampling.BICUBIC)
+    tiles = resolution.internvl_tiles(image, 448, 1, 12)
+    np.testing.assert_array_equal(tiles, np.stack(expected).transpose(0, 2, 3, 1))
+    assert resolution.internvl_num_tokens(h, w) == 256 * len(tiles)
+
+
+def test_bad_sizes_are_named():
+  with pytest.raises(ValueError, match="positive"):
+    resolution.smart_resize(0, 10)
+  with pytest.raises(ValueError, match="min_num"):
+    resolution.internvl_grid(10, 10, min_num=5, max_num=2)
+  with pytest.raises(ValueError, match="at least one candidate"):
+    resolution.select_best_resolution(10, 10, [])
+  with pytest.raises(ValueError, match="multiple of the crop"):
+    resolution.anyres_crops(np.zeros((10, 10, 3), np.uint8), [(400, 400)], 384)
