@@ -3,8 +3,8 @@
 Each supported architecture has a converter module exposing `CONFIG_TYPE`,
 `config_from_hf(hf_config) -> config`, `config_to_hf(config, architecture) -> dict` and
 `rules(config) -> list[mapping.Rule]`; optionally `select_tensors(hf_config, tensors)` (normalise
-names, pick a sub-model) and `HOLDS` (the architecture a converted checkpoint exports as).
-An mmjax checkpoint directory holds `config.json` ({"architecture", "config"}) and
+names, pick a sub-model), `join_tensors(tensors)` (undo that naming on export) and `HOLDS` (the
+architecture a converted checkpoint exports as). An mmjax checkpoint directory holds `config.json` ({"architecture", "config"}) and
 `params.safetensors` (names are '/'-joined tree paths).
 """
 import dataclasses
@@ -25,6 +25,7 @@ CONVERTERS = {
     "ConvNextModel": "mmjax.convert.convnext",
     "LlamaForCausalLM": "mmjax.convert.llama",
     "Qwen2ForCausalLM": "mmjax.convert.llama",
+    "Qwen2VisionTransformerPretrainedModel": "mmjax.convert.qwen2_vl_vision",
 }
 
 
@@ -68,6 +69,8 @@ def to_hf_tensors(config: Any, params: dict[str, Any],
   """mmjax config + params (either layout) → (HF config.json dict, HF state dict)."""
   conv = converter(architecture)
   tensors = mapping.export_params(layout.unrolled_layout(_numpy(params)), conv.rules(config))
+  if hasattr(conv, "join_tensors"):
+    tensors = conv.join_tensors(tensors)
   return conv.config_to_hf(config, architecture), tensors
 
 

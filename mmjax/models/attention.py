@@ -28,21 +28,21 @@ def dot_product_attention(q: Float[Array, "B T N H"], k: Float[Array, "B S K H"]
 
 
 class Attention(nn.Module):
-  """Self-attention. With `cache`, the new keys/values are written at `cache_index` and the
-  queries attend over the whole cache (the mask decides which slots are visible)."""
+  """Self-attention, queries and keys rotated by `rope` (cos, sin from `mmjax.models.rope`) when
+  given. With `cache`, the new keys/values are written at `cache_index` and the queries attend
+  over the whole cache (the mask decides which slots are visible)."""
   num_heads: int
   num_kv_heads: int
   head_dim: int
   qkv_bias: bool = False
   out_bias: bool = False
-  rope_theta: float | None = None  # None: no rotary embedding (e.g. ViT with learned positions).
   implementation: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
-               positions: Int[Array, "B T"] | None = None, cache: KVCache | None = None,
+               rope: rope_lib.Angles | None = None, cache: KVCache | None = None,
                cache_index: Int[Array, ""] | None = None
                ) -> tuple[Float[Array, "B T D"], KVCache | None]:
     if self.num_heads % self.num_kv_heads:
@@ -54,9 +54,8 @@ class Attention(nn.Module):
                      **kw)(x)
     v = layers.dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), name="v",
                      **kw)(x)
-    if self.rope_theta is not None:
-      cos, sin = rope_lib.rope_angles(positions, self.head_dim, self.rope_theta)
-      q, k = rope_lib.apply_rope(q, cos, sin), rope_lib.apply_rope(k, cos, sin)
+    if rope is not None:
+      q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     q = layers.constrain(q, ("batch", "length", "heads", "kv"))
     k = layers.constrain(k, ("batch", "length", "kv_heads", "kv"))
     v = layers.constrain(v, ("batch", "length", "kv_heads", "kv"))

@@ -1,6 +1,6 @@
 """Decoder-only LLM of the LLaMA / Qwen2 family, with a KV cache for prefill + decode.
 
-Positions are an explicit input (so packing, left padding and, later, M-RoPE need no change here),
+Positions are an explicit input (so packing, left padding and M-RoPE need no change here),
 and the model is split into `embed` and `__call__` on embeddings so that an MLLM can write visual
 tokens into the sequence in between.
 """
@@ -13,6 +13,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from mmjax.models import attention
 from mmjax.models import layers
+from mmjax.models import rope as rope_lib
 from mmjax.models import stack
 
 Cache = dict[str, Array]  # {"k", "v": [layers B S K H], "valid": [B S] bool, "index": [] int32}
@@ -30,6 +31,7 @@ class LLMConfig:
   act: str = "silu"
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
+  mrope_sections: tuple[int, ...] = ()  # Qwen2-VL M-RoPE (t, h, w) sections; () = 1D RoPE.
   qkv_bias: bool = False  # Qwen2: True.
   out_bias: bool = False  # LLaMA's `attention_bias` puts a bias on q, k, v and o.
   mlp_bias: bool = False
@@ -50,6 +52,9 @@ class LLMConfig:
     if self.attention_impl not in attention.IMPLEMENTATIONS:
       raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; "
                        f"valid: {attention.IMPLEMENTATIONS}.")
+    if self.mrope_sections and sum(self.mrope_sections) * 2 != self.kv_dim:
+      raise ValueError(f"LLM mrope_sections={self.mrope_sections} must sum to head_dim / 2 = "
+                       f"{self.kv_dim // 2}.")
     layers.activation(self.act)
 
   @property
@@ -63,15 +68,15 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T D"], cache: dict[str, Array] | None,
-               mask: Bool[Array, "B 1 T S"], positions: Int[Array, "B T"],
+               mask: Bool[Array, "B 1 T S"], rope: rope_lib.Angles,
                cache_index: Int[Array, ""] | None):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     h = layers.RMSNorm(cfg.norm_eps, name="attn_norm", **kw)(x)
     h, new_cache = attention.Attention(
         cfg.num_heads, cfg.num_kv_heads, cfg.kv_dim, qkv_bias=cfg.qkv_bias,
-        out_bias=cfg.out_bias, rope_theta=cfg.rope_theta, implementation=cfg.attention_impl,
-        name="attn", **kw)(h, mask, positions, cache, cache_index)
+        out_bias=cfg.out_bias, implementation=cfg.attention_impl,
+        name="attn", **kw)(h, mask, rope, cache, cache_index)
     x = x + h
     h = layers.RMSNorm(cfg.norm_eps, name="mlp_norm", **kw)(x)
     x = x + layers.GatedMlp(cfg.mlp_dim, cfg.act, cfg.mlp_bias, name="mlp", **kw)(h)
@@ -111,14 +116,24 @@ class Decoder(nn.Module):
       out = self.lm_head(x)
     return layers.constrain(out, ("batch", "length", "vocab"))
 
-  def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
+  def rope(self, positions: Int[Array, "B T"] | Int[Array, "3 B T"]) -> rope_lib.Angles:
+    cfg = self.config
+    if cfg.mrope_sections:
+      if positions.ndim != 3:
+        raise ValueError(f"An M-RoPE LLM needs positions of shape [3, B, T], got "
+                         f"{positions.shape}.")
+      return rope_lib.mrope_angles(positions, cfg.kv_dim, cfg.rope_theta, cfg.mrope_sections)
+    return rope_lib.rope_angles(positions, cfg.kv_dim, cfg.rope_theta)
+
+  def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"] | Int[Array, "3 B T"],
                segment_ids: Int[Array, "B T"], cache: Cache | None = None
                ) -> tuple[Float[Array, "B T V"], Float[Array, "B T D"], Cache | None]:
     """Runs the blocks on embeddings; returns (logits, final hidden states, updated cache).
 
     Without a cache: causal attention within segments (`segment_ids`, 0 = padding). With one:
     the T tokens are written at `cache["index"]`, tokens with segment id 0 are marked invalid
-    (left padding of a prompt), and each token sees the valid slots up to its own.
+    (left padding of a prompt), and each token sees the valid slots up to its own. Positions are
+    [3, B, T] (temporal, height, width) for an M-RoPE model.
     """
     if cache is None:
       mask, kv, index = attention.causal_segment_mask(segment_ids), None, None
@@ -127,7 +142,7 @@ class Decoder(nn.Module):
       valid = jax.lax.dynamic_update_slice(cache["valid"], segment_ids != 0, (0, index))
       mask = attention.cache_mask(valid, index, x.shape[1])
       kv = {"k": cache["k"], "v": cache["v"]}
-    x, _, kv = self.blocks(x.astype(self.config.dtype), kv, mask, positions, index)
+    x, _, kv = self.blocks(x.astype(self.config.dtype), kv, mask, self.rope(positions), index)
     x = self.final_norm(x)
     new_cache = None
     if cache is not None:

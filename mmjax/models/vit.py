@@ -65,17 +65,18 @@ class ViTConfig:
 
 
 class ViTBlock(nn.Module):
-  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x))."""
+  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x)). `mask` and `rope` (rotary angles) are for
+  packed native-resolution sequences (`mmjax.models.native_vit`)."""
   config: ViTConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "B N D"], cache: None, mask=None):
+  def __call__(self, x: Float[Array, "B N D"], cache: None, mask=None, rope=None):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     h = layers.layer_norm(name="ln1", epsilon=cfg.norm_eps, **kw)(x)
     h, _ = attention.Attention(cfg.num_heads, cfg.num_heads, cfg.width // cfg.num_heads,
                                qkv_bias=True, out_bias=True, implementation=cfg.attention_impl,
-                               name="attn", **kw)(h, mask)
+                               name="attn", **kw)(h, mask, rope)
     x = x + h
     h = layers.layer_norm(name="ln2", epsilon=cfg.norm_eps, **kw)(x)
     x = x + layers.Mlp(cfg.mlp_dim, cfg.act, name="mlp", **kw)(h)
