@@ -1,7 +1,8 @@
 """LLaVA-style MLLM (tower → projector → LLM) on the embedded fine-detail dataset.
 
 `tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
-`mini_gemini`, `eagle` or `leo`; configs/<method>.py fix it. Sized for a 2-core CPU by default;
+`mini_gemini`, `eagle`, `leo` or `qwen2vl` (native resolution, M-RoPE); configs/<method>.py fix
+it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
@@ -32,10 +33,17 @@ SIZES = {
         (192, 384, 768, 1536), (3, 3, 27, 3)), llm=(4096, 32, 32), batch=128, max_len=2048,
         dataset="fine_detail/large", questions=10),
 }
-TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo")
+TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
-                     "eagle": (448, 1024), "leo": (448, 1024)}
+                     "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336)}
+
+
+def mrope_sections(head_dim: int) -> tuple[int, int, int]:
+  """Qwen2-VL's (temporal, height, width) split of the rotary frequencies, 16:24:24 of 64."""
+  half = head_dim // 2
+  t = half // 4
+  return t, (half - t) // 2, half - t - (half - t) // 2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -47,8 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = size["patch"]
   big = arg.size == "7b"
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
-  high = arg.res or (low if arg.tower == "vit" else high)
-  low = high if arg.tower == "vit" else low
+  single = arg.tower in ("vit", "qwen2vl")  # One encoder at one (budgeted) resolution.
+  high = arg.res or (low if single else high)
+  low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
     low = max(high // 32 * patch, 336)
   vit_width, vit_depth, vit_heads = size["vit"]
@@ -78,7 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.grid = low // patch // (2 if arg.tower == "leo" and big else 1)
   c.model.fusion = "channel"  # EAGLE: "channel" concat or "sequence" append.
   # "linear", "mlp<N>x_gelu", or "identity" (LEO projects per encoder inside its tower).
-  c.model.projector = "identity" if arg.tower == "leo" else "mlp2x_gelu"
+  # qwen2vl: the patch merger maps to the LLM width; its patch budget per image equals the
+  # ViT's token count (4 patches per LLM token) and it takes M-RoPE positions.
+  c.model.projector = "identity" if arg.tower in ("leo", "qwen2vl") else "mlp2x_gelu"
+  c.model.max_patches = 4 * (low // patch) ** 2  # qwen2vl: patches per image (static budget).
+  c.model.min_pixels = (4 * patch) ** 2  # qwen2vl: smallest encoded area (2×2 LLM tokens).
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth
@@ -86,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.llm_kv_heads = llm_heads  # < llm_heads for grouped-query attention.
   c.model.llm_mlp_dim = 11008 if big else 4 * llm_width
   c.model.rope_theta = 10000.0
+  # M-RoPE (temporal, height, width) frequency sections; (): 1D RoPE.
+  c.model.mrope_sections = mrope_sections(llm_width // llm_heads) if arg.tower == "qwen2vl" else ()
   c.model.dtype = "bfloat16" if big else "float32"  # Compute dtype (CPUs run f32 faster).
   c.model.param_dtype = "float32"
   c.model.scan_layers = big  # nn.scan over blocks: fast compiles for deep models.

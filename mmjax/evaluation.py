@@ -22,6 +22,7 @@ from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import questions
 from mmjax.models import mllm
+from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import loop
@@ -45,31 +46,41 @@ def _restore(c, workdir, model, spec, mesh, step):
 def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   """Greedy answers to every question of the first `eval_examples` images."""
   policy = build.policy(c)
-  n_tokens = build.num_image_tokens(config, c)
-  prompts, images, truth = [], [], []
+  inputs = towers.inputs(config.tower)
+  mrope = getattr(policy, "mrope", False)
+  prompts, views, positions, truth = [], [], [], []
   for i in range(min(c.data.eval_examples, len(source))):
     record = source[i]
-    view = policy(record["image"])["images"]
+    view = policy(record["image"])
+    n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
     qa = record["qa"]
     for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
                                               qa["answer"]):
       turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
-      prompts.append(tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
-                                                 num_image_tokens=n_tokens))
-      images.append(view)
+      prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
+                                           num_image_tokens=n_tokens)
+      prompts.append(prompt)
+      if mrope:
+        positions.append(pipeline.mrope_row(prompt, len(prompt), tok.image_id,
+                                            view["image_grid"], policy.merge_size))
+      views.append(view)
       truth.append((family.decode(), kind.decode(), answer.decode()))
   correct, generated, seconds = [], 0, 0.0
   size = c.eval.batch_size
   for s in range(0, len(prompts), size):
-    batch_prompts, batch_images = prompts[s:s + size], images[s:s + size]
+    batch_prompts, batch_views = prompts[s:s + size], views[s:s + size]
+    batch_positions = positions[s:s + size] if mrope else None
     pad = size - len(batch_prompts)  # Full batches keep one compiled shape.
     batch_prompts += batch_prompts[:1] * pad
-    batch_images += batch_images[:1] * pad
+    batch_views += batch_views[:1] * pad
+    if mrope:
+      batch_positions += batch_positions[:1] * pad
     tick = time.perf_counter()
     tokens, lengths = sampling.generate(model, {"params": params}, batch_prompts,
-                                        np.stack(batch_images),
+                                        {k: np.stack([v[k] for v in batch_views]) for k in inputs},
                                         max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id,
-                                        pad_id=tok.pad_id, bucket=c.data.max_len)
+                                        pad_id=tok.pad_id, bucket=c.data.max_len,
+                                        positions=batch_positions)
     seconds += time.perf_counter() - tick
     for row in range(size - pad):
       answer = tok.decode(tokens[row, :lengths[row]])

@@ -21,6 +21,7 @@ import numpy as np
 from mmjax import config_args
 from mmjax import sharding
 from mmjax.models import mllm
+from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import flops as flops_lib
 from mmjax.training import optim
@@ -28,14 +29,19 @@ from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
 
-def example_batch(config: mllm.MLLMConfig, image_size: int, rows: int, text_len: int
-                  ) -> dict[str, np.ndarray]:
-  """Zeros shaped like a model batch of `rows` sequences: the tower's visual tokens plus
-  `text_len` text tokens (numpy zeros are not touched, so not really allocated)."""
-  length = config.tower.num_tokens(image_size, image_size) + text_len
+def example_batch(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, rows: int,
+                  text_len: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like a model batch of `rows` sequences: the tower's visual tokens (at most, for
+  a native-resolution tower) plus `text_len` text tokens (numpy zeros are not touched, so not
+  really allocated)."""
+  length = build.num_image_tokens(config, c) + text_len
   batch = {k: np.zeros((rows, length), np.int32)
-           for k in ("tokens", "positions", "segment_ids", "targets", "loss_mask")}
-  batch["images"] = np.zeros((rows, image_size, image_size, 3), np.float32)
+           for k in ("tokens", "segment_ids", "targets", "loss_mask")}
+  batch["positions"] = np.zeros((rows, length) + ((3,) if config.llm.mrope_sections else ()),
+                                np.int32)
+  blank = build.policy(c).blank()
+  for key in towers.inputs(config.tower):
+    batch[key] = np.zeros((rows,) + blank[key].shape, blank[key].dtype)
   return batch
 
 
@@ -45,7 +51,7 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)
   model = mllm.MLLM(config)
-  spec = example_batch(config, c.model.image_size, rows, text_len)
+  spec = example_batch(c, config, rows, text_len)
   params = state_lib.abstract_params(model, spec)
   tx = optim.optimizer(params, lr=optim.schedule(c.train.lr, 1, 100),
                        weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip,

@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from mmjax.models import llm as llm_lib
 from mmjax.models import mllm as mllm_lib
+from mmjax.models import towers
 
 ModelConfig = mllm_lib.MLLMConfig | llm_lib.LLMConfig
 
@@ -77,7 +78,8 @@ def sample_logits(logits: Float[Array, "B V"], rng: PRNGKeyArray | None, *, temp
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def pad_prompts(prompts: Sequence[np.ndarray], *, bucket: int = 1) -> dict[str, np.ndarray]:
+def pad_prompts(prompts: Sequence[np.ndarray], *, bucket: int = 1,
+                positions: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
   """Left-pads prompts into one prefill batch.
 
   The length is the longest prompt rounded up to a multiple of `bucket`, so calls whose longest
@@ -87,11 +89,12 @@ def pad_prompts(prompts: Sequence[np.ndarray], *, bucket: int = 1) -> dict[str, 
   Args:
     prompts: B non-empty 1-D integer arrays (image placeholders included).
     bucket: >= 1.
+    positions: optional per-prompt M-RoPE positions, each int [len(prompt), 3].
 
   Returns:
     int32 [B, L] arrays: `tokens` (0 on padding: any in-vocabulary id, the slots are masked),
-    `positions` (0, 1, … on each row's tokens, 0 on padding) and `segment_ids` (1 on tokens,
-    0 on padding).
+    `positions` (0, 1, … on each row's tokens, 0 on padding; [B, L, 3] with given M-RoPE
+    positions) and `segment_ids` (1 on tokens, 0 on padding).
   """
   if bucket < 1:
     raise ValueError(f"bucket={bucket} must be >= 1.")
@@ -107,8 +110,18 @@ def pad_prompts(prompts: Sequence[np.ndarray], *, bucket: int = 1) -> dict[str, 
   segment_ids = np.zeros((len(prompts), length), np.int32)
   for i, p in enumerate(prompts):
     tokens[i, length - len(p):], segment_ids[i, length - len(p):] = p, 1
-  positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
-  return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids}
+  if positions is None:
+    out = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
+  else:
+    if len(positions) != len(prompts):
+      raise ValueError(f"{len(positions)} position arrays for {len(prompts)} prompts.")
+    out = np.zeros((len(prompts), length, 3), np.int32)
+    for i, (p, pos) in enumerate(zip(prompts, positions)):
+      if np.shape(pos) != (len(p), 3):
+        raise ValueError(f"positions[{i}] has shape {np.shape(pos)}; prompt {i} needs "
+                         f"({len(p)}, 3).")
+      out[i, length - len(p):] = pos
+  return {"tokens": tokens, "positions": out, "segment_ids": segment_ids}
 
 
 class Generation(NamedTuple):
@@ -222,17 +235,32 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
   return Generation(final["tokens"], final["lengths"], final["step"])
 
 
+def _visual_tokens(config: mllm_lib.MLLMConfig, views: dict[str, np.ndarray], row: int) -> int:
+  """Visual tokens the tower gives row `row` of `views`."""
+  if "images" in views:
+    return config.tower.num_tokens(*views["images"].shape[1:3])
+  merge = config.tower.vit.merge_size
+  return int(np.sum(views["patch_segments"][row] != 0)) // merge ** 2
+
+
 def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
-                   images: np.ndarray | None) -> None:
+                   views: dict[str, np.ndarray] | None) -> None:
   """Raises ValueError unless every id is a vocabulary id or an image placeholder, and every
   prompt with placeholders has an image and exactly as many placeholders as its visual tokens."""
   vocab = _llm_config(config).vocab_size
   image_id = config.image_token_id if isinstance(config, mllm_lib.MLLMConfig) else None
-  if images is not None:
+  if views is not None:
     if image_id is None:
       raise ValueError("images were given to a text-only decoder; pass images=None.")
-    if images.ndim != 4 or images.shape[0] != len(prompts) or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B={len(prompts)}, H, W, 3], got {images.shape}.")
+    wanted = towers.inputs(config.tower)
+    if sorted(views) != sorted(wanted):
+      raise ValueError(f"This tower reads {list(wanted)}; got views {sorted(views)}.")
+    for key, value in views.items():
+      if value.shape[0] != len(prompts):
+        raise ValueError(f"{key} has {value.shape[0]} rows for {len(prompts)} prompts.")
+    if "images" in views and (views["images"].ndim != 4 or views["images"].shape[-1] != 3):
+      raise ValueError(f"images must be [B={len(prompts)}, H, W, 3], got "
+                       f"{views['images'].shape}.")
   for i, prompt in enumerate(prompts):
     prompt = np.asarray(prompt)
     placeholders = int(np.sum(prompt == image_id)) if image_id is not None else 0
@@ -242,19 +270,20 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
                        "that are not image placeholders.")
     if not placeholders:
       continue
-    if images is None:
+    if views is None:
       raise ValueError(f"prompts[{i}] holds {placeholders} image placeholders but images is "
                        "None.")
-    expected = config.tower.num_tokens(*images.shape[1:3])
+    expected = _visual_tokens(config, views, i)
     if placeholders != expected:
-      raise ValueError(f"prompts[{i}] holds {placeholders} image placeholders; an image of "
-                       f"{images.shape[1]}x{images.shape[2]} gives {expected} visual tokens.")
+      raise ValueError(f"prompts[{i}] holds {placeholders} image placeholders; its image gives "
+                       f"{expected} visual tokens.")
 
 
 def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequence[np.ndarray],
-             images: np.ndarray | None = None, *, max_new_tokens: int, eos_id: int | None,
-             pad_id: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             rng: PRNGKeyArray | None = None, bucket: int = 64) -> tuple[np.ndarray, np.ndarray]:
+             images: np.ndarray | dict[str, np.ndarray] | None = None, *, max_new_tokens: int,
+             eos_id: int | None, pad_id: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, rng: PRNGKeyArray | None = None, bucket: int = 64,
+             positions: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Generates continuations of a batch of prompts of different lengths.
 
   Args:
@@ -263,11 +292,13 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
     prompts: B 1-D token id arrays; an MLLM prompt may hold one run of
       `config.image_token_id` with one placeholder per visual token of its image.
     images: [B, H, W, 3] normalised pixels (row b's used only if prompt b has placeholders), or
-      None when no prompt has placeholders.
+      the tower's inputs by name (`towers.inputs`: a native-resolution tower's patches), or None
+      when no prompt has placeholders.
     max_new_tokens, eos_id, pad_id, temperature, top_k, top_p: as in `decode`.
     rng: a PRNG key; needed when temperature > 0.
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with
       similar prompt lengths reuse one compilation.
+    positions: per-prompt M-RoPE positions [len, 3] for an M-RoPE model (`pad_prompts`).
 
   Returns:
     tokens: int32 [B, max_new_tokens] (after EOS: `pad_id`); lengths: int32 [B] (see
@@ -275,11 +306,16 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
   """
   if not isinstance(model, (mllm_lib.MLLM, llm_lib.Decoder)):
     raise ValueError(f"model must be an MLLM or a Decoder, got {type(model).__name__}.")
-  batch = pad_prompts(prompts, bucket=bucket)
-  images = None if images is None else np.asarray(images, np.float32)
-  _check_prompts(model.config, prompts, images)
-  if images is not None:
-    batch["images"] = images
+  batch = pad_prompts(prompts, bucket=bucket, positions=positions)
+  views = images
+  if images is not None and not isinstance(images, dict):
+    views = {"images": np.asarray(images, np.float32)}
+  _check_prompts(model.config, prompts, views)
+  mrope = isinstance(model.config, mllm_lib.MLLMConfig) and bool(model.config.llm.mrope_sections)
+  if mrope != (positions is not None):
+    raise ValueError("An M-RoPE model needs the prompts' positions, and only it takes them.")
+  if views is not None:
+    batch.update({k: np.asarray(v) for k, v in views.items()})
   out = decode(model.config, variables, batch, rng, max_new_tokens=max_new_tokens,
                eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
   return np.asarray(out.tokens), np.asarray(out.lengths)

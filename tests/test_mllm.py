@@ -73,9 +73,9 @@ def test_visual_tokens_reach_the_llm_and_rows_stay_independent(variables, rng):
 def test_spliced_embeddings_are_the_projected_tower_features(variables, rng):
   batch = _batch(rng)
   model = mllm.MLLM(TINY)
-  visual = model.apply(variables, batch["images"], method=model.encode_images)
+  visual = model.apply(variables, {"images": batch["images"]}, method=model.encode_images)
   assert visual.shape == (2, N_VISUAL, TINY.llm.width)
-  merged = model.apply(variables, batch["tokens"], batch["images"], method=model.embed)
+  merged = model.apply(variables, batch["tokens"], {"images": batch["images"]}, method=model.embed)
   np.testing.assert_allclose(merged[0, 2:2 + N_VISUAL], visual[0], atol=1e-6)
   hidden = vit.ViT(TINY.tower.vit).apply({"params": variables["params"]["tower"]["vit"]},
                                          batch["images"])["hidden_states"]

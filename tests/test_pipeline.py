@@ -131,3 +131,33 @@ def test_global_batch_is_split_over_the_batch_axes(source):
   assert tokens.sharding.shard_shape(tokens.shape) == (2, 640)
   np.testing.assert_array_equal(np.asarray(tokens), batches[0]["tokens"])
   assert len(jax.devices()) == 8
+
+
+def test_native_policy_rows_follow_each_image(source):
+  """Native resolution: static row shapes whatever the image, as many placeholders as the image's
+  merged patches, M-RoPE positions whose image part spans its patch grid."""
+  policy = pipeline.NativeResolution(patch_size=8, min_pixels=32 * 32, max_patches=256)
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=64, max_len=640, policy=policy)
+  counts = set()
+  for i in range(6):
+    record = source[i]
+    row = fmt.random_map(record, np.random.default_rng(i))
+    assert row["patches"].shape == (256, 3 * 2 * 8 * 8) and row["positions"].shape == (640, 3)
+    t, rows, cols = row["image_grid"]
+    n = rows * cols // 4
+    counts.add(n)
+    assert n == policy.num_tokens(record["image"]) <= 64
+    assert int((row["patch_segments"] == 1).sum()) == rows * cols
+    is_image = row["tokens"] == TOK.image_id
+    assert int(is_image.sum()) == n
+    image_pos = row["positions"][is_image]
+    start = image_pos[0, 0]
+    assert (image_pos[:, 0] == start).all()
+    assert image_pos[:, 1].max() - start == rows // 2 - 1
+    assert image_pos[:, 2].max() - start == cols // 2 - 1
+    after = np.flatnonzero(is_image)[-1] + 1
+    assert (row["positions"][after] == start + max(rows, cols) // 2).all()
+  assert len(counts) > 1  # The dataset's sizes and aspect ratios give different token counts.
+  with pytest.raises(ValueError, match="max_patches"):
+    pipeline.NativeResolution(max_patches=6)

@@ -252,3 +252,45 @@ def test_invalid_sampling_arguments_are_rejected(kw, message):
     sampling.sample_logits(jnp.zeros((2, 5)), jax.random.key(0), **kw)
   with pytest.raises(ValueError, match="rng"):
     sampling.sample_logits(jnp.zeros((2, 5)), None, temperature=1.0)
+
+
+def test_mrope_native_generation_equals_full_recomputation():
+  """Qwen2-VL style: packed patches, M-RoPE prompt positions; decoding continues every axis."""
+  from mmjax.data import patches as patches_lib
+  from mmjax.data import pipeline
+  from mmjax.models import native_vit
+  config = mllm.MLLMConfig(
+      tower=towers.Qwen2VLTowerConfig(native_vit.NativeViTConfig(
+          patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32, out_width=32),
+          max_patches=32),
+      llm=llm.LLMConfig(vocab_size=61, width=32, depth=2, num_heads=4, num_kv_heads=2,
+                        mlp_dim=48, mrope_sections=(1, 1, 2)),
+      projector="identity", image_token_id=IMAGE)
+  rng = np.random.default_rng(1)
+  natives = [patches_lib.patchify(rng.normal(size=s).astype(np.float32), 4, 2)
+             for s in [(16, 16, 3), (8, 24, 3)]]
+  rows = [patches_lib.pack([n], 32) for n in natives]
+  views = {"patches": np.stack([r["patches"] for r in rows]),
+           "patch_positions": np.stack([r["positions"] for r in rows]),
+           "patch_segments": np.stack([r["segment_ids"] for r in rows])}
+  prompts = [np.concatenate([[5, 6], np.full(n.num_tokens // 4, IMAGE), [7, 8, 9][:k]])
+             .astype(np.int32) for n, k in zip(natives, (3, 1))]
+  positions = [pipeline.mrope_row(p, len(p), IMAGE, np.array([1, *n.grid]), 2)
+               for p, n in zip(prompts, natives)]
+  model = mllm.MLLM(config)
+  batch = {**sampling.pad_prompts(prompts, bucket=8, positions=positions), **views}
+  variables = nn.unbox(jax.jit(model.init)(jax.random.key(0, impl="unsafe_rbg"), batch))
+  tokens, _ = sampling.generate(model, variables, prompts, views, max_new_tokens=5, eos_id=None,
+                                pad_id=0, bucket=8, positions=positions)
+  for i, (prompt, pos) in enumerate(zip(prompts, positions)):
+    seq, seq_pos = list(prompt), list(pos)
+    for _ in range(5):
+      row_views = {k: v[i:i + 1] for k, v in views.items()}
+      logits = model.apply(variables, {
+          "tokens": np.array([seq], np.int32), "positions": np.array([seq_pos], np.int32),
+          "segment_ids": np.ones((1, len(seq)), np.int32), **row_views})[0]
+      seq.append(int(np.argmax(logits[0, -1])))
+      seq_pos.append(seq_pos[-1] + 1)
+    np.testing.assert_array_equal(tokens[i], seq[-5:])
+  with pytest.raises(ValueError, match="M-RoPE model needs"):
+    sampling.generate(model, variables, prompts, views, max_new_tokens=2, eos_id=None, pad_id=0)

@@ -252,15 +252,20 @@ def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
     loop.train(tiny(data_dir, steps=4, **{"model.llm_width": 128}), tmp_path)
 
 
-@pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo"])
-def test_every_method_config_trains_at_tiny_size(data_dir, tmp_path, method):
+@pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo",
+                                    "qwen2vl"])
+def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_path, method):
   c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=3")
   c.data.data_dir = data_dir
   c.train.log_every = 1
   c.train.batch_size = 8  # One row per simulated device.
+  c.data.eval_examples = 2
+  c.eval.batch_size = 8
   loop.train(c, tmp_path)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["model"]["tower"] == c.model.tower
+  result = evaluation.evaluate(c, tmp_path)
+  assert sum(result["questions"].values()) > 0 and np.isfinite(result["loss"])

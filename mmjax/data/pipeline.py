@@ -24,6 +24,9 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from mmjax import sharding
+from mmjax.data import mrope
+from mmjax.data import patches as patches_lib
+from mmjax.data import resolution
 from mmjax.data import tokenizer as tokenizer_lib
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics.
@@ -72,6 +75,71 @@ class FixedResolution:
     return {key: np.zeros((s, s, 3), np.float32) for key, s in zip(self.keys, self.sizes)}
 
 
+@dataclasses.dataclass(frozen=True)
+class NativeResolution:
+  """Qwen2-VL's native-resolution policy: the image resized by `smart_resize` (sides multiples of
+  patch · merge, area within [min_pixels, max_patches · patch²]) and cut into patches
+  (`mmjax.data.patches`), padded to `max_patches` so every row has one static shape.
+
+  Its views: `patches` [max_patches, 3·T·P·P], `patch_positions` [max_patches, 2],
+  `patch_segments` [max_patches] (1 on the image's patches, 0 on padding) and `image_grid` [3]
+  (t, rows, cols of patches, for the M-RoPE positions). The number of visual tokens depends on the
+  image (`num_tokens`), and the text positions are M-RoPE's (`mrope`).
+  """
+  patch_size: int = 14
+  merge_size: int = 2
+  temporal_patch_size: int = 2
+  min_pixels: int = 56 * 56
+  max_patches: int = 16384  # Patch budget of one example (static).
+  mean: tuple[float, float, float] = CLIP_MEAN
+  std: tuple[float, float, float] = CLIP_STD
+
+  mrope = True
+  keys = ("patches", "patch_positions", "patch_segments", "image_grid")
+
+  def __post_init__(self):
+    if self.max_patches % self.merge_size ** 2 or self.max_patches < self.merge_size ** 2:
+      raise ValueError(f"max_patches={self.max_patches} must be a positive multiple of "
+                       f"merge_size² = {self.merge_size ** 2}.")
+    if self.min_pixels > self.max_pixels:
+      raise ValueError(f"min_pixels={self.min_pixels} exceeds the max_patches budget of "
+                       f"{self.max_pixels} pixels.")
+
+  @property
+  def max_pixels(self) -> int:
+    return self.max_patches * self.patch_size ** 2
+
+  def encoded_size(self, height: int, width: int) -> tuple[int, int]:
+    return resolution.smart_resize(height, width, self.patch_size * self.merge_size,
+                                   self.min_pixels, self.max_pixels)
+
+  def num_tokens(self, image: np.ndarray) -> int:
+    h, w = self.encoded_size(image.shape[0], image.shape[1])
+    return (h // (self.patch_size * self.merge_size)) * (w // (self.patch_size * self.merge_size))
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    native = patches_lib.native_image(image, self.mean, self.std, self.patch_size,
+                                      self.merge_size, self.temporal_patch_size,
+                                      self.min_pixels, self.max_pixels)
+    row = patches_lib.pack([native], self.max_patches)
+    return {"patches": row["patches"], "patch_positions": row["positions"],
+            "patch_segments": row["segment_ids"],
+            "image_grid": np.array([1, *native.grid], np.int32)}
+
+  def blank(self) -> dict[str, np.ndarray]:
+    dim = 3 * self.temporal_patch_size * self.patch_size ** 2
+    return {"patches": np.zeros((self.max_patches, dim), np.float32),
+            "patch_positions": np.zeros((self.max_patches, 2), np.int32),
+            "patch_segments": np.zeros((self.max_patches,), np.int32),
+            "image_grid": np.zeros((3,), np.int32)}
+
+
+def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:
+  """Visual tokens of `image` under `policy`: its own count for a policy whose count depends on
+  the image (native resolution), else the tower's `fixed` count."""
+  return policy.num_tokens(image) if hasattr(policy, "num_tokens") else fixed
+
+
 def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -112,10 +180,12 @@ class FormatExample(grain.transforms.RandomMap):
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
     row = {"dropped": np.int32(0), "truncated": np.int32(0), "has_image": np.int32(has_image)}
+    num_image_tokens = (image_tokens(self.policy, record["image"], self.num_image_tokens)
+                        if has_image else self.num_image_tokens)
     try:
       encoded = tokenizer_lib.encode_conversation(
           self.template, conversation_of(record, self.task, rng, self.max_questions),
-          self.tokenizer, num_images=int(has_image), num_image_tokens=self.num_image_tokens,
+          self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
           max_len=self.max_len)
       ids, mask = encoded.ids, encoded.loss_mask
       row["truncated"] = np.int32(encoded.truncated)
@@ -125,7 +195,23 @@ class FormatExample(grain.transforms.RandomMap):
     row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
                                           image_id=self.tokenizer.image_id))
     row.update(self.policy(record["image"]) if has_image else self.policy.blank())
+    if getattr(self.policy, "mrope", False):
+      row["positions"] = mrope_row(ids, self.max_len, self.tokenizer.image_id,
+                                   row["image_grid"], self.policy.merge_size)
     return row
+
+
+def mrope_row(ids: np.ndarray, length: int, image_id: int, grid: np.ndarray,
+              merge: int) -> np.ndarray:
+  """M-RoPE positions int32 [length, 3] of one row (batch axis first, so the pipeline can shard
+  it; the model moves the axis): the image placeholders take `grid`'s rows and columns, padding 0.
+  """
+  types = (np.asarray(ids) == image_id).astype(np.int32)
+  grids = [tuple(int(g) for g in grid)] if types.any() else []
+  positions, _ = mrope.mrope_positions(types.tolist(), grids, merge)
+  out = np.zeros((length, 3), np.int32)
+  out[:positions.shape[1]] = positions.T
+  return out
 
 
 def make_loader(source, transform: grain.transforms.RandomMap, *, global_batch_size: int,

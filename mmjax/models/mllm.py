@@ -1,10 +1,11 @@
 """The LLaVA-style MLLM: vision tower → projector → visual tokens spliced into the text → LLM.
 
 A batch is a flat dict of static-shape arrays:
-  tokens [B L] (the image placeholder id once per visual token), positions [B L],
-  segment_ids [B L] (0 = padding), targets [B L] (the next token), loss_mask [B L]
-  (1 on answer tokens), images [B H W 3] (normalised pixels; ignored for rows without
-  placeholders, so a batch can mix samples with and without an image).
+  tokens [B L] (the image placeholder id once per visual token), positions [B L] (or [B L 3]
+  for an M-RoPE LLM), segment_ids [B L] (0 = padding), targets [B L] (the next token),
+  loss_mask [B L] (1 on answer tokens), and the tower's inputs: images [B H W 3] (normalised
+  pixels), or a native-resolution tower's patches (see `towers.inputs`); ignored for rows
+  without placeholders, so a batch can mix samples with and without an image.
 """
 import dataclasses
 
@@ -37,8 +38,9 @@ def merge_embeddings(text: Float[Array, "B L D"], visual: Float[Array, "B N D"],
                      is_visual: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
   """Writes row b's visual tokens, in order, into its placeholder positions.
 
-  A row with placeholders must have exactly N of them (the data pipeline guarantees it); a row
-  with none keeps its text embeddings and ignores its visual tokens.
+  A row with placeholders has N of them, or fewer when the tower's token count depends on the
+  image (native resolution: the first ones are the image's, the rest padding); a row with none
+  keeps its text embeddings and ignores its visual tokens.
   """
   index = jnp.clip(jnp.cumsum(is_visual, axis=1) - 1, 0, visual.shape[1] - 1)
   gathered = jnp.take_along_axis(visual, index[..., None], axis=1)
@@ -55,23 +57,28 @@ class MLLM(nn.Module):
                                           param_dtype=cfg.llm.param_dtype)
     self.llm = llm_lib.Decoder(cfg.llm)
 
-  def encode_images(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N D"]:
-    """Visual tokens in the LLM's embedding space."""
-    return self.projector(self.tower(images))
+  def encode_images(self, views: dict[str, Array]) -> Float[Array, "B N D"]:
+    """Visual tokens in the LLM's embedding space, from the tower's inputs (`towers.inputs`)."""
+    return self.projector(self.tower(*(views[k] for k in towers.inputs(self.config.tower))))
 
-  def embed(self, tokens: Int[Array, "B L"], images: Float[Array, "B H W 3"] | None
+  def embed(self, tokens: Int[Array, "B L"], views: dict[str, Array] | None
             ) -> Float[Array, "B L D"]:
     is_visual = tokens == self.config.image_token_id
     text = self.llm.embed(jnp.where(is_visual, 0, tokens))
-    if images is None:
+    if views is None:
       return text
-    return layers.constrain(merge_embeddings(text, self.encode_images(images), is_visual),
+    return layers.constrain(merge_embeddings(text, self.encode_images(views), is_visual),
                             ("batch", "length", "embed"))
 
   def __call__(self, batch: dict[str, Array], cache: llm_lib.Cache | None = None
                ) -> tuple[Float[Array, "B L V"], llm_lib.Cache | None]:
-    x = self.embed(batch["tokens"], batch.get("images"))
-    logits, _, cache = self.llm(x, batch["positions"], batch["segment_ids"], cache)
+    keys = towers.inputs(self.config.tower)
+    views = {k: batch[k] for k in keys} if all(k in batch for k in keys) else None
+    x = self.embed(batch["tokens"], views)
+    positions = batch["positions"]
+    if positions.ndim == 3:  # M-RoPE: [B, L, 3] in the batch (batch axis first), [3, B, L] here.
+      positions = jnp.moveaxis(positions, -1, 0)
+    logits, _, cache = self.llm(x, positions, batch["segment_ids"], cache)
     return logits, cache
 
 

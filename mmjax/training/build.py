@@ -12,6 +12,7 @@ from mmjax.models import convnext
 from mmjax.models import llm
 from mmjax.models import mllm
 from mmjax.models import mr_adapter
+from mmjax.models import native_vit
 from mmjax.models import towers
 from mmjax.models import vit
 
@@ -60,6 +61,12 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
     return towers.MiniGeminiTowerConfig(
         vit=_vit(m, m.low_res, common), convnext=_convnext(m, common), image_size=m.image_size,
         select_layer=m.select_layer, hd=m.mgm_hd)
+  if name == "qwen2vl":
+    return towers.Qwen2VLTowerConfig(
+        vit=native_vit.NativeViTConfig(
+            patch_size=m.patch_size, width=m.vit_width, depth=m.vit_depth, num_heads=m.vit_heads,
+            mlp_dim=m.vit_mlp_dim, act=m.vit_act, out_width=llm_width, **common),
+        max_patches=m.max_patches)
   if name == "eagle":
     return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
                                    grid=m.grid, fusion=m.fusion)
@@ -73,7 +80,8 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConf
                 param_dtype=m.param_dtype, attention_impl=m.attention_impl)
   decoder = llm.LLMConfig(vocab_size=m.vocab_size or vocab_size, width=m.llm_width,
                           depth=m.llm_depth, num_heads=m.llm_heads, num_kv_heads=m.llm_kv_heads,
-                          mlp_dim=m.llm_mlp_dim, rope_theta=m.rope_theta, **common)
+                          mlp_dim=m.llm_mlp_dim, rope_theta=m.rope_theta,
+                          mrope_sections=tuple(m.mrope_sections), **common)
   if decoder.vocab_size < vocab_size:
     raise ValueError(f"model.vocab_size={decoder.vocab_size} is smaller than the tokenizer's "
                      f"{vocab_size}.")
@@ -96,11 +104,17 @@ def data_source(c: ml_collections.ConfigDict, split: str):
                    "'llava_json:<directory written by mmjax.data.ingest>'.")
 
 
-def policy(c: ml_collections.ConfigDict) -> pipeline.FixedResolution:
+def policy(c: ml_collections.ConfigDict) -> pipeline.FixedResolution | pipeline.NativeResolution:
+  if c.model.tower == "qwen2vl":
+    return pipeline.NativeResolution(patch_size=c.model.patch_size, min_pixels=c.model.min_pixels,
+                                     max_patches=c.model.max_patches)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
 def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> int:
+  """Visual tokens per image (for a native-resolution tower: the most an image can get)."""
+  if c.model.tower == "qwen2vl":
+    return c.model.max_patches // config.tower.vit.merge_size ** 2
   return config.tower.num_tokens(c.model.image_size, c.model.image_size)
 
 

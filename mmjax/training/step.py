@@ -10,7 +10,7 @@ from mmjax.models import mllm
 from mmjax.training.state import TrainState
 
 MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", "images",
-              "images_hi")
+              "images_hi", "patches", "patch_positions", "patch_segments")
 
 
 def model_batch(batch: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,10 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   mini_gemini  low-res tokens mine their high-res regions (+ MGM-HD)     (mini_gemini.py)
   eagle        encoders interpolated to one grid, channels concatenated  (eagle.py)
   leo          per-encoder pixel unshuffle + projector, tokens interleaved (leo.py)
+  qwen2vl      native-resolution ViT on packed patches, 2x2 merger       (qwen2vl.py)
+
+A native-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
+token count depends on the image (`num_tokens` of its encoded size).
 """
 import flax.linen as nn
 
@@ -17,10 +21,11 @@ from mmjax.models.towers.encoders import EncoderSpec
 from mmjax.models.towers.leo import LEOTower, LEOTowerConfig
 from mmjax.models.towers.llava_hr import LLaVAHRTower, LLaVAHRTowerConfig
 from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConfig
+from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
 from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
 
 TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
-               | LEOTowerConfig)
+               | LEOTowerConfig | Qwen2VLTowerConfig)
 
 TOWERS = {
     "vit": (ViTTowerConfig, ViTTower),
@@ -28,7 +33,13 @@ TOWERS = {
     "mini_gemini": (MiniGeminiTowerConfig, MiniGeminiTower),
     "eagle": (EagleTowerConfig, EagleTower),
     "leo": (LEOTowerConfig, LEOTower),
+    "qwen2vl": (Qwen2VLTowerConfig, Qwen2VLTower),
 }
+
+
+def inputs(config: TowerConfig) -> tuple[str, ...]:
+  """The batch keys a tower reads, in the order of its arguments."""
+  return getattr(config, "INPUTS", ("images",))
 
 
 def tower_for(config: TowerConfig) -> nn.Module:
