@@ -2,6 +2,9 @@
 and MFU against the `jnp.dot` peak measured in the same process. Prints a table, writes JSON.
 
   python benchmarks/train_step.py --sizes 'size=tiny;size=small;size=base' --steps 5
+
+An entry may override config fields after '@' (e.g. a ViT at 448 px with room for its 196 visual
+tokens: 'size=small,res=448@data.max_len=467'); `--name` picks the JSON file's name.
 """
 import argparse
 import functools
@@ -27,9 +30,14 @@ from mmjax.training import step as step_lib
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
-def measure(arg: str, data_dir: str | None, steps: int, peak: float) -> dict:
+def measure(entry: str, data_dir: str | None, steps: int, peak: float) -> dict:
+  arg, _, overrides = entry.partition("@")
   c = config_args.get_config(DEFAULT_CONFIG, arg)
   c.data.data_dir = data_dir
+  for item in filter(None, overrides.split(",")):
+    key, value = item.split("=", 1)
+    section, field = key.split(".")
+    c[section][field] = type(c[section][field])(value)
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)
   model = mllm.MLLM(config)
@@ -59,7 +67,7 @@ def measure(arg: str, data_dir: str | None, steps: int, peak: float) -> dict:
   seconds = (time.perf_counter() - tick) / steps
   step_flops = flops_lib.compiled_flops(compiled)
   tokens = float(np.sum(host["segment_ids"] > 0))
-  return {"config": arg, "parameters": state_lib.count(params),
+  return {"config": entry, "parameters": state_lib.count(params),
           "batch": c.train.batch_size, "max_len": c.data.max_len,
           "compile_seconds": compile_seconds, "step_seconds": seconds,
           "tokens_per_sec": tokens / seconds, "flops_per_step": step_flops,
@@ -74,22 +82,23 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results")
+  parser.add_argument("--name", default="train_step", help="Writes OUT/NAME.json.")
   args = parser.parse_args()
   peak = flops_lib.measured_peak_flops() * jax.device_count()
   rows = [measure(arg, args.data_dir, args.steps, peak) for arg in args.sizes.split(";")]
   print(f"\njnp.dot peak: {peak / 1e9:.1f} GFLOP/s")
-  print(f"{'config':<24}{'params':>10}{'compile s':>11}{'step s':>9}{'tokens/s':>10}"
+  print(f"{'config':<44}{'params':>10}{'compile s':>11}{'step s':>9}{'tokens/s':>10}"
         f"{'GFLOP/step':>12}{'MFU':>7}")
   for r in rows:
-    print(f"{r['config']:<24}{r['parameters']:>10,}{r['compile_seconds']:>11.1f}"
+    print(f"{r['config']:<44}{r['parameters']:>10,}{r['compile_seconds']:>11.1f}"
           f"{r['step_seconds']:>9.3f}{r['tokens_per_sec']:>10.0f}"
           f"{r['flops_per_step'] / 1e9:>12.1f}{r['mfu']:>7.2f}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.device_count()} "
             f"{jax.devices()[0].platform} device(s)", "peak_flops": peak, "rows": rows}
-  (out / "train_step.json").write_text(json.dumps(result, indent=1))
-  print(f"wrote {out / 'train_step.json'}")
+  (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+  print(f"wrote {out / f'{args.name}.json'}")
 
 
 if __name__ == "__main__":

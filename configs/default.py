@@ -1,8 +1,8 @@
 """LLaVA-style MLLM (tower → projector → LLM) on the embedded fine-detail dataset.
 
 `tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
-`mini_gemini`, `eagle`, `leo` or `qwen2vl` (native resolution, M-RoPE); configs/<method>.py fix
-it. Sized for a 2-core CPU by default;
+`mini_gemini`, `eagle`, `leo`, `qwen2vl` (native resolution, M-RoPE) or `internvl` (dynamic
+aspect-ratio tiles); configs/<method>.py fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
@@ -33,10 +33,11 @@ SIZES = {
         (192, 384, 768, 1536), (3, 3, 27, 3)), llm=(4096, 32, 32), batch=128, max_len=2048,
         dataset="fine_detail/large", questions=10),
 }
-TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl")
+TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
-                     "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336)}
+                     "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
+                     "internvl": (448, 448)}
 
 
 def mrope_sections(head_dim: int) -> tuple[int, int, int]:
@@ -55,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = size["patch"]
   big = arg.size == "7b"
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
-  single = arg.tower in ("vit", "qwen2vl")  # One encoder at one (budgeted) resolution.
+  single = arg.tower in ("vit", "qwen2vl", "internvl")  # One encoder at one (budgeted) resolution.
   high = arg.res or (low if single else high)
   low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
@@ -92,6 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.projector = "identity" if arg.tower in ("leo", "qwen2vl") else "mlp2x_gelu"
   c.model.max_patches = 4 * (low // patch) ** 2  # qwen2vl: patches per image (static budget).
   c.model.min_pixels = (4 * patch) ** 2  # qwen2vl: smallest encoded area (2×2 LLM tokens).
+  grid = low // patch + (low // patch) % 2  # The ViT's grid, made even for pixel unshuffle.
+  c.model.tile = 448 if big else grid * patch  # internvl: tile side.
+  # internvl: most grid tiles (a thumbnail comes on top); at CPU sizes all tiles together give
+  # about as many tokens as the ViT alone, 12 as in the paper at 7b.
+  c.model.max_num = 12 if big else max(round((low // patch) ** 2 / (grid // 2) ** 2) - 1, 1)
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth

@@ -22,7 +22,6 @@ from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import questions
 from mmjax.models import mllm
-from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import loop
@@ -46,7 +45,6 @@ def _restore(c, workdir, model, spec, mesh, step):
 def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   """Greedy answers to every question of the first `eval_examples` images."""
   policy = build.policy(c)
-  inputs = towers.inputs(config.tower)
   mrope = getattr(policy, "mrope", False)
   prompts, views, positions, truth = [], [], [], []
   for i in range(min(c.data.eval_examples, len(source))):
@@ -77,7 +75,8 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
       batch_positions += batch_positions[:1] * pad
     tick = time.perf_counter()
     tokens, lengths = sampling.generate(model, {"params": params}, batch_prompts,
-                                        {k: np.stack([v[k] for v in batch_views]) for k in inputs},
+                                        {k: np.stack([v[k] for v in batch_views])
+                                         for k in batch_views[0]},
                                         max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id,
                                         pad_id=tok.pad_id, bucket=c.data.max_len,
                                         positions=batch_positions)

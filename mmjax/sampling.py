@@ -236,11 +236,12 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
 
 
 def _visual_tokens(config: mllm_lib.MLLMConfig, views: dict[str, np.ndarray], row: int) -> int:
-  """Visual tokens the tower gives row `row` of `views`."""
-  if "images" in views:
-    return config.tower.num_tokens(*views["images"].shape[1:3])
-  merge = config.tower.vit.merge_size
-  return int(np.sum(views["patch_segments"][row] != 0)) // merge ** 2
+  """Visual tokens the tower gives row `row` of `views` (a dynamic-resolution policy's views)."""
+  if "patch_segments" in views:
+    return int(np.sum(views["patch_segments"][row] != 0)) // config.tower.vit.merge_size ** 2
+  if "tile_mask" in views:
+    return int(np.sum(views["tile_mask"][row])) * config.tower.tokens_per_tile
+  return config.tower.num_tokens(*views["images"].shape[1:3])
 
 
 def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
@@ -253,8 +254,10 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
     if image_id is None:
       raise ValueError("images were given to a text-only decoder; pass images=None.")
     wanted = towers.inputs(config.tower)
-    if sorted(views) != sorted(wanted):
+    if not set(wanted) <= set(views):
       raise ValueError(f"This tower reads {list(wanted)}; got views {sorted(views)}.")
+    if isinstance(config.tower, towers.InternVLTowerConfig) and "tile_mask" not in views:
+      raise ValueError("An InternVL tower's views need `tile_mask` (which tiles are used).")
     for key, value in views.items():
       if value.shape[0] != len(prompts):
         raise ValueError(f"{key} has {value.shape[0]} rows for {len(prompts)} prompts.")
@@ -292,8 +295,8 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
     prompts: B 1-D token id arrays; an MLLM prompt may hold one run of
       `config.image_token_id` with one placeholder per visual token of its image.
     images: [B, H, W, 3] normalised pixels (row b's used only if prompt b has placeholders), or
-      the tower's inputs by name (`towers.inputs`: a native-resolution tower's patches), or None
-      when no prompt has placeholders.
+      a dynamic-resolution policy's views by name (`mmjax.data.pipeline`: a native tower's
+      patches, InternVL's tiles and tile mask), or None when no prompt has placeholders.
     max_new_tokens, eos_id, pad_id, temperature, top_k, top_p: as in `decode`.
     rng: a PRNG key; needed when temperature > 0.
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with
@@ -315,7 +318,7 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
   if mrope != (positions is not None):
     raise ValueError("An M-RoPE model needs the prompts' positions, and only it takes them.")
   if views is not None:
-    batch.update({k: np.asarray(v) for k, v in views.items()})
+    batch.update({k: np.asarray(views[k]) for k in towers.inputs(model.config.tower)})
   out = decode(model.config, variables, batch, rng, max_new_tokens=max_new_tokens,
                eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
   return np.asarray(out.tokens), np.asarray(out.lengths)

@@ -56,6 +56,34 @@ def test_details_are_below_legibility_at_224_and_legible_at_full_size():
     scenes.SceneSpec(detail_frac=0.02)
 
 
+def _downscaled_patch(image, scene, long_side):
+  """The checkered patch's pixels (a 2 px border trimmed) after resizing the long side to
+  `long_side` the way the input pipeline does (PIL bicubic)."""
+  scale = long_side / max(scene.width, scene.height)
+  size = (round(scene.width * scale), round(scene.height * scale))
+  pixels = np.asarray(image.resize(size, Image.BICUBIC)).astype(int)
+  x0, y0, x1, y1 = (round(v * scale) for v in scene.of_kind("pattern")[0].box)
+  return pixels[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+
+
+def test_checkerboard_is_plain_grey_at_224_and_coloured_at_448():
+  """At 224 px every pair leaves the same grey within a few levels (the answer is gone); at
+  448 px the pair's colours stand far apart."""
+  answers = set()
+  for i in range(24):
+    image, scene = scenes.render(np.random.default_rng(i), scenes.SceneSpec())
+    assert len(scene.of_kind("pattern")) == 1
+    answers.add(scene.of_kind("pattern")[0].colour)
+    low = _downscaled_patch(image, scene, scenes.LOW_RES)
+    assert np.abs(low - 127.5).max() <= 12, (i, np.abs(low - 127.5).max())
+    high = _downscaled_patch(image, scene, 448)
+    chroma = high.max(axis=-1) - high.min(axis=-1)
+    assert chroma.mean() > 50, (i, chroma.mean())
+  assert answers == set(scenes.PATTERN_PAIRS)
+  with pytest.raises(ValueError, match="pattern_frac"):
+    scenes.SceneSpec(pattern_frac=4 / 448)
+
+
 def test_drawn_glyphs_have_the_recorded_height():
   """The ink inside each box (the code) is as high as `detail_px` says, within a pixel."""
   for i in range(10):
@@ -78,6 +106,7 @@ def test_questions_cover_every_family_with_correct_answers():
   box_q = by_kind["box_code"]
   assert box_q.answer == codes[next(c for c in codes if c in box_q.question)]
   assert by_kind["mark_shape"].answer == scene.of_kind("mark")[0].shape
+  assert by_kind["pattern_colours"].answer == scene.of_kind("pattern")[0].colour
   assert questions.normalize_answer(" Two. ") == questions.normalize_answer("2") == "2"
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from mmjax import sharding
 from mmjax.data import pipeline
+from mmjax.data import resolution
 from mmjax.data import tokenizer
 from mmjax.data.datasets import finedetail
 
@@ -161,3 +162,24 @@ def test_native_policy_rows_follow_each_image(source):
   assert len(counts) > 1  # The dataset's sizes and aspect ratios give different token counts.
   with pytest.raises(ValueError, match="max_patches"):
     pipeline.NativeResolution(max_patches=6)
+
+
+def test_internvl_policy_rows_follow_each_image(source):
+  """InternVL tiling: static tile arrays, the image's tiles first (its grid plus a thumbnail), as
+  many placeholders as its tiles' tokens."""
+  policy = pipeline.InternVLTiles(tile=32, max_num=4, tokens_per_tile=4)
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=20, max_len=640, policy=policy)
+  counts = set()
+  for i in range(6):
+    record = source[i]
+    row = fmt.random_map(record, np.random.default_rng(i))
+    assert row["tiles"].shape == (5, 32, 32, 3)
+    used = int(row["tile_mask"].sum())
+    cols, rows = resolution.internvl_grid(*record["image"].shape[:2], 32, 1, 4)
+    assert used == cols * rows + (cols * rows > 1)
+    assert (row["tile_mask"][:used] == 1).all() and not row["tiles"][used:].any()
+    assert int((row["tokens"] == TOK.image_id).sum()) == 4 * used == policy.num_tokens(
+        record["image"])
+    counts.add(used)
+  assert len(counts) > 1

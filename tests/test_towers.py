@@ -211,3 +211,25 @@ def test_encoder_spec_validation():
   with pytest.raises(ValueError, match="fusion"):
     towers.EagleTowerConfig(encoders=(towers.EncoderSpec(vit=VIT, image_size=32),), fusion="x")
   assert dataclasses.replace(towers.EncoderSpec(convnext=CONVNEXT, image_size=64, select=2)).grid == 4
+
+
+def test_internvl_tiles_are_encoded_independently_and_in_order(rng):
+  """Each tile's tokens depend on that tile only (one ViT per tile, unshuffle within it), in tile
+  order; the tokens equal the unshuffled ViT features of the tile, layer-normalised."""
+  config = towers.InternVLTowerConfig(vit=VIT, max_num=2)
+  assert (config.max_tiles, config.tokens_per_tile, config.width) == (3, 4, 64)
+  tiles = jnp.asarray(rng.standard_normal((2, 3, 32, 32, 3)).astype(np.float32))
+  module, params, out = _init_apply(config, tiles)
+  assert out.shape == (2, 12, 64)
+  changed = tiles.at[1, 2].set(0.0)
+  out2 = module.apply(params, changed)
+  np.testing.assert_allclose(out2[:, :8], out[:, :8], atol=1e-6)
+  np.testing.assert_allclose(out2[0], out[0], atol=1e-6)
+  assert not np.allclose(out2[1, 8:], out[1, 8:])
+  hidden = vit.ViT(VIT).apply({"params": params["params"]["vit"]},
+                              tiles[0, 1:2])["hidden_states"][-1][:, 1:]
+  feats = pixel_unshuffle.pixel_unshuffle(hidden.reshape(1, 4, 4, 16), 2).reshape(4, 64)
+  mean, var = feats.mean(-1, keepdims=True), feats.var(-1, keepdims=True)
+  np.testing.assert_allclose(out[0, 4:8], (feats - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+  with pytest.raises(ValueError, match="needs it even"):
+    towers.InternVLTowerConfig(vit=dataclasses.replace(VIT, image_size=24))

@@ -253,7 +253,7 @@ def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo",
-                                    "qwen2vl"])
+                                    "qwen2vl", "internvl15"])
 def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_path, method):
   c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=3")
   c.data.data_dir = data_dir

@@ -31,6 +31,8 @@ from mmjax.data import tokenizer as tokenizer_lib
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics.
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # InternViT's pixel statistics.
+IMAGENET_STD = (0.229, 0.224, 0.225)
 ASPECTS = ("pad", "squash")
 TASKS = ("vqa", "caption", "conversation")
 
@@ -132,6 +134,45 @@ class NativeResolution:
             "patch_positions": np.zeros((self.max_patches, 2), np.int32),
             "patch_segments": np.zeros((self.max_patches,), np.int32),
             "image_grid": np.zeros((3,), np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class InternVLTiles:
+  """InternVL 1.5's dynamic tiling: the image resized (bicubic) onto the tile grid whose aspect
+  ratio is closest to its own (`resolution.internvl_grid`) and cut into `tile`-px tiles, plus a
+  squashed thumbnail when there is more than one; tiles normalised with `mean` / `std` and padded
+  with zeros to `max_tiles`. Views: `tiles` [max_tiles, tile, tile, 3] and `tile_mask`
+  [max_tiles] (1 on the image's tiles); an image of n tiles gives n · tokens_per_tile visual
+  tokens (`num_tokens`)."""
+  tile: int = 448
+  min_num: int = 1
+  max_num: int = 12
+  thumbnail: bool = True
+  tokens_per_tile: int = 256
+  mean: tuple[float, float, float] = IMAGENET_MEAN
+  std: tuple[float, float, float] = IMAGENET_STD
+
+  keys = ("tiles", "tile_mask")
+
+  @property
+  def max_tiles(self) -> int:
+    return self.max_num + int(self.thumbnail and self.max_num > 1)
+
+  def num_tokens(self, image: np.ndarray) -> int:
+    return resolution.internvl_num_tokens(image.shape[0], image.shape[1], self.tile, self.min_num,
+                                          self.max_num, self.tokens_per_tile, self.thumbnail)
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    tiles = resolution.internvl_tiles(image, self.tile, self.min_num, self.max_num,
+                                      self.thumbnail)
+    out = np.zeros((self.max_tiles, self.tile, self.tile, 3), np.float32)
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    out[:len(tiles)] = (tiles.astype(np.float32) / 255.0 - mean) / std
+    return {"tiles": out, "tile_mask": (np.arange(self.max_tiles) < len(tiles)).astype(np.int32)}
+
+  def blank(self) -> dict[str, np.ndarray]:
+    return {"tiles": np.zeros((self.max_tiles, self.tile, self.tile, 3), np.float32),
+            "tile_mask": np.zeros((self.max_tiles,), np.int32)}
 
 
 def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:

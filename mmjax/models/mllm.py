@@ -73,7 +73,10 @@ class MLLM(nn.Module):
   def __call__(self, batch: dict[str, Array], cache: llm_lib.Cache | None = None
                ) -> tuple[Float[Array, "B L V"], llm_lib.Cache | None]:
     keys = towers.inputs(self.config.tower)
-    views = {k: batch[k] for k in keys} if all(k in batch for k in keys) else None
+    present = [k for k in keys if k in batch]
+    if present and len(present) != len(keys):
+      raise ValueError(f"The tower reads {list(keys)}; the batch has only {present}.")
+    views = {k: batch[k] for k in keys} if present else None
     x = self.embed(batch["tokens"], views)
     positions = batch["positions"]
     if positions.ndim == 3:  # M-RoPE: [B, L, 3] in the batch (batch axis first), [3, B, L] here.

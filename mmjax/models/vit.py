@@ -64,6 +64,13 @@ class ViTConfig:
     return self.image_size // self.patch_size
 
 
+def check_select_layer(config: ViTConfig, select_layer: int, name: str = "select_layer") -> None:
+  """Raises unless `select_layer` indexes one of the ViT's depth + 1 hidden states."""
+  if not -(config.depth + 1) <= select_layer <= config.depth:
+    raise ValueError(f"{name}={select_layer} is outside the {config.depth + 1} hidden states of "
+                     "the ViT.")
+
+
 class ViTBlock(nn.Module):
   """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x)). `mask` and `rope` (rotary angles) are for
   packed native-resolution sequences (`mmjax.models.native_vit`)."""

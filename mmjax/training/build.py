@@ -67,6 +67,8 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
             patch_size=m.patch_size, width=m.vit_width, depth=m.vit_depth, num_heads=m.vit_heads,
             mlp_dim=m.vit_mlp_dim, act=m.vit_act, out_width=llm_width, **common),
         max_patches=m.max_patches)
+  if name == "internvl":
+    return towers.InternVLTowerConfig(vit=_vit(m, m.tile, common), max_num=m.max_num)
   if name == "eagle":
     return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
                                    grid=m.grid, fusion=m.fusion)
@@ -104,17 +106,24 @@ def data_source(c: ml_collections.ConfigDict, split: str):
                    "'llava_json:<directory written by mmjax.data.ingest>'.")
 
 
-def policy(c: ml_collections.ConfigDict) -> pipeline.FixedResolution | pipeline.NativeResolution:
+def policy(c: ml_collections.ConfigDict) -> Any:
+  """The resolution policy (`mmjax.data.pipeline`) the config's tower reads its views from."""
   if c.model.tower == "qwen2vl":
     return pipeline.NativeResolution(patch_size=c.model.patch_size, min_pixels=c.model.min_pixels,
                                      max_patches=c.model.max_patches)
+  if c.model.tower == "internvl":
+    grid = c.model.tile // c.model.patch_size
+    return pipeline.InternVLTiles(tile=c.model.tile, max_num=c.model.max_num,
+                                  tokens_per_tile=(grid // 2) ** 2)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
 def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> int:
-  """Visual tokens per image (for a native-resolution tower: the most an image can get)."""
+  """Visual tokens per image (for a dynamic-resolution tower: the most an image can get)."""
   if c.model.tower == "qwen2vl":
     return c.model.max_patches // config.tower.vit.merge_size ** 2
+  if c.model.tower == "internvl":
+    return config.tower.max_tiles * config.tower.tokens_per_tile
   return config.tower.num_tokens(c.model.image_size, c.model.image_size)
 
 

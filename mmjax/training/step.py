@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.models import mllm
+from mmjax.models import towers
 from mmjax.training.state import TrainState
 
-MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", "images",
-              "images_hi", "patches", "patch_positions", "patch_segments")
+MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", *towers.ALL_INPUTS)
 
 
 def model_batch(batch: dict[str, Any]) -> dict[str, Any]:

@@ -66,11 +66,13 @@ def _example_star(args):
 
 class FineDetail(tfds.core.GeneratorBasedBuilder):
   """Procedural scenes with fine-detail, coarse and position questions."""
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("3.0.0")
   RELEASE_NOTES = {
       "1.0.0": "First release.",
       "2.0.0": "Learnable ladder: one mark shape per scene at equal ink area, marks contrasting "
                "with the background, distinct large shapes, less clutter.",
+      "3.0.0": "First rung of the ladder: a large square checkered in two complementary colours "
+               "at a period only a high-resolution view holds (pattern_colours).",
   }
   BUILDER_CONFIGS = list(CONFIGS.values())
   DEFAULT_CONFIG_NAME = "small"

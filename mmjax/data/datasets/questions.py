@@ -16,7 +16,7 @@ from mmjax.data.datasets.scenes import Scene
 
 FAMILIES = ("fine", "coarse", "position")
 KINDS = {
-    "fine": ("mark_shape", "mark_count", "box_code"),
+    "fine": ("pattern_colours", "mark_shape", "mark_count", "box_code"),
     "coarse": ("background_colour", "texture", "orientation", "shape_count", "shape_colour"),
     "position": ("box_position", "mark_position"),
 }
@@ -50,6 +50,11 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   out: list[QA] = []
   w, h = scene.width, scene.height
   marks, boxes, shapes = scene.of_kind("mark"), scene.of_kind("box"), scene.of_kind("shape")
+  for pattern in scene.of_kind("pattern"):
+    out.append(QA("fine", "pattern_colours", _pick(rng, (
+        "What two colours make up the checkered square?",
+        "Which two colours form the fine checkerboard?",
+        "The finely checkered patch: which colours is it made of?")), pattern.colour))
 
   if marks:  # All marks of a scene share their colour and shape.
     colour, shape = marks[0].colour, marks[0].shape
@@ -121,6 +126,8 @@ def caption(scene: Scene) -> str:
                  ".")
   else:
     parts.append("No large shapes.")
+  for pattern in scene.of_kind("pattern"):
+    parts.append(f"A finely checkered {pattern.colour} square at the {pattern.region(w, h)}.")
   for box in scene.of_kind("box"):
     parts.append(f"{_a(box.colour).capitalize()} box at the {box.region(w, h)} reads {box.code}.")
   marks = scene.of_kind("mark")

@@ -3,6 +3,11 @@
 A scene is a textured background of a named colour, a few large shapes (coarse content) and small
 details sized as a fraction of the image's long side, so that after downscaling the long side to
 224 px a detail is under 3 px — below legibility — while at full resolution it spans 6–13 px:
+  * a fine checkerboard: a square patch drawn as a checker of two complementary colours (red and
+    cyan, green and magenta, or blue and yellow) whose period is 2.8 px when the long side is
+    448 px. Every pair averages to the same grey, and at 224 px the period (1.4 px) is under the
+    2 px a view can hold, so the low-resolution view shows a plain grey square whatever the pair;
+    the pattern is large, so learning it needs no search for a needle,
   * small marks: one to three copies of one mark (circle / square / triangle / cross) in one
     colour that stands out from the background, drawn at equal ink area so that a blurred blob's
     brightness does not give its shape away,
@@ -17,6 +22,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# Complementary pairs of the fine checkerboard: each averages to (127.5, 127.5, 127.5).
+PATTERN_PAIRS = {
+    "red and cyan": ((255, 0, 0), (0, 255, 255)),
+    "green and magenta": ((0, 255, 0), (255, 0, 255)),
+    "blue and yellow": ((0, 0, 255), (255, 255, 0)),
+}
 COLOURS = {  # Saturated colours of shapes, marks and box borders.
     "red": (215, 35, 35), "green": (30, 160, 60), "blue": (35, 75, 215),
     "yellow": (240, 200, 30), "purple": (140, 55, 185), "orange": (245, 125, 25),
@@ -46,6 +57,7 @@ class SceneSpec:
   long_side: tuple[int, int] = (512, 1024)  # Range of the image's long side.
   max_aspect: float = 3.0  # Aspect ratios from 1:max_aspect to max_aspect:1 (log-uniform).
   detail_frac: float = 0.013  # Detail (glyph / mark) height as a fraction of the long side.
+  pattern_frac: float = 2.8 / 448  # Checkerboard period (two cells) as a fraction of the long side.
   num_shapes: tuple[int, int] = (1, 3)  # Range of the number of large shapes.
   num_marks: tuple[int, int] = (1, 3)  # Range of the number of small marks.
   num_boxes: tuple[int, int] = (1, 2)  # Range of the number of labelled boxes.
@@ -56,6 +68,10 @@ class SceneSpec:
       raise ValueError(f"detail_frac={self.detail_frac} makes details "
                        f"{self.detail_frac * LOW_RES:.2f} px high at {LOW_RES} px: they must "
                        f"stay under {LEGIBLE_PX} px (detail_frac < {LEGIBLE_PX / LOW_RES:.4f}).")
+    if not 2.0 / 448 < self.pattern_frac <= 1.5 / LOW_RES:
+      raise ValueError(f"pattern_frac={self.pattern_frac} must give a checkerboard period over "
+                       f"2 px at 448 px (visible) and at most 1.5 px at {LOW_RES} px (averaged "
+                       f"away): {2.0 / 448:.5f} < pattern_frac <= {1.5 / LOW_RES:.5f}.")
     if self.num_boxes[1] > len(COLOURS) or self.num_shapes[1] > len(SHAPES):
       raise ValueError(f"num_boxes ≤ {len(COLOURS)} (box colours) and num_shapes ≤ {len(SHAPES)} "
                        f"(large shapes differ in kind) are required.")
@@ -63,9 +79,9 @@ class SceneSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Thing:
-  kind: str  # "shape", "mark" or "box".
+  kind: str  # "shape", "mark", "box" or "pattern".
   shape: str  # circle / square / triangle / cross ("box" for boxes).
-  colour: str
+  colour: str  # A COLOURS name (a PATTERN_PAIRS name for the pattern).
   box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels.
   code: str = ""  # Boxes only.
 
@@ -147,6 +163,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
     draw.rectangle((x0 + t, y0, x1 - 1 - t, y1 - 1), fill=fill)
 
 
+def checkerboard(size: int, period: float, pair: str) -> np.ndarray:
+  """A size×size uint8 checker of the pair's two colours, `period` px per two cells, each pixel
+  the exact area average of the ideal pattern over it (4×4 supersampling), so a period that is
+  not a whole number of pixels stays regular instead of beating into coarse stripes."""
+  ss = 4
+  centres = (np.arange(size * ss) + 0.5) / ss / (period / 2)
+  second = (np.floor(centres)[:, None] + np.floor(centres)[None, :]) % 2
+  share = second.reshape(size, ss, size, ss).mean(axis=(1, 3))[..., None]
+  a, b = (np.asarray(c, np.float64) for c in PATTERN_PAIRS[pair])
+  return np.round(a * (1 - share) + b * share).astype(np.uint8)
+
+
 def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scene]:
   """Draws one scene; deterministic given the generator's state."""
   width, height = _size(rng, spec)
@@ -170,6 +198,16 @@ def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scen
       continue
     _draw_shape(draw, shape, box, COLOURS[colour])
     things.append(Thing("shape", shape, colour, box))
+    taken.append(box)
+
+  # The fine checkerboard: large, so finding it is easy; its colours are what needs resolution.
+  pair = str(rng.choice(list(PATTERN_PAIRS)))
+  size = int(rng.uniform(0.14, 0.2) * short)
+  box = _free_box(rng, taken, width, height, size, size, margin=int(0.02 * short))
+  if box is not None:
+    image.paste(Image.fromarray(checkerboard(size, spec.pattern_frac * max(width, height), pair)),
+                box[:2])
+    things.append(Thing("pattern", "square", pair, box))
     taken.append(box)
 
   # The font size whose digits are `detail` px high (Pillow's bundled font: digit height ≈ 0.67

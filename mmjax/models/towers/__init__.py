@@ -10,14 +10,17 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   eagle        encoders interpolated to one grid, channels concatenated  (eagle.py)
   leo          per-encoder pixel unshuffle + projector, tokens interleaved (leo.py)
   qwen2vl      native-resolution ViT on packed patches, 2x2 merger       (qwen2vl.py)
+  internvl     dynamic aspect-ratio tiles (+ thumbnail), unshuffled ViT  (internvl.py)
 
-A native-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
-token count depends on the image (`num_tokens` of its encoded size).
+A dynamic-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
+token count depends on the image (the policy's `num_tokens`, `mmjax.data.pipeline`): the image's
+tokens come first, padding after them.
 """
 import flax.linen as nn
 
 from mmjax.models.towers.eagle import EagleTower, EagleTowerConfig
 from mmjax.models.towers.encoders import EncoderSpec
+from mmjax.models.towers.internvl import InternVLTower, InternVLTowerConfig
 from mmjax.models.towers.leo import LEOTower, LEOTowerConfig
 from mmjax.models.towers.llava_hr import LLaVAHRTower, LLaVAHRTowerConfig
 from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConfig
@@ -25,7 +28,7 @@ from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
 from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
 
 TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
-               | LEOTowerConfig | Qwen2VLTowerConfig)
+               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig)
 
 TOWERS = {
     "vit": (ViTTowerConfig, ViTTower),
@@ -34,12 +37,18 @@ TOWERS = {
     "eagle": (EagleTowerConfig, EagleTower),
     "leo": (LEOTowerConfig, LEOTower),
     "qwen2vl": (Qwen2VLTowerConfig, Qwen2VLTower),
+    "internvl": (InternVLTowerConfig, InternVLTower),
 }
 
 
 def inputs(config: TowerConfig) -> tuple[str, ...]:
   """The batch keys a tower reads, in the order of its arguments."""
   return getattr(config, "INPUTS", ("images",))
+
+
+# Every batch key some tower reads (the train step passes these to the model).
+ALL_INPUTS = tuple(dict.fromkeys(k for config_type, _ in TOWERS.values()
+                                 for k in getattr(config_type, "INPUTS", ("images",))))
 
 
 def tower_for(config: TowerConfig) -> nn.Module:

@@ -31,9 +31,7 @@ class EncoderSpec:
     if (self.vit is None) == (self.convnext is None):
       raise ValueError("An EncoderSpec needs exactly one of vit= or convnext=.")
     if self.vit is not None:
-      if not -(self.vit.depth + 1) <= self.select <= self.vit.depth:
-        raise ValueError(f"select={self.select} is outside the {self.vit.depth + 1} hidden "
-                         "states of the ViT.")
+      vit_lib.check_select_layer(self.vit, self.select, "select")
       if self.image_size % self.vit.patch_size:
         raise ValueError(f"Encoder image_size={self.image_size} is not a multiple of the ViT "
                          f"patch_size={self.vit.patch_size}.")

@@ -36,9 +36,7 @@ class MiniGeminiTowerConfig:
       raise ValueError(f"image_size={self.image_size}: its stride-4 map ({stride4}) must split "
                        f"into {views}x{views} views of whole {self.vit.grid}x{self.vit.grid} "
                        "regions, and the size must be a multiple of the ConvNeXt's 32 per view.")
-    if not -(self.vit.depth + 1) <= self.select_layer <= self.vit.depth:
-      raise ValueError(f"select_layer={self.select_layer} is outside the {self.vit.depth + 1} "
-                       "hidden states of the ViT.")
+    vit_lib.check_select_layer(self.vit, self.select_layer)
 
   @property
   def width(self) -> int:

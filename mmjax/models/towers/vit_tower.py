@@ -4,7 +4,7 @@ import dataclasses
 import flax.linen as nn
 from jaxtyping import Array, Float
 
-from mmjax.models.vit import ViT, ViTConfig
+from mmjax.models.vit import ViT, ViTConfig, check_select_layer
 
 FEATURE_SELECTS = ("patch", "cls_patch")
 
@@ -18,9 +18,7 @@ class ViTTowerConfig:
   def __post_init__(self):
     if self.select_feature not in FEATURE_SELECTS:
       raise ValueError(f"Unknown select_feature {self.select_feature!r}; valid: {FEATURE_SELECTS}.")
-    if not -(self.vit.depth + 1) <= self.select_layer <= self.vit.depth:
-      raise ValueError(f"select_layer={self.select_layer} is outside the {self.vit.depth + 1} "
-                       "hidden states of the ViT.")
+    check_select_layer(self.vit, self.select_layer)
 
   @property
   def image_size(self) -> int:

@@ -1,0 +1,70 @@
+"""InternVL 1.5's tower: dynamic aspect-ratio tiles through one ViT, pixel unshuffle per tile.
+
+The data pipeline cuts each image into the grid `resolution.internvl_grid` picks (plus a
+thumbnail when there is more than one tile) and pads the tiles to `max_tiles` (static). Every tile
+goes through the same ViT; its patch grid is pixel-unshuffled by 2 (4× fewer tokens, 4× wider)
+and layer-normalised (InternVL's `mlp1` starts with that LayerNorm; the model's projector is the
+rest of it). Tiles are concatenated in order, so an image of n tiles gives its n · tokens_per_tile
+tokens first and padding after them; the LLM reads only as many as the row has placeholders.
+"""
+import dataclasses
+
+import flax.linen as nn
+from jaxtyping import Array, Float
+
+from mmjax.models import layers
+from mmjax.models.pixel_unshuffle import pixel_unshuffle
+from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class InternVLTowerConfig:
+  vit: ViTConfig = ViTConfig(image_size=448, patch_size=14, use_cls=True)  # InternViT-300M-448px shape.
+  select_layer: int = -1  # InternVL 1.5 feeds the last layer on.
+  min_num: int = 1  # Fewest tiles of the grid.
+  max_num: int = 12  # Most tiles of the grid (training: 12; inference up to 40).
+  thumbnail: bool = True  # A whole-image tile after the grid when it has more than one tile.
+
+  INPUTS = ("tiles",)
+
+  def __post_init__(self):
+    if self.vit.grid % 2:
+      raise ValueError(f"InternVL tiles of {self.vit.image_size} px give a {self.vit.grid}-patch "
+                       "grid; pixel unshuffle needs it even.")
+    if not 1 <= self.min_num <= self.max_num:
+      raise ValueError(f"Need 1 <= min_num <= max_num, got {self.min_num}, {self.max_num}.")
+    check_select_layer(self.vit, self.select_layer)
+
+  @property
+  def tile(self) -> int:
+    return self.vit.image_size
+
+  @property
+  def max_tiles(self) -> int:
+    return self.max_num + int(self.thumbnail and self.max_num > 1)
+
+  @property
+  def tokens_per_tile(self) -> int:
+    return (self.vit.grid // 2) ** 2
+
+  @property
+  def width(self) -> int:
+    return 4 * self.vit.width
+
+
+class InternVLTower(nn.Module):
+  config: InternVLTowerConfig
+
+  @nn.compact
+  def __call__(self, tiles: Float[Array, "B T S S 3"]) -> Float[Array, "B N C"]:
+    """Padded tiles (T = max_tiles) → [B, T · tokens_per_tile, 4 · vit.width]."""
+    cfg = self.config
+    b, t = tiles.shape[:2]
+    hidden = ViT(cfg.vit, name="vit")(tiles.reshape(b * t, *tiles.shape[2:]))["hidden_states"]
+    x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
+    g = cfg.vit.grid
+    x = pixel_unshuffle(x.reshape(b * t, g, g, -1), 2)
+    x = layers.layer_norm(name="norm", axis_name="vision_embed", dtype=cfg.vit.dtype,
+                          param_dtype=cfg.vit.param_dtype)(x)
+    return layers.constrain(x.reshape(b, t * cfg.tokens_per_tile, -1),
+                            ("batch", "length", "vision_embed"))
