@@ -3,8 +3,9 @@ and MFU against the `jnp.dot` peak measured in the same process. Prints a table,
 
   python benchmarks/train_step.py --sizes 'size=tiny;size=small;size=base' --steps 5
 
-An entry may override config fields after '@' (e.g. a ViT at 448 px with room for its 196 visual
-tokens: 'size=small,res=448@data.max_len=467'); `--name` picks the JSON file's name.
+An entry may override config fields after '@', comma-separated, tuples '/'-separated (e.g. a ViT
+at 448 px with room for its 196 visual tokens: 'size=small,res=448@data.max_len=467', or
+'size=small,tower=llava_hr@model.convnext_widths=16/32/64/128'); `--name` picks the JSON file.
 """
 import argparse
 import functools
@@ -37,7 +38,9 @@ def measure(entry: str, data_dir: str | None, steps: int, peak: float) -> dict:
   for item in filter(None, overrides.split(",")):
     key, value = item.split("=", 1)
     section, field = key.split(".")
-    c[section][field] = type(c[section][field])(value)
+    current = c[section][field]
+    c[section][field] = (tuple(int(v) for v in value.split("/")) if isinstance(current, tuple)
+                         else type(current)(value))
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)
   model = mllm.MLLM(config)
