@@ -128,8 +128,8 @@ class Probe(nn.Module):
   def head(self, f, cond):
     """Tokens [Q, N, C] of each question's image and conditions [Q, K] → logits [Q, A].
 
-    No normalisation of the pooled features: a LayerNorm over them kept the fine kinds at chance
-    where the same backbone with a plain mean + max head learns the checkerboard in 50 steps."""
+    No normalisation of the pooled features: with LayerNorms over them the checkerboard colours
+    stayed at chance for 150 steps (0.37, 448 px); without, the same backbone learns them in 50."""
     q = self.query(cond)
     keys = f + self.pos.reshape(1, -1, f.shape[-1])  # Positions steer the attention only.
     attn = jax.nn.softmax(jnp.einsum("qnc,qc->qn", keys, q) / np.sqrt(f.shape[-1]), axis=-1)

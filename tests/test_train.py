@@ -130,8 +130,8 @@ def test_config_typos_fail_listing_valid_keys():
     c.train.lrr = 1.0
   with pytest.raises(ValueError, match=r"valid: \['res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
-  with pytest.raises(ValueError, match=r"valid: \['eagle', 'leo', 'llava_hr', 'mini_gemini', "
-                     r"'vit'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
+                     r"'mini_gemini', 'qwen2vl', 'vit'\]"):
     config_args.get_config(DEFAULT, "tower=resnet")
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     config_args.get_config(DEFAULT, "size=huge")
