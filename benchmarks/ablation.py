@@ -41,7 +41,7 @@ def visual_tokens(tower: str, size: str) -> int:
   from mmjax.training import build
   c = config_args.get_config(ROOT / "configs" / f"{tower}.py", f"size={size}")
   config = build.model_config(c, build.tokenizer(c).vocab_size)
-  return config.tower.num_tokens(c.model.image_size, c.model.image_size)
+  return build.num_image_tokens(config, c)
 
 
 def run_one(tower: str, seed: int, args) -> dict:

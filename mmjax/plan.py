@@ -77,7 +77,7 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
                               - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   return {
       "tower": c.model.tower, "image_size": c.model.image_size,
-      "visual_tokens": config.tower.num_tokens(c.model.image_size, c.model.image_size),
+      "visual_tokens": build.num_image_tokens(config, c),
       "sequence": spec["tokens"].shape[1], "rows": rows, "mesh": dict(mesh.shape),
       "parameters": state_lib.count(params),
       "parameters_by_module": {name: state_lib.count(tree) for name, tree in params.items()},

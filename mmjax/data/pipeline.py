@@ -111,13 +111,9 @@ class NativeResolution:
   def max_pixels(self) -> int:
     return self.max_patches * self.patch_size ** 2
 
-  def encoded_size(self, height: int, width: int) -> tuple[int, int]:
-    return resolution.smart_resize(height, width, self.patch_size * self.merge_size,
-                                   self.min_pixels, self.max_pixels)
-
   def num_tokens(self, image: np.ndarray) -> int:
-    h, w = self.encoded_size(image.shape[0], image.shape[1])
-    return (h // (self.patch_size * self.merge_size)) * (w // (self.patch_size * self.merge_size))
+    return resolution.qwen2vl_num_tokens(image.shape[0], image.shape[1], self.patch_size,
+                                         self.merge_size, self.min_pixels, self.max_pixels)
 
   def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
     native = patches_lib.native_image(image, self.mean, self.std, self.patch_size,

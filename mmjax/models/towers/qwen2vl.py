@@ -29,15 +29,6 @@ class Qwen2VLTowerConfig:
   def width(self) -> int:
     return self.vit.out_width
 
-  @property
-  def max_pixels(self) -> int:
-    """The largest image area (at the encoded size) whose patches fit `max_patches`."""
-    return self.max_patches * self.vit.patch_size ** 2
-
-  def num_tokens(self, height: int, width: int) -> int:
-    """Visual tokens of an image already resized to height × width (multiples of patch·merge)."""
-    unit = self.vit.patch_size * self.vit.merge_size
-    return (height // unit) * (width // unit)
 
 
 class Qwen2VLTower(nn.Module):
