@@ -8,8 +8,12 @@ evaluations are kept). Writes a table (accuracy per question family, mean ± std
 time; visual tokens; peak memory), JSON and a PNG of the loss curves and accuracies.
 
   python benchmarks/ablation.py --steps 500 --seeds 0,1 --out benchmarks/results/ablation
+
+On an accelerator, `--jobs N` runs N (tower, seed) pairs at once and `--set` overrides config
+fields of every run (e.g. `--set train.batch_size=32 --set data.worker_count=3`).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -20,7 +24,8 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOWERS = ("llava15", "llava_hr", "mini_gemini", "eagle", "leo")
+TOWERS = ("llava15", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl15",
+          "llava_onevision")
 FAMILIES = ("fine", "coarse", "position")
 
 
@@ -54,6 +59,7 @@ def run_one(tower: str, seed: int, args) -> dict:
   flags = [config, f"--workdir={workdir}", f"--config.seed={seed}"]
   if args.data_dir:
     flags.append(f"--config.data.data_dir={args.data_dir}")
+  flags += [f"--config.{item}" for item in args.set]
   train = _run([sys.executable, "train.py", *flags], workdir / "train.log")
   evaluate = _run([sys.executable, "eval.py", *flags], workdir / "eval.log")
   result = json.loads((workdir / "eval" / f"{args.steps}.json").read_text())
@@ -61,7 +67,8 @@ def run_one(tower: str, seed: int, args) -> dict:
   row = {
       "tower": tower, "seed": seed, "steps": args.steps,
       "accuracy": result["accuracy"], "accuracy_by_kind": result["accuracy_by_kind"],
-      "visual_tokens": visual_tokens(tower, args.size),
+      "visual_tokens": result["visual_tokens_per_image"],  # Mean over the evaluated images.
+      "visual_token_budget": visual_tokens(tower, args.size),
       "step_seconds": float(np.median([m["step_time"] for m in metrics])),
       "train_peak_rss_bytes": train["peak_rss_bytes"], "train_seconds": train["seconds"],
       "eval_seconds": evaluate["seconds"],
@@ -78,6 +85,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     acc = {f: [r["accuracy"][f] for r in runs] for f in FAMILIES}
     out.append({
         "tower": tower, "seeds": len(runs), "visual_tokens": runs[0]["visual_tokens"],
+        "visual_token_budget": runs[0]["visual_token_budget"],
         **{f"{f}_mean": float(np.mean(v)) for f, v in acc.items()},
         **{f"{f}_std": float(np.std(v)) for f, v in acc.items()},
         "step_seconds": float(np.mean([r["step_seconds"] for r in runs])),
@@ -118,22 +126,32 @@ def main():
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--out", default="benchmarks/results/ablation")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="Config override for every run, e.g. train.batch_size=32 (repeatable).")
+  parser.add_argument("--jobs", type=int, default=1, help="(tower, seed) runs at once.")
   args = parser.parse_args()
   towers = args.towers.split(",")
   unknown = set(towers) - set(TOWERS)
   if unknown:
     raise SystemExit(f"Unknown towers {sorted(unknown)}; valid: {TOWERS}.")
-  rows = []
-  for seed in map(int, args.seeds.split(",")):
-    for tower in towers:
-      rows.append(run_one(tower, seed, args))
+  bad = [item for item in args.set if "=" not in item]
+  if bad:
+    raise SystemExit(f"--set takes FIELD=VALUE, got {bad}.")
+  pairs = [(tower, seed) for seed in map(int, args.seeds.split(",")) for tower in towers]
+  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    futures = [pool.submit(run_one, tower, seed, args) for tower, seed in pairs]
+    rows = []
+    for (tower, seed), future in zip(pairs, futures):
+      rows.append(future.result())
       print(f"{tower} seed {seed}: {rows[-1]['accuracy']}", flush=True)
   summary = summarize(rows)
-  print(f"\n| tower | visual tokens | fine | coarse | position | step s | peak RSS GB |")
+  print(f"\n| tower | visual tokens (mean / budget) | fine | coarse | position | step s | "
+        f"peak RSS GB |")
   print("|---|---|---|---|---|---|---|")
   for s in summary:
     cells = " | ".join(f"{s[f + '_mean']:.3f} ± {s[f + '_std']:.3f}" for f in FAMILIES)
-    print(f"| {s['tower']} | {s['visual_tokens']} | {cells} | {s['step_seconds']:.2f} | "
+    print(f"| {s['tower']} | {s['visual_tokens']:.0f} / {s['visual_token_budget']} | {cells} | "
+          f"{s['step_seconds']:.2f} | "
           f"{s['peak_rss_gb']:.1f} |")
   out = pathlib.Path(args.out)
   (out / "ablation.json").write_text(json.dumps({"args": vars(args), "summary": summary,

@@ -14,7 +14,6 @@ JSON and a PNG of the curves.
 import argparse
 import json
 import pathlib
-import re
 import time
 
 import flax.linen as nn
@@ -26,29 +25,11 @@ from PIL import Image
 
 from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import questions
-from mmjax.data.datasets import scenes
 from mmjax.models import convnext
+from mmjax.models import vit
 
-KINDS = [k for family in questions.FAMILIES for k in questions.KINDS[family]]
-WORDS = (list(scenes.COLOURS) + list(scenes.MARK_SHAPES) + list(scenes.SHAPES)
-         + list(scenes.REGIONS))
-WORDS = list(dict.fromkeys(WORDS))  # Unique, in order.
-
-
-def condition(kind: str, question: str) -> np.ndarray:
-  """Multi-hot of the question's kind and the target-picking words it contains."""
-  vec = np.zeros(len(KINDS) + len(WORDS), np.float32)
-  vec[KINDS.index(kind)] = 1
-  text = question.lower()
-  for region in sorted(scenes.REGIONS, key=len, reverse=True):  # "top left" before "top".
-    if re.search(rf"\b{region}\b", text):
-      vec[len(KINDS) + WORDS.index(region)] = 1
-      text = text.replace(region, " ")
-      break
-  for word in WORDS:
-    if word not in scenes.REGIONS and re.search(rf"\b{word}\b", text):
-      vec[len(KINDS) + WORDS.index(word)] = 1
-  return vec
+KINDS = list(questions.ALL_KINDS)
+condition = questions.condition
 
 
 def letterbox(image: np.ndarray, res: int) -> np.ndarray:
@@ -112,8 +93,14 @@ class Probe(nn.Module):
   backbone_kind: str = "convnext"
 
   def setup(self):
-    self.backbone = (convnext.ConvNeXt(self.config) if self.backbone_kind == "convnext"
-                     else PlainCNN(self.config))
+    if self.backbone_kind == "vit":  # The default config's small ViT, patch 32, no class token.
+      width = self.config.widths[-1]
+      self.backbone = vit.ViT(vit.ViTConfig(image_size=self.grid * 32, patch_size=32, width=width,
+                                            depth=4, num_heads=4, mlp_dim=4 * width, act="gelu",
+                                            use_cls=False))
+    else:
+      self.backbone = (convnext.ConvNeXt(self.config) if self.backbone_kind == "convnext"
+                       else PlainCNN(self.config))
     self.pos = self.param("pos", nn.initializers.normal(0.02),
                           (self.grid, self.grid, self.config.widths[-1]))
     self.query = nn.Dense(self.config.widths[-1])
@@ -121,6 +108,8 @@ class Probe(nn.Module):
 
   def features(self, images):
     """[B, res, res, 3] → [B, N, C] tokens."""
+    if self.backbone_kind == "vit":
+      return self.backbone(images)["hidden_states"][-1]
     f = self.backbone(images)[-1]
     b, h, w, c = f.shape
     return f.reshape(b, h * w, c)
@@ -249,7 +238,7 @@ def main():
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--batch", type=int, default=16, help="Images per step (all their "
                       "questions are trained on).")
-  parser.add_argument("--backbone", default="cnn", choices=("cnn", "convnext"))
+  parser.add_argument("--backbone", default="cnn", choices=("cnn", "convnext", "vit"))
   parser.add_argument("--widths", default="16,32,64,128", help="Stage widths.")
   parser.add_argument("--depths", default="1,1,2,1", help="Stage depths.")
   parser.add_argument("--lr", type=float, default=1e-3)

@@ -1,8 +1,8 @@
 """LLaVA-style MLLM (tower → projector → LLM) on the embedded fine-detail dataset.
 
 `tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
-`mini_gemini`, `eagle`, `leo`, `qwen2vl` (native resolution, M-RoPE) or `internvl` (dynamic
-aspect-ratio tiles); configs/<method>.py fix it. Sized for a 2-core CPU by default;
+`mini_gemini`, `eagle`, `leo`, `qwen2vl` (native resolution, M-RoPE), `internvl` (dynamic
+aspect-ratio tiles) or `onevision` (AnyRes crops in one map); configs/<method>.py fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
@@ -16,6 +16,7 @@ downloaded), so both stages train every parameter; with converted checkpoints, s
 import ml_collections
 
 from mmjax import config_args
+from mmjax.data import resolution
 
 # Per size: ViT side (low resolution), high resolution (the mixed towers' input), patch, ViT
 # width/depth/heads, ConvNeXt widths/depths, LLM width/depth/heads, batch, max_len.
@@ -33,11 +34,13 @@ SIZES = {
         (192, 384, 768, 1536), (3, 3, 27, 3)), llm=(4096, 32, 32), batch=128, max_len=2048,
         dataset="fine_detail/large", questions=10),
 }
-TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl")
+TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl", "onevision")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
                      "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
-                     "internvl": (448, 448)}
+                     "internvl": (448, 448),
+                     # SigLIP's 384-px crops with patch 14 read 378 px (27 × 27 patches).
+                     "onevision": (378, 378)}
 
 
 def mrope_sections(head_dim: int) -> tuple[int, int, int]:
@@ -45,6 +48,14 @@ def mrope_sections(head_dim: int) -> tuple[int, int, int]:
   half = head_dim // 2
   t = half // 4
   return t, (half - t) // 2, half - t - (half - t) // 2
+
+
+def _onevision_extra(m: ml_collections.ConfigDict) -> int:
+  """OneVision's most visual tokens per image beyond the ViT's one view."""
+  grid = m.image_size // m.patch_size
+  candidates = [(m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
+                for c in range(1, m.anyres_grid + 1)]
+  return resolution.onevision_plan_budget(candidates, m.image_size, grid, m.anyres_max)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = size["patch"]
   big = arg.size == "7b"
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
-  single = arg.tower in ("vit", "qwen2vl", "internvl")  # One encoder at one (budgeted) resolution.
+  single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision")  # One encoder at one (budgeted) resolution.
   high = arg.res or (low if single else high)
   low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
@@ -90,7 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "linear", "mlp<N>x_gelu", or "identity" (LEO projects per encoder inside its tower).
   # qwen2vl: the patch merger maps to the LLM width; its patch budget per image equals the
   # ViT's token count (4 patches per LLM token) and it takes M-RoPE positions.
-  c.model.projector = "identity" if arg.tower in ("leo", "qwen2vl") else "mlp2x_gelu"
+  c.model.projector = ("identity" if arg.tower in ("leo", "qwen2vl", "onevision")
+                       else "mlp2x_gelu")
   c.model.max_patches = 4 * (low // patch) ** 2  # qwen2vl: patches per image (static budget).
   c.model.min_pixels = (4 * patch) ** 2  # qwen2vl: smallest encoded area (2×2 LLM tokens).
   grid = low // patch + (low // patch) % 2  # The ViT's grid, made even for pixel unshuffle.
@@ -98,6 +110,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # internvl: most grid tiles (a thumbnail comes on top); at CPU sizes all tiles together give
   # about as many tokens as the ViT alone, 12 as in the paper at 7b.
   c.model.max_num = 12 if big else max(round((low // patch) ** 2 / (grid // 2) ** 2) - 1, 1)
+  # onevision: canvases of 1…anyres_grid crops a side (OneVision: 6), the map shrunk to about
+  # anyres_max crops' tokens (`anyres_max_9`), a newline token after every map row.
+  c.model.anyres_grid = 6 if big else 2
+  c.model.anyres_max = 9 if big else 4
+  c.model.anyres_projector = "mlp2x_gelu"  # onevision: per crop token, before the resampling.
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth
@@ -118,7 +135,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS dir (None: default).
   c.data.template = "vicuna_short"  # Chat template (mmjax.data.tokenizer.TEMPLATES).
   c.data.tokenizer = "byte"  # "byte", or a path to a Hugging Face tokenizer.json.
-  c.data.max_len = size["max_len"]  # Tokens per row, image placeholders included.
+  # Tokens per row, image placeholders included (onevision: room for its largest image).
+  c.data.max_len = size["max_len"] + (_onevision_extra(c.model) if arg.tower == "onevision" else 0)
   c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
   c.data.aspect = "pad"  # "pad" (LLaVA-1.5) or "squash" to make the image square.
   c.data.worker_count = 0 if arg.size == "tiny" else 1  # grain decoding processes.
@@ -133,6 +151,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.align_task = "caption"  # Stage 1 data: dense captions.
   c.train.align_trainable = ".*"  # Regex over parameter paths; LLaVA: "^projector/".
   c.train.align_lr = 1e-3
+  # "SUBTREE=PATH,…": parameters that start from safetensors files instead of random, e.g.
+  # "tower=runs/pre/tower" after `python -m mmjax.training.pretrain_tower`, or a converted
+  # CLIP / LLM (`python -m mmjax.convert`) as "tower/vit=DIR,llm=DIR" (build.initial_params).
+  c.train.init_params = ""
   c.train.task = "vqa"  # Stage 2 data: multi-turn question answering.
   c.train.trainable = ".*"  # Regex over parameter paths; LLaVA: "^(projector|llm)/".
   c.train.lr = 1e-3 if not big else 2e-5

@@ -46,11 +46,12 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   """Greedy answers to every question of the first `eval_examples` images."""
   policy = build.policy(c)
   mrope = getattr(policy, "mrope", False)
-  prompts, views, positions, truth = [], [], [], []
+  prompts, views, positions, truth, image_tokens = [], [], [], [], []
   for i in range(min(c.data.eval_examples, len(source))):
     record = source[i]
     view = policy(record["image"])
     n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
+    image_tokens.append(n_tokens)
     qa = record["qa"]
     for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
                                               qa["answer"]):
@@ -93,6 +94,8 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   mean = lambda d: {k: float(np.mean(v)) for k, v in sorted(d.items())}
   return {"accuracy": mean(by_family), "accuracy_by_kind": mean(by_kind),
           "questions": {k: len(v) for k, v in sorted(by_family.items())},
+          # What the dynamic policies trade accuracy against: visual tokens an image costs.
+          "visual_tokens_per_image": float(np.mean(image_tokens)),
           "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
 
 
@@ -144,6 +147,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"{family:<22}{acc:>10.3f}{result['questions'][family]:>11}")
   for kind, acc in result["accuracy_by_kind"].items():
     lines.append(f"  {kind:<20}{acc:>10.3f}")
+  lines.append(f"visual tokens per image {result['visual_tokens_per_image']:.1f}")
   lines.append(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
                f"generation {result['generated_tokens_per_sec']:.1f} tokens/s")
   return "\n".join(lines)

@@ -1,5 +1,9 @@
 """Input pipeline: formatting, static shapes, deterministic resume, workers, global sharding."""
 import json
+import multiprocessing
+import os
+import signal
+import time
 
 import jax
 import numpy as np
@@ -82,6 +86,20 @@ def test_worker_processes_give_the_same_batches_and_resume(source):
   for a, b in zip(local, first + resumed):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_workers_survive_a_sigterm_meant_for_the_trainer(source):
+  """A scheduler preempts by signalling the whole process group; the trainer still needs its
+  workers' next batches (it checkpoints after the step it is in)."""
+  it = iter(pipeline.make_loader(source, _format(), global_batch_size=4, seed=1, worker_count=1))
+  next(it)
+  workers = multiprocessing.active_children()
+  assert workers
+  for worker in workers:
+    os.kill(worker.pid, signal.SIGTERM)
+  time.sleep(1.0)
+  assert all(w.is_alive() for w in workers)
+  assert [next(it)["tokens"].shape for _ in range(3)] == [(4, 640)] * 3
 
 
 def test_unusable_samples_become_counted_empty_rows(source):
@@ -183,3 +201,32 @@ def test_internvl_policy_rows_follow_each_image(source):
         record["image"])
     counts.add(used)
   assert len(counts) > 1
+
+
+def test_onevision_policy_rows_follow_each_image(source):
+  """AnyRes: the base image then the best canvas' crops (normalised, zero padding after them),
+  the image's plan first in the static plan arrays, as many placeholders as grid² + plan tokens."""
+  candidates = ((32, 32), (32, 64), (64, 32), (64, 64))
+  policy = pipeline.AnyResCrops(crop=32, grid=4, candidates=candidates, anyres_max=2)
+  assert (policy.max_crops_in, policy.budget) == (5, min(64, int(1.21 * 2 * 16)) + 8)
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=16, max_len=640, policy=policy)
+  counts = set()
+  mean, std = np.asarray(pipeline.CLIP_MEAN), np.asarray(pipeline.CLIP_STD)
+  for i in range(6):
+    image = source[i]["image"]
+    row = fmt.random_map(source[i], np.random.default_rng(i))
+    crops = resolution.anyres_crops(image, candidates, 32)
+    np.testing.assert_allclose(row["crops"][:len(crops)], (crops / 255.0 - mean) / std,
+                               atol=1e-5)
+    assert not row["crops"][len(crops):].any()
+    _, weight, kind = resolution.onevision_plan(*image.shape[:2], candidates, 32, 4, 2)
+    np.testing.assert_array_equal(row["anyres_kind"][:len(kind)], kind)
+    np.testing.assert_array_equal(row["anyres_weight"][:len(kind)], weight)
+    assert not row["anyres_kind"][len(kind):].any()
+    tokens = int((row["tokens"] == TOK.image_id).sum())
+    assert tokens == 16 + len(kind) == policy.num_tokens(image)
+    counts.add(tokens)
+  assert len(counts) > 1
+  with pytest.raises(ValueError, match="multiples of crop=32"):
+    pipeline.AnyResCrops(crop=32, grid=4, candidates=((32, 48),))

@@ -115,6 +115,34 @@ def test_onevision_num_tokens_match_feature_packing():
     assert resolution.onevision_num_tokens(h, w) == int(lengths[0]), (h, w)
 
 
+@pytest.mark.parametrize("crop,grid,pinpoints,max_crops", [
+    (384, 27, resolution.ONEVISION_PINPOINTS, 9),  # OneVision's own setting.
+    (224, 7, tuple((224 * r, 224 * c) for r in (1, 2) for c in (1, 2)), 4),  # Our CPU sizes.
+])
+def test_onevision_plan_equals_feature_packing(crop, grid, pinpoints, max_crops):
+  """The static gather plan applied to random crop features gives the reference's packed
+  features: unpadded, bilinearly shrunk to the budget, a newline after every row, base first."""
+  model = types.SimpleNamespace(config=types.SimpleNamespace(
+      vision_config=types.SimpleNamespace(image_size=crop, patch_size=crop // grid),
+      image_grid_pinpoints=[list(p) for p in pinpoints]))
+  rng = np.random.default_rng(3)
+  budget = resolution.onevision_plan_budget(pinpoints, crop, grid, max_crops)
+  for h, w in SIZES[:30] + SIZES[-30:]:
+    rows, cols = resolution.anyres_grid_shape(h, w, pinpoints, crop)
+    features = rng.normal(size=(1 + rows * cols, grid * grid, 3)).astype(np.float32)
+    newline = rng.normal(size=3).astype(np.float32)
+    expected, _ = modeling_llava_onevision.LlavaOnevisionModel.pack_image_features(
+        model, [torch.from_numpy(features)], torch.tensor([[h, w]]),
+        image_newline=torch.from_numpy(newline), vision_aspect_ratio=f"anyres_max_{max_crops}")
+    index, weight, kind = resolution.onevision_plan(h, w, pinpoints, crop, grid, max_crops)
+    flat = features.reshape(-1, 3)
+    mapped = np.einsum("tk,tkc->tc", weight, flat[index])
+    mapped[kind == 2] = newline
+    got = np.concatenate([features[0], mapped])
+    np.testing.assert_allclose(got, expected[0].numpy(), atol=1e-6, err_msg=str((h, w)))
+    assert len(kind) <= budget
+
+
 def test_crops_and_tiles_pixel_exact():
   rng = np.random.default_rng(2)
   onevision = image_processing_pil_llava_onevision.LlavaOnevisionImageProcessorPil()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmjax.models import connectors
 from mmjax.models import convnext
 from mmjax.models import mr_adapter
 from mmjax.models import patch_mining
@@ -211,6 +212,35 @@ def test_encoder_spec_validation():
   with pytest.raises(ValueError, match="fusion"):
     towers.EagleTowerConfig(encoders=(towers.EncoderSpec(vit=VIT, image_size=32),), fusion="x")
   assert dataclasses.replace(towers.EncoderSpec(convnext=CONVNEXT, image_size=64, select=2)).grid == 4
+
+
+def test_onevision_tower_maps_the_projected_crops_by_the_plan(rng):
+  """Base image tokens first (its projected ViT features), then every plan slot: the weighted
+  mix of the projected crop tokens it names, the learned newline token, or zeros (padding)."""
+  config = towers.OneVisionTowerConfig(vit=VIT, select_layer=-1, out_width=24, max_crops_in=3,
+                                       budget=6)
+  assert (config.grid, config.width, config.max_tokens) == (4, 24, 22)
+  crops = jnp.asarray(rng.standard_normal((2, 3, 32, 32, 3)).astype(np.float32))
+  index = rng.integers(0, 48, (2, 6, 4)).astype(np.int32)
+  weight = rng.uniform(size=(2, 6, 4)).astype(np.float32)
+  kind = np.array([[1, 1, 2, 1, 2, 0], [1, 2, 1, 1, 1, 2]], np.int32)
+  module = towers.tower_for(config)
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), crops, index, weight, kind))
+  out = np.asarray(jax.jit(module.apply)(params, crops, index, weight, kind))
+  assert out.shape == (2, 22, 24)
+  p = params["params"]
+  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3))
+  feats = hidden["hidden_states"][-1][:, 1:]
+  projected = np.asarray(connectors.Projector("mlp2x_gelu", 24).apply(
+      {"params": p["projector"]}, feats)).reshape(2, 48, 24)
+  np.testing.assert_allclose(out[:, :16], projected[:, :16], atol=1e-5)
+  for b in range(2):
+    for t in range(6):
+      expected = {0: np.zeros(24), 2: np.asarray(p["image_newline"]),
+                  1: np.einsum("k,kd->d", weight[b, t], projected[b, index[b, t]])}[kind[b, t]]
+      np.testing.assert_allclose(out[b, 16 + t], expected, atol=1e-5, err_msg=str((b, t)))
+  with pytest.raises(ValueError, match="identity projector needs"):
+    towers.OneVisionTowerConfig(vit=VIT, projector="identity", out_width=24)
 
 
 def test_internvl_tiles_are_encoded_independently_and_in_order(rng):

@@ -131,7 +131,7 @@ def test_config_typos_fail_listing_valid_keys():
   with pytest.raises(ValueError, match=r"valid: \['res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
   with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
-                     r"'mini_gemini', 'qwen2vl', 'vit'\]"):
+                     r"'mini_gemini', 'onevision', 'qwen2vl', 'vit'\]"):
     config_args.get_config(DEFAULT, "tower=resnet")
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     config_args.get_config(DEFAULT, "size=huge")
@@ -209,13 +209,28 @@ def test_sigterm_saves_a_checkpoint_before_exiting(data_dir, tmp_path):
   c = tiny(data_dir)
   command = _flags(c, tmp_path, 40)
   command[-1] = "--config.train.checkpoint_every=1000"
+  command.append("--config.data.worker_count=1")
+  # Its own process group, signalled as a whole, as schedulers preempt: the data workers get the
+  # SIGTERM too and must not take the checkpoint down with them.
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, start_new_session=True)
   _wait_for_step(process, tmp_path, 3)
-  process.send_signal(signal.SIGTERM)
+  os.killpg(process.pid, signal.SIGTERM)
   assert process.wait(timeout=120) == loop.PREEMPTED_EXIT_CODE
+  deadline = time.time() + 30
+  while time.time() < deadline and _group_alive(process.pid):
+    time.sleep(0.2)
+  assert not _group_alive(process.pid), "data workers outlived the trainer"
   saved = checkpoint_lib.Checkpointer(tmp_path / "checkpoints").all_steps()
   assert len(saved) == 1 and 3 <= saved[0] < 40 and saved[0] >= max(_losses(tmp_path))
+
+
+def _group_alive(pgid: int) -> bool:
+  try:
+    os.killpg(pgid, 0)
+  except ProcessLookupError:
+    return False
+  return True
 
 
 def _free_port() -> int:
@@ -253,7 +268,7 @@ def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo",
-                                    "qwen2vl", "internvl15"])
+                                    "qwen2vl", "internvl15", "llava_onevision"])
 def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_path, method):
   c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=3")
   c.data.data_dir = data_dir

@@ -14,6 +14,7 @@ loss and is counted in the batch's `dropped` field; truncated ones are counted i
 """
 import dataclasses
 import json
+import signal
 from typing import Any, Callable
 
 import grain
@@ -171,6 +172,68 @@ class InternVLTiles:
             "tile_mask": np.zeros((self.max_tiles,), np.int32)}
 
 
+@dataclasses.dataclass(frozen=True)
+class AnyResCrops:
+  """LLaVA-OneVision's AnyRes: the image resized into the canvas among `candidates` that keeps
+  most of it (`resolution.select_best_resolution`), zero-padded, cut into `crop`-px crops, after a
+  squashed base image; normalised with `mean` / `std` and padded with zeros to `max_crops_in`.
+  The crops' tokens are re-assembled by the tower with a static plan
+  (`resolution.onevision_plan`: unpad, bilinear shrink to `anyres_max` crops, newline per row).
+
+  Views: `crops` [max_crops_in, crop, crop, 3], `anyres_index` [budget, 4], `anyres_weight`
+  [budget, 4] and `anyres_kind` [budget] (0: padding, 1: feature, 2: newline); an image gives
+  grid² + its plan's length visual tokens (`num_tokens`).
+  """
+  crop: int = 384
+  grid: int = 27  # Tokens per crop side (crop / patch).
+  candidates: tuple[tuple[int, int], ...] = resolution.ONEVISION_PINPOINTS
+  anyres_max: int = 9  # `anyres_max_<n>`: the map is shrunk to about n crops' tokens.
+  mean: tuple[float, float, float] = CLIP_MEAN
+  std: tuple[float, float, float] = CLIP_STD
+
+  keys = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
+
+  def __post_init__(self):
+    bad = [c for c in self.candidates if c[0] % self.crop or c[1] % self.crop or min(c) < 1]
+    if not self.candidates or bad:
+      raise ValueError(f"AnyRes candidates must be positive multiples of crop={self.crop}; "
+                       f"got {bad or 'none'}.")
+
+  @property
+  def max_crops_in(self) -> int:
+    """The base image and the crops of the largest canvas."""
+    return 1 + max(h // self.crop * (w // self.crop) for h, w in self.candidates)
+
+  @property
+  def budget(self) -> int:
+    return resolution.onevision_plan_budget(self.candidates, self.crop, self.grid,
+                                            self.anyres_max)
+
+  def num_tokens(self, image: np.ndarray) -> int:
+    return self.grid ** 2 + len(resolution.onevision_plan(
+        image.shape[0], image.shape[1], self.candidates, self.crop, self.grid,
+        self.anyres_max)[2])
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    crops = resolution.anyres_crops(image, self.candidates, self.crop)
+    out = self.blank()
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    out["crops"][:len(crops)] = (crops.astype(np.float32) / 255.0 - mean) / std
+    index, weight, kind = resolution.onevision_plan(image.shape[0], image.shape[1],
+                                                    self.candidates, self.crop, self.grid,
+                                                    self.anyres_max)
+    out["anyres_index"][:len(kind)] = index
+    out["anyres_weight"][:len(kind)] = weight
+    out["anyres_kind"][:len(kind)] = kind
+    return out
+
+  def blank(self) -> dict[str, np.ndarray]:
+    return {"crops": np.zeros((self.max_crops_in, self.crop, self.crop, 3), np.float32),
+            "anyres_index": np.zeros((self.budget, 4), np.int32),
+            "anyres_weight": np.zeros((self.budget, 4), np.float32),
+            "anyres_kind": np.zeros((self.budget,), np.int32)}
+
+
 def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:
   """Visual tokens of `image` under `policy`: its own count for a policy whose count depends on
   the image (native resolution), else the tower's `fixed` count."""
@@ -281,8 +344,17 @@ def make_loader(source, transform: grain.transforms.RandomMap, *, global_batch_s
   ds = ds.slice(slice(index, None, processes)).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if worker_count:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                        worker_init_fn=_leave_sigterm_to_the_trainer)
   return ds
+
+
+def _leave_sigterm_to_the_trainer(worker_index: int, worker_count: int) -> None:
+  """A scheduler's preemption SIGTERM reaches the whole process group; a worker that died of it
+  failed the trainer's next batch before the trainer could write its checkpoint (seen on a GPU
+  machine). The workers ignore it and end when their iterator closes, as on any other exit."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

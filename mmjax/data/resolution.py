@@ -213,3 +213,71 @@ def onevision_num_tokens(height: int, width: int,
   top, bottom, left, right = unpad_bounds(rows * grid, cols * grid, height, width)
   pooled_h, pooled_w = onevision_pooled_size(bottom - top, right - left, grid, max_crops)
   return grid * grid + pooled_h * pooled_w + pooled_h
+
+
+def _bilinear_axis(size_in: int, size_out: int) -> tuple[np.ndarray, ...]:
+  """torch's bilinear resampling along one axis (align_corners=False, no antialias): for each
+  output index, the two source indices and their weights, computed in float32 as torch does."""
+  scale = np.float32(size_in) / np.float32(size_out)
+  # scale · (i + 0.5) − 0.5 rounded once, as the fused multiply-add torch's kernel compiles to.
+  src = np.maximum(np.float32(np.float64(scale) * (np.arange(size_out) + 0.5) - 0.5),
+                   np.float32(0))
+  low = src.astype(np.int64)
+  high = np.minimum(low + 1, size_in - 1)
+  frac = src - low.astype(np.float32)
+  return low, high, np.float32(1) - frac, frac
+
+
+def onevision_plan(height: int, width: int,
+                   candidates: Sequence[tuple[int, int]] = ONEVISION_PINPOINTS, crop: int = 384,
+                   grid: int = 27, max_crops: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """How LLaVA-OneVision turns the crops' tokens of one image into its map tokens, as a static
+  gather: the crops' grid² tokens each (base image first, then the crops row-major, as
+  `anyres_crops` orders them) are laid out as one map, unpadded, bilinearly shrunk to the
+  `anyres_max_<max_crops>` budget and followed by a newline token after every row.
+
+  Returns, per map token (T = pooled_h · (pooled_w + 1), row-major, newlines last in each row):
+  index int32 [T, 4] (tokens of the flattened crops to mix), weight float32 [T, 4] and kind
+  int32 [T] (1: a feature, 2: the newline token). The base image's grid² tokens, which precede
+  these in the LLM, are not part of the plan.
+  """
+  rows, cols = anyres_grid_shape(height, width, candidates, crop)
+  top, bottom, left, right = unpad_bounds(rows * grid, cols * grid, height, width)
+  map_h, map_w = bottom - top, right - left
+  pooled_h, pooled_w = onevision_pooled_size(map_h, map_w, grid, max_crops)
+  if (pooled_h, pooled_w) == (map_h, map_w):  # Under budget: the unpadded map as it is.
+    ys = (np.arange(map_h),) * 2 + (np.ones(map_h, np.float32), np.zeros(map_h, np.float32))
+    xs = (np.arange(map_w),) * 2 + (np.ones(map_w, np.float32), np.zeros(map_w, np.float32))
+  else:
+    ys, xs = _bilinear_axis(map_h, pooled_h), _bilinear_axis(map_w, pooled_w)
+
+  def token(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    y, x = y + top, x + left
+    crop_index = 1 + (y // grid) * cols + x // grid
+    return crop_index * grid * grid + (y % grid) * grid + x % grid
+
+  index, weight = [], []
+  for y, wy in ((ys[0], ys[2]), (ys[1], ys[3])):
+    for x, wx in ((xs[0], xs[2]), (xs[1], xs[3])):
+      index.append(token(y[:, None], x[None, :]))
+      weight.append(wy[:, None] * wx[None, :])
+  index = np.stack(index, -1)  # [pooled_h, pooled_w, 4]
+  weight = np.stack(weight, -1)
+  # A newline slot after every row: index 0 with zero weight, kind 2.
+  index = np.concatenate([index, np.zeros((pooled_h, 1, 4), index.dtype)], 1)
+  weight = np.concatenate([weight, np.zeros((pooled_h, 1, 4), np.float32)], 1)
+  kind = np.concatenate([np.ones((pooled_h, pooled_w), np.int32),
+                         np.full((pooled_h, 1), 2, np.int32)], 1)
+  return (index.reshape(-1, 4).astype(np.int32), weight.reshape(-1, 4).astype(np.float32),
+          kind.reshape(-1))
+
+
+def onevision_plan_budget(candidates: Sequence[tuple[int, int]], crop: int, grid: int,
+                          max_crops: int) -> int:
+  """An upper bound on the plan's length (map tokens and newlines) over all image sizes: the
+  unpadded map holds at most its canvas' tokens and, unshrunk, at most 1.1² times the budget;
+  one newline per row of at most the tallest canvas."""
+  def bound(canvas: tuple[int, int]) -> int:
+    rows, cols = canvas[0] // crop, canvas[1] // crop
+    return min(rows * cols * grid * grid, int(1.21 * max_crops * grid * grid)) + rows * grid
+  return max(bound(c) for c in candidates)

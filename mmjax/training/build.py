@@ -1,10 +1,13 @@
 """From an ml-collections config to the objects training and evaluation use."""
 import dataclasses
+import pathlib
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from mmjax.convert import files
+from mmjax.convert import mapping
 from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
@@ -69,6 +72,11 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
         max_patches=m.max_patches)
   if name == "internvl":
     return towers.InternVLTowerConfig(vit=_vit(m, m.tile, common), max_num=m.max_num)
+  if name == "onevision":
+    crops = _anyres(m)
+    return towers.OneVisionTowerConfig(
+        vit=_vit(m, m.image_size, common), select_layer=m.select_layer, projector=m.anyres_projector,
+        out_width=llm_width, max_crops_in=crops.max_crops_in, budget=crops.budget)
   if name == "eagle":
     return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
                                    grid=m.grid, fusion=m.fusion)
@@ -106,6 +114,14 @@ def data_source(c: ml_collections.ConfigDict, split: str):
                    "'llava_json:<directory written by mmjax.data.ingest>'.")
 
 
+def _anyres(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
+  """LLaVA-OneVision's crops: canvases of 1…anyres_grid crops a side, `anyres_max` budget."""
+  candidates = tuple((m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
+                     for c in range(1, m.anyres_grid + 1))
+  return pipeline.AnyResCrops(crop=m.image_size, grid=m.image_size // m.patch_size,
+                              candidates=candidates, anyres_max=m.anyres_max)
+
+
 def policy(c: ml_collections.ConfigDict) -> Any:
   """The resolution policy (`mmjax.data.pipeline`) the config's tower reads its views from."""
   if c.model.tower == "qwen2vl":
@@ -115,6 +131,8 @@ def policy(c: ml_collections.ConfigDict) -> Any:
     grid = c.model.tile // c.model.patch_size
     return pipeline.InternVLTiles(tile=c.model.tile, max_num=c.model.max_num,
                                   tokens_per_tile=(grid // 2) ** 2)
+  if c.model.tower == "onevision":
+    return _anyres(c.model)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
@@ -124,6 +142,8 @@ def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> i
     return c.model.max_patches // config.tower.vit.merge_size ** 2
   if c.model.tower == "internvl":
     return config.tower.max_tiles * config.tower.tokens_per_tile
+  if c.model.tower == "onevision":
+    return config.tower.max_tokens
   return config.tower.num_tokens(c.model.image_size, c.model.image_size)
 
 
@@ -168,3 +188,57 @@ def example_batch(fmt: pipeline.FormatExample, source, rows: int) -> dict[str, A
   """A batch of the pipeline's shapes (zeros), for shape inference and initialisation."""
   row = fmt.random_map(source[0], np.random.default_rng(0))
   return {k: np.zeros((rows,) + np.shape(v), np.asarray(v).dtype) for k, v in row.items()}
+
+
+def initial_params(c: ml_collections.ConfigDict, abstract: dict[str, Any]) -> dict[str, Any] | None:
+  """The parameter subtrees `train.init_params` names, read from safetensors files and checked
+  against the model's shapes; None when it names none. Every other parameter starts random.
+
+  `train.init_params` is "SUBTREE=PATH,…": SUBTREE a '/'-path into the parameters (`tower`,
+  `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a directory holding
+  one (`python -m mmjax.convert` output, a tower pre-training run).
+  """
+  out: dict[str, Any] = {}
+  for item in filter(None, (x.strip() for x in c.train.init_params.split(","))):
+    subtree, sep, path = item.partition("=")
+    if not sep or not subtree or not path:
+      raise ValueError(f"train.init_params entry {item!r} is not SUBTREE=PATH.")
+    keys = tuple(subtree.strip("/").split("/"))
+    node = abstract
+    for depth, key in enumerate(keys):
+      if not isinstance(node, dict) or key not in node:
+        have = sorted(node) if isinstance(node, dict) else []
+        raise ValueError(f"train.init_params: the model has no parameters {subtree!r} "
+                         f"({'/'.join(keys[:depth]) or 'top level'} holds {have}).")
+      node = node[key]
+    path = pathlib.Path(path)
+    file = path / files.PARAMS_FILE if path.is_dir() else path
+    if not file.is_file():
+      raise ValueError(f"train.init_params: no parameter file at {file} (for {subtree!r}).")
+    loaded = mapping.flatten(files.load_params(file))
+    wanted = mapping.flatten(node) if isinstance(node, dict) else {(): node}
+    missing, unexpected = sorted(set(wanted) - set(loaded)), sorted(set(loaded) - set(wanted))
+    shapes = {k: (tuple(loaded[k].shape), tuple(wanted[k].shape)) for k in wanted
+              if k in loaded and tuple(loaded[k].shape) != tuple(wanted[k].shape)}
+    if missing or unexpected or shapes:
+      raise ValueError(
+          f"train.init_params: {file} does not fit {subtree!r}: missing {_names(missing)}, "
+          f"unexpected {_names(unexpected)}, shape (file, model) {dict(list(shapes.items())[:5])}.")
+    target = out
+    for key in keys[:-1]:
+      target = target.setdefault(key, {})
+    target[keys[-1]] = _nest(node, loaded)
+  return out or None
+
+
+def _names(keys: list[tuple[str, ...]]) -> str:
+  shown = ["/".join(k) for k in keys[:5]]
+  return f"{shown}{' …' if len(keys) > 5 else ''} ({len(keys)})"
+
+
+def _nest(node: Any, flat: dict[tuple[str, ...], np.ndarray]) -> Any:
+  """`flat` (tree paths → arrays) nested as `node`, in `node`'s dtypes."""
+  if isinstance(node, dict):
+    return {k: _nest(v, {p[1:]: a for p, a in flat.items() if p[0] == k})
+            for k, v in node.items()}
+  return np.asarray(flat[()], dtype=node.dtype)

@@ -92,7 +92,9 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
           before = _Setup(c, all_stages[n - 1], model, config, tok, source, mesh)
           state = checkpoints.restore(start, before.factory.abstract, before.factory.shardings)
           logging.info("Resumed stage %s at step %d (its start).", stage.name, start)
-        state = setup.factory.create(rng, None if state is None else state.params, stage.start)
+        params = (state.params if state is not None
+                  else build.initial_params(c, setup.factory.abstract.params))
+        state = setup.factory.create(rng, params, stage.start)
       state, last = _run(c, setup, state, checkpoints, writer, peak, sigterm)
       start = stage.end
   finally:

@@ -40,16 +40,24 @@ class Factory:
 
   def _boxed(self, rng, params, step):
     boxed = self.model.init(rng, self.batch)["params"]
-    if params is not None:  # Adopt given values, keeping the boxes' axis names.
-      boxed = jax.tree.map(lambda b, p: b.replace_boxed(p), boxed, params,
-                           is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    if params is not None:
+      boxed = _adopt(boxed, params)
     return TrainState(step=step, params=boxed, opt_state=self.tx.init(boxed))
 
   def create(self, rng: jax.Array, params: Any | None = None, step: int = 0) -> TrainState:
-    """A fresh state: new parameters from `rng`, or `params` with a new optimizer state."""
+    """A fresh state with a new optimizer state: parameters from `params` where it has them (all,
+    or some subtrees, e.g. only `tower`), from `rng` elsewhere."""
     with jax.set_mesh(self.mesh), sharding.axis_rules():
       return jax.jit(lambda r, p, s: nn.unbox(self._boxed(r, p, s)),
                      out_shardings=self.shardings)(rng, params, jnp.asarray(step, jnp.int32))
+
+
+def _adopt(boxed: Any, params: Any) -> Any:
+  """`boxed` with the values of `params` (a full tree or some of its subtrees), keeping the boxes'
+  logical axis names."""
+  if isinstance(params, dict):
+    return {k: _adopt(v, params[k]) if k in params else v for k, v in boxed.items()}
+  return boxed.replace_boxed(params) if isinstance(boxed, nn.Partitioned) else params
 
 
 def count(tree: Any) -> int:

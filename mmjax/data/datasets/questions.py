@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from mmjax.data.datasets import scenes
 from mmjax.data.datasets.scenes import Scene
 
 FAMILIES = ("fine", "coarse", "position")
@@ -21,6 +22,10 @@ KINDS = {
     "position": ("box_position", "mark_position"),
 }
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
+ALL_KINDS = tuple(k for family in FAMILIES for k in KINDS[family])
+# The words that pick a question's target (its colour, shape or region), for classifier heads.
+TARGET_WORDS = tuple(dict.fromkeys(scenes.COLOURS) | dict.fromkeys(scenes.MARK_SHAPES)
+                     | dict.fromkeys(scenes.SHAPES) | dict.fromkeys(scenes.REGIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,23 @@ def normalize_answer(text: str) -> str:
   """Lower case, words only, number words as digits: 'Two.' and '2' compare equal."""
   words = re.findall(r"[a-z0-9]+", text.lower())
   return " ".join(str(NUMBERS.index(w)) if w in NUMBERS else w for w in words)
+
+
+def condition(kind: str, question: str) -> np.ndarray:
+  """A question as a classifier sees it: multi-hot [len(ALL_KINDS) + len(TARGET_WORDS)] of its
+  kind and the target words it contains (at most one region, the longest that matches)."""
+  vec = np.zeros(len(ALL_KINDS) + len(TARGET_WORDS), np.float32)
+  vec[ALL_KINDS.index(kind)] = 1
+  text = question.lower()
+  for region in sorted(scenes.REGIONS, key=len, reverse=True):  # "top left" before "top".
+    if re.search(rf"\b{region}\b", text):
+      vec[len(ALL_KINDS) + TARGET_WORDS.index(region)] = 1
+      text = text.replace(region, " ")
+      break
+  for word in TARGET_WORDS:
+    if word not in scenes.REGIONS and re.search(rf"\b{word}\b", text):
+      vec[len(ALL_KINDS) + TARGET_WORDS.index(word)] = 1
+  return vec
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:

@@ -11,6 +11,7 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   leo          per-encoder pixel unshuffle + projector, tokens interleaved (leo.py)
   qwen2vl      native-resolution ViT on packed patches, 2x2 merger       (qwen2vl.py)
   internvl     dynamic aspect-ratio tiles (+ thumbnail), unshuffled ViT  (internvl.py)
+  onevision    AnyRes crops, projected, unpadded and shrunk into one map (onevision.py)
 
 A dynamic-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
 token count depends on the image (the policy's `num_tokens`, `mmjax.data.pipeline`): the image's
@@ -24,11 +25,12 @@ from mmjax.models.towers.internvl import InternVLTower, InternVLTowerConfig
 from mmjax.models.towers.leo import LEOTower, LEOTowerConfig
 from mmjax.models.towers.llava_hr import LLaVAHRTower, LLaVAHRTowerConfig
 from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConfig
+from mmjax.models.towers.onevision import OneVisionTower, OneVisionTowerConfig
 from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
 from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
 
 TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
-               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig)
+               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig | OneVisionTowerConfig)
 
 TOWERS = {
     "vit": (ViTTowerConfig, ViTTower),
@@ -38,6 +40,7 @@ TOWERS = {
     "leo": (LEOTowerConfig, LEOTower),
     "qwen2vl": (Qwen2VLTowerConfig, Qwen2VLTower),
     "internvl": (InternVLTowerConfig, InternVLTower),
+    "onevision": (OneVisionTowerConfig, OneVisionTower),
 }
 
 

@@ -1,0 +1,77 @@
+"""LLaVA-OneVision's tower: AnyRes crops through one ViT, projected, re-assembled into one map.
+
+The data pipeline (`pipeline.AnyResCrops`) gives the base image and the crops of the canvas that
+fits the image best, padded to a static number, and a static gather plan
+(`resolution.onevision_plan`) saying how the crops' tokens become the map tokens: laid out as one
+map, unpadded, bilinearly shrunk to the `anyres_max` budget, a learned newline token after every
+row. As in the reference (`LlavaOnevisionModel.get_image_features`), the projector runs on every
+crop token before the map is resampled, so it lives in this tower (the model's projector is
+`identity`), and the newline token has the LLM's width. Output: the base image's grid² tokens,
+then the plan's tokens (padding after them); the LLM reads as many as the row has placeholders.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from mmjax.models import connectors
+from mmjax.models import layers
+from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class OneVisionTowerConfig:
+  # SigLIP's grid: its 384-px crops with patch 14 read 378 px (27 × 27 patches, no class token).
+  vit: ViTConfig = ViTConfig(image_size=378, patch_size=14, use_cls=False)
+  select_layer: int = -1  # OneVision feeds SigLIP's last layer ("full": no class token to drop).
+  projector: str = "mlp2x_gelu"  # Runs per crop token, before the map is resampled.
+  out_width: int = 4096  # The LLM's width (projector output and newline token).
+  max_crops_in: int = 37  # The base image + the crops of the largest canvas (6 × 6).
+  budget: int = 8 * 729  # Plan tokens after the base image (`pipeline.AnyResCrops.budget`).
+
+  INPUTS = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
+
+  def __post_init__(self):
+    check_select_layer(self.vit, self.select_layer)
+    connectors.validate_projector(self.projector)
+    if self.projector == "identity" and self.vit.width != self.out_width:
+      raise ValueError(f"An identity projector needs vit.width ({self.vit.width}) equal to "
+                       f"out_width ({self.out_width}).")
+
+  @property
+  def grid(self) -> int:
+    return self.vit.grid
+
+  @property
+  def width(self) -> int:
+    return self.out_width
+
+  @property
+  def max_tokens(self) -> int:
+    return self.grid ** 2 + self.budget
+
+
+class OneVisionTower(nn.Module):
+  config: OneVisionTowerConfig
+
+  @nn.compact
+  def __call__(self, crops: Float[Array, "B K S S 3"], index: Int[Array, "B P 4"],
+               weight: Float[Array, "B P 4"], kind: Int[Array, "B P"]) -> Float[Array, "B N D"]:
+    """Padded crops (base first) and the plan → [B, grid² + P, out_width]."""
+    cfg = self.config
+    b, k = crops.shape[:2]
+    hidden = ViT(cfg.vit, name="vit")(crops.reshape(b * k, *crops.shape[2:]))["hidden_states"]
+    x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
+    x = connectors.Projector(cfg.projector, cfg.out_width, dtype=cfg.vit.dtype,
+                             param_dtype=cfg.vit.param_dtype, name="projector")(x)
+    x = x.reshape(b, k * cfg.grid ** 2, cfg.out_width)
+    newline = self.param("image_newline", layers.partitioned(nn.initializers.normal(
+        cfg.out_width ** -0.5), ("embed",)), (cfg.out_width,), cfg.vit.param_dtype)
+    gathered = jnp.take_along_axis(x, index.reshape(b, -1, 1), axis=1).reshape(
+        *index.shape, cfg.out_width)
+    mapped = jnp.einsum("bpk,bpkd->bpd", weight.astype(x.dtype), gathered)
+    mapped = jnp.where((kind == 2)[..., None], newline.astype(x.dtype), mapped)
+    mapped = jnp.where((kind == 0)[..., None], 0.0, mapped)
+    out = jnp.concatenate([x[:, :cfg.grid ** 2], mapped], axis=1)
+    return layers.constrain(out, ("batch", "length", "embed"))

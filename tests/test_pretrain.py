@@ -1,0 +1,133 @@
+"""Tower pre-training and starting a run from saved parameters (`train.init_params`)."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from mmjax import config_args
+from mmjax.convert import __main__ as convert_main
+from mmjax.convert import files
+from mmjax.convert import mapping
+from mmjax.models import mllm
+from mmjax.models import vit
+from mmjax.training import build
+from mmjax.training import loop
+from mmjax.training import optim
+from mmjax.training import pretrain_tower
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
+from tests import hf_models
+
+DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  build.finedetail.prepare("tiny", path)
+  return path
+
+
+def tiny(data_dir, tower="vit"):
+  c = config_args.get_config(DEFAULT, f"size=tiny,steps=2,tower={tower}")
+  c.data.data_dir = data_dir
+  c.data.eval_examples = 8
+  return c
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pre")
+  accuracy = pretrain_tower.pretrain(tiny(data_dir), workdir, steps=3, batch=4, lr=1e-3,
+                                     eval_every=3)
+  return workdir, accuracy
+
+
+def _factory(c):
+  config = build.model_config(c, build.tokenizer(c).vocab_size)
+  model = mllm.MLLM(config)
+  fmt = build.formatter(c, c.train.task, config, build.tokenizer(c))
+  batch = step_lib.model_batch(build.example_batch(fmt, build.data_source(c, "train"), 2))
+  params = state_lib.abstract_params(model, batch)
+  tx = optim.optimizer(params, lr=optim.schedule(1e-3, 0, 2), weight_decay=0.0, grad_clip=1.0,
+                       trainable=".*")
+  return state_lib.Factory(model, tx, batch, loop.mesh_from_config(c))
+
+
+def test_pretraining_writes_the_tower_and_its_curve(pretrained):
+  workdir, accuracy = pretrained
+  saved = json.loads((workdir / "pretrain.json").read_text())
+  assert saved["curve"][-1]["step"] == 3 and set(accuracy) - {"step", "loss", "seconds"}
+  assert all(0 <= v <= 1 for k, v in accuracy.items() if k not in ("step", "loss", "seconds"))
+  assert list(files.load_params(workdir / files.PARAMS_FILE)) == ["vit"]
+
+
+def test_a_run_starts_from_the_pretrained_tower_and_random_elsewhere(data_dir, pretrained):
+  c = tiny(data_dir)
+  c.train.init_params = f"tower={pretrained[0]}"
+  factory = _factory(c)
+  state = factory.create(jax.random.key(0), build.initial_params(c, factory.abstract.params))
+  fresh = factory.create(jax.random.key(0))
+  saved = mapping.flatten(files.load_params(pretrained[0] / files.PARAMS_FILE))
+  got = mapping.flatten(jax.tree.map(np.asarray, state.params["tower"]))
+  assert saved.keys() == got.keys()
+  for key in saved:
+    np.testing.assert_array_equal(got[key], saved[key], err_msg="/".join(key))
+  assert any(not np.array_equal(got[k], v) for k, v in mapping.flatten(
+      jax.tree.map(np.asarray, fresh.params["tower"])).items())
+  for part in ("llm", "projector"):
+    jax.tree.map(np.testing.assert_array_equal, state.params[part], fresh.params[part])
+  zero = jax.tree.leaves(jax.tree.map(lambda m: float(np.abs(m).max()), state.opt_state))
+  assert max(zero) == 0.0  # A new optimizer state, not one carried over from pre-training.
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("tower", "not SUBTREE=PATH"),
+    ("tower/encoder=X", r"no parameters 'tower/encoder' \(tower holds \['vit'\]\)"),
+    ("llm=PRE", "does not fit 'llm': missing"),
+    ("tower=/nonexistent", "no parameter file"),
+])
+def test_init_params_errors_name_the_entry_and_the_reason(data_dir, pretrained, entry, message):
+  c = tiny(data_dir)
+  c.train.init_params = entry.replace("PRE", str(pretrained[0]))
+  with pytest.raises(ValueError, match=message):
+    build.initial_params(c, _factory(c).abstract.params)
+
+
+def test_a_tower_of_another_shape_is_refused(data_dir, pretrained):
+  c = tiny(data_dir)
+  c.model.vit_width = 48
+  c.train.init_params = f"tower={pretrained[0]}"
+  with pytest.raises(ValueError, match=r"shape \(file, model\)"):
+    build.initial_params(c, _factory(c).abstract.params)
+
+
+def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
+  """`python -m mmjax.convert` output plugs in as the tower's ViT (LLaVA's starting point)."""
+  c = tiny(data_dir)
+  clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+      hidden_size=c.model.vit_width, intermediate_size=c.model.vit_mlp_dim,
+      num_hidden_layers=c.model.vit_depth, num_attention_heads=c.model.vit_heads,
+      image_size=c.model.image_size, patch_size=c.model.patch_size, hidden_act="gelu"))
+  hf_models.save(hf_models.perturb(clip), tmp_path / "hf")
+  assert convert_main.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm")]) == 0
+  c.train.init_params = f"tower/vit={tmp_path / 'mm'}"
+  factory = _factory(c)
+  state = factory.create(jax.random.key(0), build.initial_params(c, factory.abstract.params))
+  pixels = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    expected = clip(torch.from_numpy(pixels), output_hidden_states=True).hidden_states[-2]
+  ours = vit.ViT(factory.model.config.tower.vit).apply(
+      {"params": state.params["tower"]["vit"]}, pixels.transpose(0, 2, 3, 1))["hidden_states"][-2]
+  np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
+
+
+def test_pretraining_needs_the_embedded_dataset(tmp_path):
+  c = config_args.get_config(DEFAULT, "size=tiny")
+  c.data.dataset = "llava_json:/somewhere"
+  with pytest.raises(ValueError, match="question labels"):
+    pretrain_tower.pretrain(c, tmp_path, steps=1, batch=1, lr=1e-3, eval_every=1)
