@@ -2,7 +2,8 @@
 
 `tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
 `mini_gemini`, `eagle`, `leo`, `qwen2vl` (native resolution, M-RoPE), `internvl` (dynamic
-aspect-ratio tiles) or `onevision` (AnyRes crops in one map); configs/<method>.py fix it. Sized for a 2-core CPU by default;
+aspect-ratio tiles), `onevision` (AnyRes crops in one map) or `xcomposer` (XComposer2-4KHD's HD
+canvas); configs/<method>.py fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
@@ -34,13 +35,14 @@ SIZES = {
         (192, 384, 768, 1536), (3, 3, 27, 3)), llm=(4096, 32, 32), batch=128, max_len=2048,
         dataset="fine_detail/large", questions=10),
 }
-TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl", "onevision")
+TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl", "onevision",
+          "xcomposer")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
                      "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
                      "internvl": (448, 448),
                      # SigLIP's 384-px crops with patch 14 read 378 px (27 × 27 patches).
-                     "onevision": (378, 378)}
+                     "onevision": (378, 378), "xcomposer": (336, 336)}
 
 
 def mrope_sections(head_dim: int) -> tuple[int, int, int]:
@@ -50,12 +52,20 @@ def mrope_sections(head_dim: int) -> tuple[int, int, int]:
   return t, (half - t) // 2, half - t - (half - t) // 2
 
 
-def _onevision_extra(m: ml_collections.ConfigDict) -> int:
-  """OneVision's most visual tokens per image beyond the ViT's one view."""
+def _dynamic_tokens(m: ml_collections.ConfigDict) -> int:
+  """The most visual tokens one image gets from a dynamic tower (0 for the others)."""
   grid = m.image_size // m.patch_size
-  candidates = [(m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
-                for c in range(1, m.anyres_grid + 1)]
-  return resolution.onevision_plan_budget(candidates, m.image_size, grid, m.anyres_max)
+  if m.tower == "internvl":
+    return (m.max_num + int(m.max_num > 1)) * (m.tile // m.patch_size // 2) ** 2
+  if m.tower == "onevision":
+    candidates = [(m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
+                  for c in range(1, m.anyres_grid + 1)]
+    return grid ** 2 + resolution.onevision_plan_budget(candidates, m.image_size, grid,
+                                                        m.anyres_max)
+  if m.tower == "xcomposer":
+    side = m.tile // m.patch_size // 2
+    return (m.hd_num + 1) * side * side + 1 + (m.hd_num + 1) * side
+  return 0
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -67,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = size["patch"]
   big = arg.size == "7b"
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
-  single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision")  # One encoder at one (budgeted) resolution.
+  single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision", "xcomposer")  # One encoder at one (budgeted) resolution.
   high = arg.res or (low if single else high)
   low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
@@ -106,7 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.max_patches = 4 * (low // patch) ** 2  # qwen2vl: patches per image (static budget).
   c.model.min_pixels = (4 * patch) ** 2  # qwen2vl: smallest encoded area (2×2 LLM tokens).
   grid = low // patch + (low // patch) % 2  # The ViT's grid, made even for pixel unshuffle.
-  c.model.tile = 448 if big else grid * patch  # internvl: tile side.
+  # internvl / xcomposer: tile side (their papers' 448 / 336 px; at CPU sizes an even grid).
+  c.model.tile = (448 if arg.tower == "internvl" else 336) if big else grid * patch
   # internvl: most grid tiles (a thumbnail comes on top); at CPU sizes all tiles together give
   # about as many tokens as the ViT alone, 12 as in the paper at 7b.
   c.model.max_num = 12 if big else max(round((low // patch) ** 2 / (grid // 2) ** 2) - 1, 1)
@@ -115,6 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.anyres_grid = 6 if big else 2
   c.model.anyres_max = 9 if big else 4
   c.model.anyres_projector = "mlp2x_gelu"  # onevision: per crop token, before the resampling.
+  c.model.hd_num = 25 if big else 4  # xcomposer: most tiles of the HD canvas (HD-25).
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth
@@ -135,8 +147,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS dir (None: default).
   c.data.template = "vicuna_short"  # Chat template (mmjax.data.tokenizer.TEMPLATES).
   c.data.tokenizer = "byte"  # "byte", or a path to a Hugging Face tokenizer.json.
-  # Tokens per row, image placeholders included (onevision: room for its largest image).
-  c.data.max_len = size["max_len"] + (_onevision_extra(c.model) if arg.tower == "onevision" else 0)
+  # Tokens per row, image placeholders included (dynamic towers: room for their largest image).
+  # max_len is sized for the ViT's tokens at the size's resolution.
+  c.data.max_len = size["max_len"] + max(
+      _dynamic_tokens(c.model) - (size["image"] // patch) ** 2, 0)
   c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
   c.data.aspect = "pad"  # "pad" (LLaVA-1.5) or "squash" to make the image square.
   c.data.worker_count = 0 if arg.size == "tiny" else 1  # grain decoding processes.

@@ -243,6 +243,8 @@ def _visual_tokens(config: mllm_lib.MLLMConfig, views: dict[str, np.ndarray], ro
     return int(np.sum(views["tile_mask"][row])) * config.tower.tokens_per_tile
   if "anyres_kind" in views:
     return config.tower.grid ** 2 + int(np.sum(views["anyres_kind"][row] != 0))
+  if "hd_kind" in views:
+    return int(np.sum(views["hd_kind"][row] != 0))
   return config.tower.num_tokens(*views["images"].shape[1:3])
 
 
@@ -298,7 +300,7 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
       `config.image_token_id` with one placeholder per visual token of its image.
     images: [B, H, W, 3] normalised pixels (row b's used only if prompt b has placeholders), or
       a dynamic-resolution policy's views by name (`mmjax.data.pipeline`: a native tower's
-      patches, InternVL's tiles and tile mask, OneVision's crops and plan), or None when no prompt has placeholders.
+      patches, InternVL's tiles and tile mask, OneVision's / XComposer's crops and plan), or None when no prompt has placeholders.
     max_new_tokens, eos_id, pad_id, temperature, top_k, top_p: as in `decode`.
     rng: a PRNG key; needed when temperature > 0.
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with

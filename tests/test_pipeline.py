@@ -230,3 +230,31 @@ def test_onevision_policy_rows_follow_each_image(source):
   assert len(counts) > 1
   with pytest.raises(ValueError, match="multiples of crop=32"):
     pipeline.AnyResCrops(crop=32, grid=4, candidates=((32, 48),))
+
+
+def test_xcomposer_policy_rows_follow_each_image(source):
+  """HD canvas: the global view (the normalised canvas, bicubic to one tile) then the tiles,
+  row-major; the image's plan first; as many placeholders as the plan's tokens."""
+  policy = pipeline.HDCrops(tile=32, hd_num=4, grid=2)
+  assert policy.budget == 5 * 4 + 1 + 5 * 2
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=16, max_len=640, policy=policy)
+  mean, std = np.asarray(pipeline.CLIP_MEAN), np.asarray(pipeline.CLIP_STD)
+  counts = set()
+  for i in range(6):
+    image = source[i]["image"]
+    row = fmt.random_map(source[i], np.random.default_rng(i))
+    canvas = (resolution.xcomposer_hd_image(image, 4, 32) / 255.0 - mean) / std
+    rows, cols = canvas.shape[0] // 32, canvas.shape[1] // 32
+    tiles = canvas.reshape(rows, 32, cols, 32, 3).swapaxes(1, 2).reshape(-1, 32, 32, 3)
+    np.testing.assert_allclose(row["hd_crops"][1:1 + rows * cols], tiles, atol=1e-5)
+    glb = resolution.bicubic_matrix(canvas.shape[0], 32) @ canvas.transpose(2, 0, 1) @ (
+        resolution.bicubic_matrix(canvas.shape[1], 32).T)
+    np.testing.assert_allclose(row["hd_crops"][0], glb.transpose(1, 2, 0), atol=1e-4)
+    assert not row["hd_crops"][1 + rows * cols:].any()
+    _, kind = resolution.xcomposer_plan(rows, cols, 2)
+    np.testing.assert_array_equal(row["hd_kind"][:len(kind)], kind)
+    tokens = int((row["tokens"] == TOK.image_id).sum())
+    assert tokens == len(kind) == policy.num_tokens(image)
+    counts.add(tokens)
+  assert len(counts) > 1

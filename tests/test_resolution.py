@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import image_processing_utils
 from transformers.image_processing_utils import SizeDict
 from transformers.image_utils import PILImageResampling
@@ -141,6 +142,96 @@ def test_onevision_plan_equals_feature_packing(crop, grid, pinpoints, max_crops)
     got = np.concatenate([features[0], mapped])
     np.testing.assert_allclose(got, expected[0].numpy(), atol=1e-6, err_msg=str((h, w)))
     assert len(kind) <= budget
+
+
+def _hd_transform_reference(image: np.ndarray, hd_num: int, tile: int) -> np.ndarray:
+  """The authors' `HD_transform` / `padding_336` (InternLM-XComposer ixc_utils.py), transcribed
+  with PIL (torchvision's resize and pad of a PIL image are PIL's bilinear resize and a fill)."""
+  img = Image.fromarray(image)
+  width, height = img.size
+  trans = False
+  if width < height:
+    img = img.transpose(Image.TRANSPOSE)
+    trans = True
+    width, height = img.size
+  ratio = width / height
+  scale = 1
+  while scale * np.ceil(scale / ratio) <= hd_num:
+    scale += 1
+  scale -= 1
+  new_w = int(scale * tile)
+  new_h = int(new_w / ratio)
+  img = img.resize((new_w, new_h), Image.BILINEAR)
+  tar = int(np.ceil(new_h / tile) * tile)
+  top = int((tar - new_h) / 2)
+  padded = Image.new("RGB", (new_w, tar), (255, 255, 255))
+  padded.paste(img, (0, top))
+  if trans:
+    padded = padded.transpose(Image.TRANSPOSE)
+  return np.asarray(padded)
+
+
+def _xcomposer_layout_reference(features, rows, cols, glb_gn, sub_gn):
+  """The authors' 4KHD vision-tower layout of one image (build_mlp.py `CLIPVisionTower.forward`,
+  after the ViT), transcribed: features [1 + rows·cols, N, C] of the global view and the tiles."""
+  n, c = features.shape[1:]
+  h = int(math.sqrt(n))
+  glb = features[:1].reshape(1, h // 2, 2, h // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(
+      1, h // 2, h // 2, 4 * c)
+  glb = torch.cat([glb, sub_gn.repeat(1, h // 2, 1, 1)], dim=2).reshape(1, -1, 4 * c)
+  b = rows * cols
+  sub = features[1:1 + b].reshape(b, h // 2, 2, h // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(
+      b, -1, 4 * c)
+  sub = sub.reshape(1, rows, cols, h // 2, h // 2, -1).permute(0, 1, 3, 2, 4, 5).reshape(
+      1, rows * h // 2, cols * h // 2, 4 * c)
+  sub = torch.cat([sub, sub_gn.repeat(1, rows * h // 2, 1, 1)], dim=2).reshape(1, -1, 4 * c)
+  return torch.cat([glb, glb_gn, sub], dim=1)[0]
+
+
+def test_xcomposer_canvas_equals_hd_transform():
+  rng = np.random.default_rng(4)
+  for hd_num in (1, 4, 25):
+    for h, w in [s for s in SIZES if max(s) <= 3000 and min(s) >= 2][:40] + [(336, 336)]:
+      (new_h, new_w), canvas = resolution.xcomposer_hd_size(h, w, hd_num, 336)
+      assert canvas[0] % 336 == canvas[1] % 336 == 0
+      assert canvas[0] // 336 * (canvas[1] // 336) <= hd_num
+      if h * w <= 600 * 600:  # Pixels for the smaller images (the geometry above for all).
+        image = rng.integers(0, 256, (h, w, 3), np.uint8)
+        ours = resolution.xcomposer_hd_image(image, hd_num, 336)
+        assert ours.shape == (*canvas, 3)
+        if min(new_h, new_w) > 1:  # The reference resizes a 1:>336 image to 0 px and fails.
+          np.testing.assert_array_equal(ours, _hd_transform_reference(image, hd_num, 336),
+                                        str((h, w)))
+  with pytest.raises(ValueError, match="hd_num"):
+    resolution.xcomposer_hd_size(10, 10, 0)
+
+
+def test_bicubic_matrix_equals_torch_interpolate():
+  rng = np.random.default_rng(5)
+  for size_in, size_out in [(672, 336), (1008, 336), (336, 336), (100, 336), (37, 5)]:
+    x = rng.normal(size=(size_in, 7)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(x.T))[None, :, :, None], size=(size_out, 1),
+        mode="bicubic")[0, :, :, 0].numpy().T
+    np.testing.assert_allclose(resolution.bicubic_matrix(size_in, size_out) @ x, expected,
+                               atol=2e-5)
+
+
+def test_xcomposer_plan_equals_the_authors_layout():
+  rng = np.random.default_rng(6)
+  grid = 12
+  for rows, cols in [(1, 1), (1, 3), (3, 1), (2, 2), (5, 5), (1, 25), (2, 7)]:
+    features = rng.normal(size=(1 + rows * cols, (2 * grid) ** 2, 2)).astype(np.float32)
+    glb_gn, sub_gn = rng.normal(size=(2, 8)).astype(np.float32)
+    expected = _xcomposer_layout_reference(
+        torch.from_numpy(features), rows, cols, torch.from_numpy(glb_gn)[None, None],
+        torch.from_numpy(sub_gn)[None, None, None]).numpy()
+    merged = features.reshape(-1, grid, 2, grid, 2, 2).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 8)
+    index, kind = resolution.xcomposer_plan(rows, cols, grid)
+    got = merged[index]
+    got[kind == 2], got[kind == 3] = sub_gn, glb_gn
+    np.testing.assert_array_equal(got, expected)
+    assert len(kind) == (rows * cols + 1) * grid ** 2 + 1 + (rows + 1) * grid
 
 
 def test_crops_and_tiles_pixel_exact():

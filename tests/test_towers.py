@@ -243,6 +243,33 @@ def test_onevision_tower_maps_the_projected_crops_by_the_plan(rng):
     towers.OneVisionTowerConfig(vit=VIT, projector="identity", out_width=24)
 
 
+def test_xcomposer_tower_lays_out_merged_tokens_by_the_plan(rng):
+  """Every plan slot is the 2×2-merged ViT token it names, the newline (sub_GN), the separator
+  (glb_GN) or zeros (padding); newline and separator start at zero, as the authors' do."""
+  config = towers.XComposerTowerConfig(vit=VIT, hd_num=2, budget=7)
+  assert (config.grid, config.width) == (2, 64)
+  crops = jnp.asarray(rng.standard_normal((2, 3, 32, 32, 3)).astype(np.float32))
+  index = rng.integers(0, 12, (2, 7)).astype(np.int32)
+  kind = np.array([[1, 1, 2, 3, 1, 2, 0], [1, 2, 3, 1, 1, 2, 1]], np.int32)
+  module = towers.tower_for(config)
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), crops, index, kind))
+  p = params["params"]
+  assert not np.any(p["sub_GN"]) and not np.any(p["glb_GN"])
+  p = {**p, "sub_GN": jnp.ones(64), "glb_GN": -jnp.ones(64)}
+  out = np.asarray(jax.jit(module.apply)({"params": p}, crops, index, kind))
+  assert out.shape == (2, 7, 64)
+  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3))
+  merged = np.asarray(pixel_unshuffle.pixel_unshuffle(
+      hidden["hidden_states"][-1][:, 1:].reshape(6, 4, 4, 16), 2)).reshape(2, 12, 64)
+  for b in range(2):
+    for t in range(7):
+      expected = {0: np.zeros(64), 1: merged[b, index[b, t]], 2: np.ones(64),
+                  3: -np.ones(64)}[kind[b, t]]
+      np.testing.assert_allclose(out[b, t], expected, atol=1e-5, err_msg=str((b, t)))
+  with pytest.raises(ValueError, match="merge needs it even"):
+    towers.XComposerTowerConfig(vit=dataclasses.replace(VIT, image_size=24))
+
+
 def test_internvl_tiles_are_encoded_independently_and_in_order(rng):
   """Each tile's tokens depend on that tile only (one ViT per tile, unshuffle within it), in tile
   order; the tokens equal the unshuffled ViT features of the tile, layer-normalised."""

@@ -234,6 +234,57 @@ class AnyResCrops:
             "anyres_kind": np.zeros((self.budget,), np.int32)}
 
 
+@dataclasses.dataclass(frozen=True)
+class HDCrops:
+  """InternLM-XComposer2-4KHD's dynamic patch division: the image resized and white-padded to
+  whole `tile`-px tiles, at most `hd_num` of them, keeping its aspect
+  (`resolution.xcomposer_hd_image`), normalised with `mean` / `std`; the global view is that
+  canvas bicubically resized (torch's, no antialias) to one tile. The tower lays the tokens out
+  with a static plan (`resolution.xcomposer_plan`).
+
+  Views: `hd_crops` [1 + hd_num, tile, tile, 3] (global view first, then the tiles row-major,
+  zeros after them), `hd_index` [budget] and `hd_kind` [budget] (0: padding, 1: token,
+  2: newline, 3: separator); an image gives its plan's length in visual tokens (`num_tokens`).
+  """
+  tile: int = 336
+  hd_num: int = 25
+  grid: int = 12  # Tokens per tile side after the 2×2 merge (tile / patch / 2).
+  mean: tuple[float, float, float] = CLIP_MEAN
+  std: tuple[float, float, float] = CLIP_STD
+
+  keys = ("hd_crops", "hd_index", "hd_kind")
+
+  @property
+  def budget(self) -> int:
+    """The longest plan: hd_num tiles in one column (the most rows, so the most newlines)."""
+    return (self.hd_num + 1) * self.grid ** 2 + 1 + (self.hd_num + 1) * self.grid
+
+  def num_tokens(self, image: np.ndarray) -> int:
+    return resolution.xcomposer_num_tokens(image.shape[0], image.shape[1], self.hd_num,
+                                           self.tile, self.grid)
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    canvas = resolution.xcomposer_hd_image(image, self.hd_num, self.tile)
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    canvas = (canvas.astype(np.float32) / 255.0 - mean) / std
+    rows, cols = canvas.shape[0] // self.tile, canvas.shape[1] // self.tile
+    glb = np.einsum("yh,hwc,xw->yxc", resolution.bicubic_matrix(canvas.shape[0], self.tile),
+                    canvas, resolution.bicubic_matrix(canvas.shape[1], self.tile))
+    out = self.blank()
+    out["hd_crops"][0] = glb
+    out["hd_crops"][1:1 + rows * cols] = canvas.reshape(
+        rows, self.tile, cols, self.tile, 3).swapaxes(1, 2).reshape(-1, self.tile, self.tile, 3)
+    index, kind = resolution.xcomposer_plan(rows, cols, self.grid)
+    out["hd_index"][:len(kind)] = index
+    out["hd_kind"][:len(kind)] = kind
+    return out
+
+  def blank(self) -> dict[str, np.ndarray]:
+    return {"hd_crops": np.zeros((1 + self.hd_num, self.tile, self.tile, 3), np.float32),
+            "hd_index": np.zeros((self.budget,), np.int32),
+            "hd_kind": np.zeros((self.budget,), np.int32)}
+
+
 def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:
   """Visual tokens of `image` under `policy`: its own count for a policy whose count depends on
   the image (native resolution), else the tower's `fixed` count."""

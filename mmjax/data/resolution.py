@@ -281,3 +281,100 @@ def onevision_plan_budget(candidates: Sequence[tuple[int, int]], crop: int, grid
     rows, cols = canvas[0] // crop, canvas[1] // crop
     return min(rows * cols * grid * grid, int(1.21 * max_crops * grid * grid)) + rows * grid
   return max(bound(c) for c in candidates)
+
+
+def xcomposer_hd_size(height: int, width: int, hd_num: int = 25,
+                      tile: int = 336) -> tuple[tuple[int, int], tuple[int, int]]:
+  """InternLM-XComposer2-4KHD's `HD_transform` geometry: ((resized h, w), (canvas h, w)).
+
+  In landscape orientation (a portrait image is transposed first and back after), the widest
+  whole number of tiles `scale` whose rows, ceil(scale / aspect), still give at most `hd_num`
+  tiles; the image is resized to that width (height int(width / aspect)) and its height padded
+  to a multiple of the tile, centred (the odd pixel at the bottom)."""
+  _check_size(height, width)
+  if hd_num < 1:
+    raise ValueError(f"hd_num={hd_num} must be at least 1.")
+  portrait = width < height
+  if portrait:
+    height, width = width, height
+  ratio = width / height
+  scale = 1
+  while scale * math.ceil(scale / ratio) <= hd_num:
+    scale += 1
+  scale -= 1
+  new_w = int(scale * tile)
+  new_h = max(int(new_w / ratio), 1)  # The reference fails on the 0 px of extreme aspects.
+  canvas_h = int(math.ceil(new_h / tile) * tile)
+  if portrait:
+    return (new_w, new_h), (new_w, canvas_h)
+  return (new_h, new_w), (canvas_h, new_w)
+
+
+def xcomposer_hd_image(image: np.ndarray, hd_num: int = 25, tile: int = 336) -> np.ndarray:
+  """uint8 (H, W, 3) → the HD canvas: resized (PIL bilinear, in landscape orientation as the
+  reference does it) and padded with white to whole tiles."""
+  (new_h, new_w), (canvas_h, canvas_w) = xcomposer_hd_size(image.shape[0], image.shape[1],
+                                                           hd_num, tile)
+  pil = Image.fromarray(image)
+  portrait = image.shape[1] < image.shape[0]
+  if portrait:  # Resampled in the transposed orientation, as `HD_transform` does.
+    pil, (new_h, new_w), (canvas_h, canvas_w) = (pil.transpose(Image.TRANSPOSE), (new_w, new_h),
+                                                 (canvas_w, canvas_h))
+  resized = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+  top = (canvas_h - new_h) // 2
+  canvas = np.full((canvas_h, canvas_w, 3), 255, np.uint8)
+  canvas[top:top + new_h] = resized
+  return canvas.transpose(1, 0, 2) if portrait else canvas
+
+
+def bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """float32 [size_out, size_in]: torch's bicubic resampling along one axis (align_corners=False,
+  no antialias, A = -0.75, edge indices clamped), so a 2-D resize is M_h @ x @ M_w^T."""
+  a = -0.75
+  scale = np.float32(size_in) / np.float32(size_out)
+  src = np.float32(np.float64(scale) * (np.arange(size_out) + 0.5) - 0.5)
+  base = np.floor(src).astype(np.int64)
+  t = (src - base).astype(np.float64)
+
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1)
+  out = np.zeros((size_out, size_in), np.float64)
+  for k in range(4):
+    np.add.at(out, (np.arange(size_out), np.clip(base - 1 + k, 0, size_in - 1)), weights[:, k])
+  return out.astype(np.float32)
+
+
+def xcomposer_plan(rows: int, cols: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+  """XComposer2-4KHD's token layout for a canvas of rows × cols tiles whose unshuffled token
+  grids are grid × grid (12 for 336-px tiles): the global view's grid with a newline after every
+  row, the separator, then the tiles' tokens as one map with a newline after every row.
+
+  Returns index int32 [T] (into the flattened tokens of [global view, tiles row-major]) and kind
+  int32 [T] (1: a token, 2: the newline, 3: the separator); T = (rows·cols + 1)·grid² + 1 +
+  (rows + 1)·grid."""
+  n = grid * grid
+  y, x = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+  glb = np.concatenate([y * grid + x, np.zeros((grid, 1), np.int64)], 1)
+  glb_kind = np.concatenate([np.ones((grid, grid), np.int32), np.full((grid, 1), 2, np.int32)], 1)
+  y, x = np.meshgrid(np.arange(rows * grid), np.arange(cols * grid), indexing="ij")
+  tile = 1 + (y // grid) * cols + x // grid
+  sub = np.concatenate([tile * n + (y % grid) * grid + x % grid,
+                        np.zeros((rows * grid, 1), np.int64)], 1)
+  sub_kind = np.concatenate([np.ones((rows * grid, cols * grid), np.int32),
+                             np.full((rows * grid, 1), 2, np.int32)], 1)
+  index = np.concatenate([glb.reshape(-1), [0], sub.reshape(-1)]).astype(np.int32)
+  kind = np.concatenate([glb_kind.reshape(-1), [3], sub_kind.reshape(-1)]).astype(np.int32)
+  return index, kind
+
+
+def xcomposer_num_tokens(height: int, width: int, hd_num: int = 25, tile: int = 336,
+                         grid: int = 12) -> int:
+  """Visual tokens of one image under XComposer2-4KHD (before any LLM-side tokens)."""
+  _, (canvas_h, canvas_w) = xcomposer_hd_size(height, width, hd_num, tile)
+  rows, cols = canvas_h // tile, canvas_w // tile
+  return (rows * cols + 1) * grid * grid + 1 + (rows + 1) * grid

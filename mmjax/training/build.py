@@ -72,6 +72,9 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
         max_patches=m.max_patches)
   if name == "internvl":
     return towers.InternVLTowerConfig(vit=_vit(m, m.tile, common), max_num=m.max_num)
+  if name == "xcomposer":
+    return towers.XComposerTowerConfig(vit=_vit(m, m.tile, common), select_layer=m.select_layer,
+                                       hd_num=m.hd_num, budget=_hd(m).budget)
   if name == "onevision":
     crops = _anyres(m)
     return towers.OneVisionTowerConfig(
@@ -122,6 +125,11 @@ def _anyres(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
                               candidates=candidates, anyres_max=m.anyres_max)
 
 
+def _hd(m: ml_collections.ConfigDict) -> pipeline.HDCrops:
+  """XComposer2-4KHD's canvas of at most `hd_num` tiles of `tile` px."""
+  return pipeline.HDCrops(tile=m.tile, hd_num=m.hd_num, grid=m.tile // m.patch_size // 2)
+
+
 def policy(c: ml_collections.ConfigDict) -> Any:
   """The resolution policy (`mmjax.data.pipeline`) the config's tower reads its views from."""
   if c.model.tower == "qwen2vl":
@@ -133,6 +141,8 @@ def policy(c: ml_collections.ConfigDict) -> Any:
                                   tokens_per_tile=(grid // 2) ** 2)
   if c.model.tower == "onevision":
     return _anyres(c.model)
+  if c.model.tower == "xcomposer":
+    return _hd(c.model)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
@@ -144,6 +154,8 @@ def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> i
     return config.tower.max_tiles * config.tower.tokens_per_tile
   if c.model.tower == "onevision":
     return config.tower.max_tokens
+  if c.model.tower == "xcomposer":
+    return config.tower.budget
   return config.tower.num_tokens(c.model.image_size, c.model.image_size)
 
 

@@ -12,6 +12,7 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   qwen2vl      native-resolution ViT on packed patches, 2x2 merger       (qwen2vl.py)
   internvl     dynamic aspect-ratio tiles (+ thumbnail), unshuffled ViT  (internvl.py)
   onevision    AnyRes crops, projected, unpadded and shrunk into one map (onevision.py)
+  xcomposer    HD canvas tiles + global view, 2x2 merge, newline/separator (xcomposer.py)
 
 A dynamic-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
 token count depends on the image (the policy's `num_tokens`, `mmjax.data.pipeline`): the image's
@@ -28,9 +29,11 @@ from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConf
 from mmjax.models.towers.onevision import OneVisionTower, OneVisionTowerConfig
 from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
 from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
+from mmjax.models.towers.xcomposer import XComposerTower, XComposerTowerConfig
 
 TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
-               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig | OneVisionTowerConfig)
+               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig | OneVisionTowerConfig
+               | XComposerTowerConfig)
 
 TOWERS = {
     "vit": (ViTTowerConfig, ViTTower),
@@ -41,6 +44,7 @@ TOWERS = {
     "qwen2vl": (Qwen2VLTowerConfig, Qwen2VLTower),
     "internvl": (InternVLTowerConfig, InternVLTower),
     "onevision": (OneVisionTowerConfig, OneVisionTower),
+    "xcomposer": (XComposerTowerConfig, XComposerTower),
 }
 
 
