@@ -268,8 +268,8 @@ class HDCrops:
     mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
     canvas = (canvas.astype(np.float32) / 255.0 - mean) / std
     rows, cols = canvas.shape[0] // self.tile, canvas.shape[1] // self.tile
-    glb = np.einsum("yh,hwc,xw->yxc", resolution.bicubic_matrix(canvas.shape[0], self.tile),
-                    canvas, resolution.bicubic_matrix(canvas.shape[1], self.tile))
+    glb = (resolution.bicubic_matrix(canvas.shape[0], self.tile) @ canvas.transpose(2, 0, 1)
+           @ resolution.bicubic_matrix(canvas.shape[1], self.tile).T).transpose(1, 2, 0)
     out = self.blank()
     out["hd_crops"][0] = glb
     out["hd_crops"][1:1 + rows * cols] = canvas.reshape(
