@@ -6,9 +6,10 @@ aspect-ratio tiles), `onevision` (AnyRes crops in one map) or `xcomposer` (XComp
 canvas); configs/<method>.py fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
-does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here (nothing can be
-downloaded), so both stages train every parameter; with converted checkpoints, set the stages'
-`trainable` patterns to LLaVA's (`^projector/`, then `^(projector|llm)/`).
+does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here
+(nothing can be downloaded), so both stages train every parameter; starting from converted
+checkpoints (`train.init_params`), set the stages' `trainable` patterns to LLaVA's
+(`^projector/`, then `^(projector|llm)/`).
 
   python train.py --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
   python eval.py  --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
@@ -77,7 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = size["patch"]
   big = arg.size == "7b"
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
-  single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision", "xcomposer")  # One encoder at one (budgeted) resolution.
+  # One encoder at one (budgeted) resolution.
+  single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision", "xcomposer")
   high = arg.res or (low if single else high)
   low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.

@@ -300,7 +300,8 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
       `config.image_token_id` with one placeholder per visual token of its image.
     images: [B, H, W, 3] normalised pixels (row b's used only if prompt b has placeholders), or
       a dynamic-resolution policy's views by name (`mmjax.data.pipeline`: a native tower's
-      patches, InternVL's tiles and tile mask, OneVision's / XComposer's crops and plan), or None when no prompt has placeholders.
+      patches, InternVL's tiles and tile mask, OneVision's / XComposer's crops and plan), or None
+      when no prompt has placeholders.
     max_new_tokens, eos_id, pad_id, temperature, top_k, top_p: as in `decode`.
     rng: a PRNG key; needed when temperature > 0.
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with

@@ -78,8 +78,9 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
   if name == "onevision":
     crops = _anyres(m)
     return towers.OneVisionTowerConfig(
-        vit=_vit(m, m.image_size, common), select_layer=m.select_layer, projector=m.anyres_projector,
-        out_width=llm_width, max_crops_in=crops.max_crops_in, budget=crops.budget)
+        vit=_vit(m, m.image_size, common), select_layer=m.select_layer,
+        projector=m.anyres_projector, out_width=llm_width, max_crops_in=crops.max_crops_in,
+        budget=crops.budget)
   if name == "eagle":
     return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
                                    grid=m.grid, fusion=m.fusion)
@@ -202,7 +203,8 @@ def example_batch(fmt: pipeline.FormatExample, source, rows: int) -> dict[str, A
   return {k: np.zeros((rows,) + np.shape(v), np.asarray(v).dtype) for k, v in row.items()}
 
 
-def initial_params(c: ml_collections.ConfigDict, abstract: dict[str, Any]) -> dict[str, Any] | None:
+def initial_params(c: ml_collections.ConfigDict,
+                   abstract: dict[str, Any]) -> dict[str, Any] | None:
   """The parameter subtrees `train.init_params` names, read from safetensors files and checked
   against the model's shapes; None when it names none. Every other parameter starts random.
 
