@@ -18,7 +18,7 @@ checkpoints (`train.init_params`), set the stages' `trainable` patterns to LLaVA
 import ml_collections
 
 from mmjax import config_args
-from mmjax.data import resolution
+from mmjax.training import build
 
 # Per size: ViT side (low resolution), high resolution (the mixed towers' input), patch, ViT
 # width/depth/heads, ConvNeXt widths/depths, LLM width/depth/heads, batch, max_len.
@@ -58,14 +58,10 @@ def _dynamic_tokens(m: ml_collections.ConfigDict) -> int:
   grid = m.image_size // m.patch_size
   if m.tower == "internvl":
     return (m.max_num + int(m.max_num > 1)) * (m.tile // m.patch_size // 2) ** 2
-  if m.tower == "onevision":
-    candidates = [(m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
-                  for c in range(1, m.anyres_grid + 1)]
-    return grid ** 2 + resolution.onevision_plan_budget(candidates, m.image_size, grid,
-                                                        m.anyres_max)
+  if m.tower == "onevision":  # The base image's tokens, then the map's (policy budget).
+    return grid ** 2 + build.anyres_crops(m).budget
   if m.tower == "xcomposer":
-    side = m.tile // m.patch_size // 2
-    return (m.hd_num + 1) * side * side + 1 + (m.hd_num + 1) * side
+    return build.hd_crops(m).budget
   return 0
 
 

@@ -74,9 +74,9 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
     return towers.InternVLTowerConfig(vit=_vit(m, m.tile, common), max_num=m.max_num)
   if name == "xcomposer":
     return towers.XComposerTowerConfig(vit=_vit(m, m.tile, common), select_layer=m.select_layer,
-                                       hd_num=m.hd_num, budget=_hd(m).budget)
+                                       hd_num=m.hd_num, budget=hd_crops(m).budget)
   if name == "onevision":
-    crops = _anyres(m)
+    crops = anyres_crops(m)
     return towers.OneVisionTowerConfig(
         vit=_vit(m, m.image_size, common), select_layer=m.select_layer,
         projector=m.anyres_projector, out_width=llm_width, max_crops_in=crops.max_crops_in,
@@ -118,7 +118,7 @@ def data_source(c: ml_collections.ConfigDict, split: str):
                    "'llava_json:<directory written by mmjax.data.ingest>'.")
 
 
-def _anyres(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
+def anyres_crops(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
   """LLaVA-OneVision's crops: canvases of 1…anyres_grid crops a side, `anyres_max` budget."""
   candidates = tuple((m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
                      for c in range(1, m.anyres_grid + 1))
@@ -126,7 +126,7 @@ def _anyres(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
                               candidates=candidates, anyres_max=m.anyres_max)
 
 
-def _hd(m: ml_collections.ConfigDict) -> pipeline.HDCrops:
+def hd_crops(m: ml_collections.ConfigDict) -> pipeline.HDCrops:
   """XComposer2-4KHD's canvas of at most `hd_num` tiles of `tile` px."""
   return pipeline.HDCrops(tile=m.tile, hd_num=m.hd_num, grid=m.tile // m.patch_size // 2)
 
@@ -141,9 +141,9 @@ def policy(c: ml_collections.ConfigDict) -> Any:
     return pipeline.InternVLTiles(tile=c.model.tile, max_num=c.model.max_num,
                                   tokens_per_tile=(grid // 2) ** 2)
   if c.model.tower == "onevision":
-    return _anyres(c.model)
+    return anyres_crops(c.model)
   if c.model.tower == "xcomposer":
-    return _hd(c.model)
+    return hd_crops(c.model)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
