@@ -150,6 +150,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_len = size["max_len"] + max(
       _dynamic_tokens(c.model) - (size["image"] // patch) ** 2, 0)
   c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
+  # Comma-separated question kinds the vqa task trains and eval.py asks (questions.ALL_KINDS),
+  # e.g. "pattern_colours" for one rung of the fine ladder; "": every kind.
+  c.data.kinds = ""
   c.data.aspect = "pad"  # "pad" (LLaVA-1.5) or "squash" to make the image square.
   c.data.worker_count = 0 if arg.size == "tiny" else 1  # grain decoding processes.
   c.data.eval_split = "validation"

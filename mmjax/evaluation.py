@@ -46,6 +46,7 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   """Greedy answers to every question of the first `eval_examples` images."""
   policy = build.policy(c)
   mrope = getattr(policy, "mrope", False)
+  kinds = build.question_kinds(c)
   prompts, views, positions, truth, image_tokens = [], [], [], [], []
   for i in range(min(c.data.eval_examples, len(source))):
     record = source[i]
@@ -55,6 +56,8 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
     qa = record["qa"]
     for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
                                               qa["answer"]):
+      if kinds and kind.decode() not in kinds:
+        continue
       turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
       prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
                                            num_image_tokens=n_tokens)
@@ -131,6 +134,7 @@ def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   step, params = _restore(c, workdir, model, spec, mesh, step)
   with jax.set_mesh(mesh), sharding.axis_rules():
     result = {"step": step, "split": c.data.eval_split, "dataset": c.data.dataset,
+              "kinds": list(build.question_kinds(c)) or "all",
               **_accuracy(c, model, params, tok, source, config),
               **_loss(c, model, params, tok, source, config, mesh)}
   out = workdir / "eval"

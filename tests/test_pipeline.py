@@ -14,6 +14,7 @@ from mmjax.data import pipeline
 from mmjax.data import resolution
 from mmjax.data import tokenizer
 from mmjax.data.datasets import finedetail
+from mmjax.data.datasets import questions
 
 TOK = tokenizer.ByteTokenizer()
 N_IMAGE = 16
@@ -60,6 +61,25 @@ def test_vqa_conversation_holds_every_question_and_answer(source):
   assert caption[1]["value"] == record["caption"].decode()
   with pytest.raises(ValueError, match="valid"):
     pipeline.conversation_of(record, "qa", rng)
+
+
+def test_vqa_conversation_keeps_only_the_kinds_asked_for(source):
+  record = source[0]
+  kinds = [k.decode() for k in record["qa"]["kind"]]
+  chosen = kinds[0]
+  turns = pipeline.conversation_of(record, "vqa", np.random.default_rng(0), kinds=(chosen,))
+  expected = [a.decode() for a, k in zip(record["qa"]["answer"], kinds) if k == chosen]
+  assert sorted(t["value"] for t in turns[1::2]) == sorted(expected)
+  assert turns[0]["value"].startswith(tokenizer.IMAGE_TAG + "\n")
+  # A record without a question of those kinds makes an empty conversation: the row is dropped.
+  record, absent = next((r, k) for r in (source[i] for i in range(len(source)))
+                        for k in questions.ALL_KINDS if k.encode() not in r["qa"]["kind"])
+  assert pipeline.conversation_of(record, "vqa", np.random.default_rng(0), kinds=(absent,)) == []
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=N_IMAGE, max_len=640,
+                               policy=pipeline.FixedResolution((32,)), kinds=(absent,))
+  row = fmt.random_map(record, np.random.default_rng(0))
+  assert row["dropped"] == 1 and row["loss_mask"].sum() == 0
 
 
 def test_resume_from_saved_state_sees_the_same_examples(source):

@@ -296,14 +296,17 @@ def _text(value: Any) -> str:
 
 
 def conversation_of(record: dict[str, Any], task: str, rng: np.random.Generator,
-                    max_questions: int | None = None) -> list[dict[str, str]]:
-  """The LLaVA-format conversation a record is trained on under `task`."""
+                    max_questions: int | None = None, kinds: tuple[str, ...] = ()
+                    ) -> list[dict[str, str]]:
+  """The LLaVA-format conversation a record is trained on under `task` (vqa: at most
+  `max_questions` of its questions, in random order, of the `kinds` given; () = every kind)."""
   if task == "caption":
     return [{"from": "human", "value": tokenizer_lib.IMAGE_TAG},
             {"from": "gpt", "value": _text(record["caption"])}]
   if task == "vqa":
     qa = record["qa"]
-    order = rng.permutation(len(qa["question"]))[:max_questions]
+    order = [i for i in rng.permutation(len(qa["question"]))
+             if not kinds or _text(qa["kind"][i]) in kinds][:max_questions]
     turns = []
     for n, i in enumerate(order):
       prefix = tokenizer_lib.IMAGE_TAG + "\n" if n == 0 else ""
@@ -320,13 +323,13 @@ class FormatExample(grain.transforms.RandomMap):
 
   def __init__(self, *, task: str, template: str, tokenizer: tokenizer_lib.Tokenizer,
                num_image_tokens: int, max_len: int, policy: Callable[[np.ndarray], dict],
-               max_questions: int | None = None):
+               max_questions: int | None = None, kinds: tuple[str, ...] = ()):
     if task not in TASKS:
       raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
     tokenizer_lib.get_template(template)
     self.task, self.template, self.tokenizer = task, template, tokenizer
     self.num_image_tokens, self.max_len, self.policy = num_image_tokens, max_len, policy
-    self.max_questions = max_questions
+    self.max_questions, self.kinds = max_questions, tuple(kinds)
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
@@ -335,7 +338,7 @@ class FormatExample(grain.transforms.RandomMap):
                         if has_image else self.num_image_tokens)
     try:
       encoded = tokenizer_lib.encode_conversation(
-          self.template, conversation_of(record, self.task, rng, self.max_questions),
+          self.template, conversation_of(record, self.task, rng, self.max_questions, self.kinds),
           self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
           max_len=self.max_len)
       ids, mask = encoded.ids, encoded.loss_mask

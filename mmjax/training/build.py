@@ -11,6 +11,7 @@ from mmjax.convert import mapping
 from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
+from mmjax.data.datasets import questions
 from mmjax.models import convnext
 from mmjax.models import llm
 from mmjax.models import mllm
@@ -165,7 +166,17 @@ def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
   return pipeline.FormatExample(task=task, template=c.data.template, tokenizer=tok,
                                 num_image_tokens=num_image_tokens(config, c),
                                 max_len=c.data.max_len, policy=policy(c),
-                                max_questions=c.data.max_questions)
+                                max_questions=c.data.max_questions, kinds=question_kinds(c))
+
+
+def question_kinds(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`data.kinds` as a tuple of question kinds (empty: every kind)."""
+  kinds = tuple(k.strip() for k in c.data.kinds.split(",") if k.strip())
+  unknown = [k for k in kinds if k not in questions.ALL_KINDS]
+  if unknown:
+    raise ValueError(f"data.kinds has unknown question kinds {unknown}; valid: "
+                     f"{', '.join(questions.ALL_KINDS)}.")
+  return kinds
 
 
 @dataclasses.dataclass(frozen=True)
