@@ -2,8 +2,9 @@
 
 `tower=` picks the vision tower (mmjax.models.towers): `vit` (LLaVA-1.5, the default), `llava_hr`,
 `mini_gemini`, `eagle`, `leo`, `qwen2vl` (native resolution, M-RoPE), `internvl` (dynamic
-aspect-ratio tiles), `onevision` (AnyRes crops in one map) or `xcomposer` (XComposer2-4KHD's HD
-canvas); configs/<method>.py fix it. Sized for a 2-core CPU by default;
+aspect-ratio tiles), `onevision` (AnyRes crops in one map), `xcomposer` (XComposer2-4KHD's HD
+canvas) or `oryx` (a low-resolution and a native view, dynamic compressor); configs/<method>.py
+fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here
@@ -37,13 +38,17 @@ SIZES = {
         dataset="fine_detail/large", questions=10),
 }
 TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl", "onevision",
-          "xcomposer")
+          "xcomposer", "oryx")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
                      "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
                      "internvl": (448, 448),
                      # SigLIP's 384-px crops with patch 14 read 378 px (27 × 27 patches).
-                     "onevision": (378, 378), "xcomposer": (336, 336)}
+                     "onevision": (378, 378), "xcomposer": (336, 336),
+                     # Oryx: a view of about 384² pixels and the native one up to 1536².
+                     "oryx": (384, 1536)}
+# Oryx's vision encoder at size=7b: SigLIP-so400m/16 (width, depth, heads, MLP), GELU.
+ORYX_VIT = (1152, 27, 16, 4304)
 
 
 def mrope_sections(head_dim: int) -> tuple[int, int, int]:
@@ -62,6 +67,8 @@ def _dynamic_tokens(m: ml_collections.ConfigDict) -> int:
     return grid ** 2 + build.anyres_crops(m).budget
   if m.tower == "xcomposer":
     return build.hd_crops(m).budget
+  if m.tower == "oryx":
+    return build.oryx_views(m).budget
   return 0
 
 
@@ -71,8 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse(arg, size="small", steps=500, tower="vit", res=0)
   size = config_args.choose("size", arg.size, SIZES)
   config_args.choose("tower", arg.tower, dict.fromkeys(TOWERS))
-  patch = size["patch"]
   big = arg.size == "7b"
+  oryx = big and arg.tower == "oryx"
+  patch = 16 if oryx else size["patch"]
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
   # One encoder at one (budgeted) resolution.
   single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision", "xcomposer")
@@ -80,21 +88,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   low = high if single else low
   if big and arg.tower == "llava_hr":  # The authors' ViT side for a high resolution S.
     low = max(high // 32 * patch, 336)
-  vit_width, vit_depth, vit_heads = size["vit"]
+  vit_width, vit_depth, vit_heads = ORYX_VIT[:3] if oryx else size["vit"]
   llm_width, llm_depth, llm_heads = size["llm"]
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init and the data order.
 
   c.model = ml_collections.ConfigDict()
   c.model.tower = arg.tower  # Vision tower (mmjax.models.towers.TOWERS).
-  c.model.image_size = high  # The tower's input side (the ViT's for `vit`, else the high res).
-  c.model.low_res = low  # Mixed towers: the ViT's side (a bilinear downsample of the input).
+  # The tower's input side: the ViT's for `vit`, else the high resolution (oryx: the native
+  # view's largest side for a square image, max_res).
+  c.model.image_size = high
+  # Mixed towers: the ViT's side (a bilinear downsample of the input); oryx: the low view's side.
+  c.model.low_res = low
   c.model.patch_size = patch
   c.model.vit_width = vit_width
   c.model.vit_depth = vit_depth
   c.model.vit_heads = vit_heads
-  c.model.vit_mlp_dim = 4 * vit_width
-  c.model.vit_act = "quick_gelu" if big else "gelu"  # CLIP's act for the pretrained shape.
+  c.model.vit_mlp_dim = ORYX_VIT[3] if oryx else 4 * vit_width
+  # CLIP's act for the pretrained shape (SigLIP's, erf GELU, for Oryx).
+  c.model.vit_act = "quick_gelu" if big and not oryx else "gelu"
   c.model.select_layer = -2  # ViT hidden state fed on (LLaVA: penultimate; not LLaVA-HR's).
   c.model.convnext_widths = size["convnext"][0]  # High-resolution ConvNeXt stage widths.
   c.model.convnext_depths = size["convnext"][1]  # …and blocks per stage.
@@ -109,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "linear", "mlp<N>x_gelu", or "identity" (LEO projects per encoder inside its tower).
   # qwen2vl: the patch merger maps to the LLM width; its patch budget per image equals the
   # ViT's token count (4 patches per LLM token) and it takes M-RoPE positions.
-  c.model.projector = ("identity" if arg.tower in ("leo", "qwen2vl", "onevision")
+  c.model.projector = ("identity" if arg.tower in ("leo", "qwen2vl", "onevision", "oryx")
                        else "mlp2x_gelu")
   c.model.max_patches = 4 * (low // patch) ** 2  # qwen2vl: patches per image (static budget).
   c.model.min_pixels = (4 * patch) ** 2  # qwen2vl: smallest encoded area (2×2 LLM tokens).
@@ -125,6 +137,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.anyres_max = 9 if big else 4
   c.model.anyres_projector = "mlp2x_gelu"  # onevision: per crop token, before the resampling.
   c.model.hd_num = 25 if big else 4  # xcomposer: most tiles of the HD canvas (HD-25).
+  # oryx: compressor pooling per side (1: images, as Oryx; 2 / 4: its video modes' 4× / 16×).
+  c.model.oryx_ratio = 1
+  # oryx: side of the learned position table, resized to every view's grid (SigLIP's 128).
+  c.model.pos_table = 128 if big else high // patch
+  c.model.max_aspect = 3.0  # oryx: longest aspect ratio its static budget holds (the dataset's).
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth

@@ -237,6 +237,8 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
 
 def _visual_tokens(config: mllm_lib.MLLMConfig, views: dict[str, np.ndarray], row: int) -> int:
   """Visual tokens the tower gives row `row` of `views` (a dynamic-resolution policy's views)."""
+  if "oryx_kind" in views:
+    return int(np.sum(views["oryx_kind"][row] != 0))
   if "patch_segments" in views:
     return int(np.sum(views["patch_segments"][row] != 0)) // config.tower.vit.merge_size ** 2
   if "tile_mask" in views:

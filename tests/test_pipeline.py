@@ -278,3 +278,39 @@ def test_xcomposer_policy_rows_follow_each_image(source):
     assert tokens == len(kind) == policy.num_tokens(image)
     counts.add(tokens)
   assert len(counts) > 1
+
+
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_oryx_policy_budget_holds_every_aspect_and_refuses_longer(ratio):
+  """Static sizes: every image with an aspect ratio up to max_aspect fits max_patches and the
+  token budget; the row lists the low view then the native view, regions contiguous."""
+  policy = pipeline.OryxViews(patch=16, ratio=ratio, multiple=32 * ratio, low_base=64,
+                              max_res=128, table=8, max_aspect=3.0)
+  rng = np.random.default_rng(ratio)
+  for _ in range(300):
+    long = int(np.exp(rng.uniform(np.log(8), np.log(700))))
+    aspect = float(np.exp(rng.uniform(-np.log(3), np.log(3))))
+    h, w = (long, max(round(long / aspect), 1)) if aspect >= 1 else (
+        max(round(long * aspect), 1), long)
+    if max(h, w) / min(h, w) > 3:
+      continue
+    low, high = resolution.oryx_views(np.zeros((h, w, 3), np.uint8), 32 * ratio, 64, 128)
+    patches = (low.shape[0] * low.shape[1] + high.shape[0] * high.shape[1]) // 16 ** 2
+    assert patches <= policy.max_patches, (h, w)
+    assert policy.num_tokens(np.zeros((h, w, 3), np.uint8)) <= policy.budget, (h, w)
+  image = rng.integers(0, 256, (90, 50, 3), np.uint8)
+  row = policy(image)
+  low, high = resolution.oryx_views(image, 32 * ratio, 64, 128)
+  n_low, n_high = low.shape[0] * low.shape[1] // 256, high.shape[0] * high.shape[1] // 256
+  np.testing.assert_array_equal(row["patch_segments"][:n_low + n_high + 1],
+                                [1] * n_low + [2] * n_high + [0])
+  first = (low[:16, :16].astype(np.float32) / 255.0 - 0.5) / 0.5  # Top-left patch, (c, y, x).
+  np.testing.assert_allclose(row["patches"][0], first.transpose(2, 0, 1).ravel(), atol=1e-6)
+  _, kind = resolution.oryx_layout(*[(v.shape[0] // 16 // ratio, v.shape[1] // 16 // ratio)
+                                     for v in (low, high)])
+  np.testing.assert_array_equal(row["oryx_kind"][:len(kind)], kind)
+  assert not row["oryx_kind"][len(kind):].any() and len(kind) == policy.num_tokens(image)
+  with pytest.raises(ValueError, match="aspect ratio over max_aspect=3.0"):
+    policy(np.zeros((10, 40, 3), np.uint8))
+  with pytest.raises(ValueError, match="multiple=48 must be a multiple of patch · ratio"):
+    pipeline.OryxViews(patch=16, ratio=2, multiple=48)

@@ -262,3 +262,107 @@ def test_bad_sizes_are_named():
     resolution.select_best_resolution(10, 10, [])
   with pytest.raises(ValueError, match="multiple of the crop"):
     resolution.anyres_crops(np.zeros((10, 10, 3), np.uint8), [(400, 400)], 384)
+
+
+def _oryx_resize_images_reference(img: Image.Image, patch_size: int, base_size: int,
+                                  max_res: int = 1536, min_res: int = 0) -> Image.Image:
+  """The authors' `resize_images` (Oryx mm_utils.py) with their inference settings (MAXRES
+  1536, MINRES 0, PAD2STRIDE), transcribed; PIL's size is (width, height), which the authors
+  name (h, w)."""
+  w, h = img.size
+  if base_size == 0:
+    if w * h > max_res * max_res:
+      scale = math.sqrt(max_res * max_res / (w * h))
+    elif w * h < min_res * min_res:
+      scale = math.sqrt(min_res * min_res / (w * h))
+    else:
+      scale = None
+  else:
+    scale = math.sqrt(base_size * base_size / (w * h))
+  if scale is not None:
+    return img.resize((int(w * scale / patch_size) * patch_size,
+                       int(h * scale / patch_size) * patch_size))
+  new_w = w if w % patch_size == 0 else (w // patch_size + 1) * patch_size
+  new_h = h if h % patch_size == 0 else (h // patch_size + 1) * patch_size
+  padded = Image.new("RGB", (new_w, new_h), (127, 127, 127))
+  padded.paste(img, ((new_w - w) // 2, (new_h - h) // 2))
+  return padded
+
+
+def _oryx_views_reference(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The authors' `process_anyres_highres_image_genli` (LOWRES_RESIZE=384x32,
+  HIGHRES_BASE=0x32), transcribed up to the pixel normalisation."""
+  img = Image.fromarray(image)
+  w, h = img.size
+  if w < 32 and h < 32:
+    ratio = 64 / min(w, h)
+    img = img.resize((int(w * ratio), int(h * ratio)))
+  elif w < 32:
+    ratio = 64 / w
+    img = img.resize((int(w * ratio), int(h * ratio)))
+  elif h < 32:
+    ratio = 64 / h
+    img = img.resize((int(w * ratio), int(h * ratio)))
+  high = _oryx_resize_images_reference(img, 32, 0)
+  low = _oryx_resize_images_reference(img, 32, 384)
+  return np.asarray(low), np.asarray(high)
+
+
+def test_oryx_views_equal_the_authors_preprocessing():
+  rng = np.random.default_rng(7)
+  sizes = [s for s in SIZES if max(s) <= 2500] + [(10, 20), (31, 700), (700, 31), (1536, 1536),
+                                                  (1537, 1536), (2000, 1200), (64, 64)]
+  pixels = 0
+  for h, w in sizes:
+    low_h, low_w, _ = resolution.oryx_size(*resolution._oryx_min_side(h, w), 32, 384)
+    image = rng.integers(0, 256, (h, w, 3), np.uint8)
+    if pixels < 60 and max(h, w) <= 2500:  # Pixels for some (sizes for all, below).
+      pixels += 1
+      low, high = resolution.oryx_views(image)
+      assert low.shape[:2] == (low_h, low_w) and low_h % 32 == low_w % 32 == 0
+      assert high.shape[0] % 32 == high.shape[1] % 32 == 0
+      ref_h, ref_w = resolution._oryx_min_side(h, w)
+      if min(int(ref_h * 384 / math.sqrt(ref_h * ref_w) / 32),
+             int(ref_w * 384 / math.sqrt(ref_h * ref_w) / 32)) == 0:
+        continue  # The reference resizes the low view to 0 px and fails; ours keeps 32.
+      ref_low, ref_high = _oryx_views_reference(image)
+      np.testing.assert_array_equal(low, ref_low, str((h, w)))
+      np.testing.assert_array_equal(high, ref_high, str((h, w)))
+  assert pixels == 60
+  # The geometry of every size: the native view keeps or pads small images, shrinks large ones.
+  for h, w in SIZES:
+    mh, mw = resolution._oryx_min_side(h, w)
+    high_h, high_w, padded = resolution.oryx_size(mh, mw, 32, 0, 1536)
+    assert padded == (mh * mw <= 1536 * 1536)
+    if padded:
+      assert 0 <= high_h - mh < 32 and 0 <= high_w - mw < 32
+    else:  # Shrunk to the area, unless a side had to be kept at one multiple.
+      assert high_h * high_w <= 1536 * 1536 or min(high_h, high_w) == 32
+
+
+def test_oryx_position_plan_equals_torch_interpolate():
+  """Applied to a table, the plan is the authors' `rescale_positional_embedding`."""
+  rng = np.random.default_rng(8)
+  table = 12
+  pos = rng.normal(size=(table * table, 5)).astype(np.float32)
+  for rows, cols in [(12, 12), (3, 5), (24, 7), (1, 1), (12, 30), (96, 96), (7, 12)]:
+    index, weight = resolution.oryx_position_plan(rows, cols, table)
+    ours = np.einsum("nk,nkd->nd", weight, pos[index])
+    grid = torch.from_numpy(pos.T.copy()).view(1, 5, table, table)
+    expected = pos if (rows, cols) == (table, table) else torch.nn.functional.interpolate(
+        grid, (rows, cols), mode="bilinear", align_corners=False).view(5, -1).T.numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6, err_msg=str((rows, cols)))
+
+
+def test_oryx_layout_and_token_count():
+  index, kind = resolution.oryx_layout((2, 3), (1, 2))
+  names = [resolution.ORYX_KINDS[k] for k in kind]
+  assert names == (["begin"] + ["token"] * 3 + ["newline"] + ["token"] * 3 + ["newline"]
+                   + ["separator"] + ["token"] * 2 + ["newline"] + ["end"])
+  assert index[kind == 1].tolist() == list(range(8))
+  for h, w in [s for s in SIZES if max(s) / min(s) <= 3]:
+    low = resolution.oryx_size(h, w, 32, 384)
+    high = resolution.oryx_size(h, w, 32, 0, 1536)
+    if min(h, w) >= 32:
+      expected = 3 + sum(a // 16 * (b // 16 + 1) for a, b, _ in (low, high))
+      assert resolution.oryx_num_tokens(h, w) == expected

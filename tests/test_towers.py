@@ -1,6 +1,7 @@
 """Mixture-of-resolution towers: LLaVA-HR's MR-adapter, Mini-Gemini's patch mining, EAGLE, LEO and
 pixel unshuffle — against their definitions and the reference code's tensor layouts."""
 import dataclasses
+import math
 
 import chex
 import flax.linen as nn
@@ -290,3 +291,133 @@ def test_internvl_tiles_are_encoded_independently_and_in_order(rng):
   np.testing.assert_allclose(out[0, 4:8], (feats - mean) / np.sqrt(var + 1e-5), atol=1e-4)
   with pytest.raises(ValueError, match="needs it even"):
     towers.InternVLTowerConfig(vit=dataclasses.replace(VIT, image_size=24))
+
+
+def _compressor_reference(features, forward_type, query_w, query_b, key_w, key_b):
+  """The authors' `DynamicCompressor.forward` (Oryx perceiver.py), transcribed in torch:
+  features [T, H·W, C] of an H × W grid → pooled tokens [T, H·W / r², C]."""
+  t, n, c = features.shape
+  h = w = int(math.sqrt(n))
+  x = features.view(t, h, w, c).permute(0, 3, 1, 2)
+  r = {"image": 1, "video": 2, "video_long": 4}[forward_type]
+  pooled = F.avg_pool2d(x, r, r) if r > 1 else x
+  regions = x.reshape(t, c, h // r, r, w // r, r).permute(0, 2, 4, 3, 5, 1).reshape(
+      t, h // r * (w // r), r * r, c)
+  pooled = pooled.flatten(2).permute(0, 2, 1)
+  m = pooled.shape[1]
+  query = (pooled @ query_w.T + query_b).reshape(t * m, -1)
+  key = (regions @ key_w.T + key_b).reshape(t * m, r * r, -1)
+  value = regions.reshape(t * m, r * r, c)
+  attn = query[:, None] @ (key.transpose(-1, -2) / key.shape[-1] ** 0.5)
+  out = (attn.nan_to_num().softmax(-1) @ value).mean(1).reshape(t, m, c)
+  return pooled + out
+
+
+@pytest.mark.parametrize("forward_type,ratio", [("image", 1), ("video", 2), ("video_long", 4)])
+def test_dynamic_compressor_matches_the_reference(rng, forward_type, ratio):
+  from mmjax.data import patches as patches_lib
+  from mmjax.models import dynamic_compressor
+  grid, c = 8, 6
+  features = rng.standard_normal((2, grid * grid, c)).astype(np.float32)
+  order = patches_lib.vision_positions(grid, grid, ratio)
+  regions = features[:, order[:, 0] * grid + order[:, 1]]  # Each region's tokens contiguous.
+  module = dynamic_compressor.DynamicCompressor(ratio, mid=4)
+  params = nn.unbox(module.init(jax.random.key(0), regions))["params"]
+  ours = np.asarray(module.apply({"params": params}, regions))
+  weights = [torch.from_numpy(np.asarray(params[n][k]).T.copy() if k == "kernel"
+                              else np.asarray(params[n][k]).copy())
+             for n in ("query", "key") for k in ("kernel", "bias")]
+  expected = _compressor_reference(torch.from_numpy(features), forward_type, *weights).numpy()
+  assert ours.shape == (2, grid * grid // ratio ** 2, c)
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  if ratio == 1:  # A region of one token: the output is twice the input, as the authors' is.
+    np.testing.assert_allclose(ours, 2 * features, atol=1e-6)
+
+
+def _oryx_projector_reference(low, low_size, high, high_size, proj, newline, sep, begin, end):
+  """The authors' `SimpleMlp(twoview=True).forward` for an image (Oryx projector builder.py),
+  transcribed: each view's tokens through the MLP, a newline after every row, the separator
+  between the views, begin and end around them."""
+  views = []
+  for x, (h, w) in ((low, low_size), (high, high_size)):
+    x = proj(x.reshape(1, h, w, -1))
+    x = torch.cat([x, newline.reshape(1, 1, 1, -1).expand(1, h, 1, -1)], dim=2)
+    views.append(x.reshape(1, -1, x.shape[-1]))
+  return torch.cat([begin[None, None], views[0], sep[None, None], views[1], end[None, None]],
+                   dim=1)[0]
+
+
+def test_oryx_tower_equals_the_reference_path_per_image(rng):
+  """Two images of different sizes, packed: each equals the authors' path — the ViT on each
+  view alone with its position table bilinearly resized (torch), the compressor (2x for
+  images) and the two-view projector's layout (transcribed)."""
+  from mmjax.data import pipeline
+  from mmjax.data import resolution
+  from mmjax.models import stack
+  cfg_vit = vit.ViTConfig(image_size=8, patch_size=8, width=16, depth=2, num_heads=2,
+                          mlp_dim=32, act="gelu", norm_eps=1e-6, use_cls=False, pre_norm=False,
+                          position_embedding="none")
+  policy = pipeline.OryxViews(patch=8, multiple=16, low_base=32, max_res=64, table=6)
+  config = towers.OryxTowerConfig(vit=cfg_vit, table=6, mid=4, out_width=12,
+                                  max_patches=policy.max_patches, budget=policy.budget)
+  images = [rng.integers(0, 256, (50, 90, 3), np.uint8),  # Native view shrunk (area > 64²).
+            rng.integers(0, 256, (40, 56, 3), np.uint8)]  # Native view padded to 48 × 64.
+  rows = [policy(im) for im in images]
+  batch = [jnp.asarray(np.stack([r[k] for r in rows])) for k in config.INPUTS]
+  module = towers.tower_for(config)
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), *batch))["params"]
+  out = np.asarray(jax.jit(module.apply)({"params": params}, *batch))
+  assert out.shape == (2, policy.budget, 12)
+  blocks = stack.LayerStack(vit.ViTBlock, cfg_vit, cfg_vit.depth, name="blocks")
+  kernel = torch.from_numpy(np.array(params["patch_embed"]["kernel"]).T.reshape(16, 3, 8, 8))
+  bias = torch.from_numpy(np.asarray(params["patch_embed"]["bias"]))
+  table = torch.from_numpy(np.asarray(params["pos_embed"]))
+  proj = params["projector"]
+  mlp = lambda x: (F.gelu(x @ torch.from_numpy(np.asarray(proj["linear_0"]["kernel"]))
+                          + torch.from_numpy(np.asarray(proj["linear_0"]["bias"])))
+                   @ torch.from_numpy(np.asarray(proj["linear_1"]["kernel"]))
+                   + torch.from_numpy(np.asarray(proj["linear_1"]["bias"])))
+  special = torch.from_numpy(np.asarray(params["special_tokens"]))
+  for b, image in enumerate(images):
+    feats, sizes = [], []
+    for view in resolution.oryx_views(image, 16, 32, 64):
+      pixels = torch.from_numpy((view.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(2, 0, 1)
+      x = F.conv2d(pixels[None], kernel, bias, stride=8)  # [1, 16, h, w]
+      h, w = x.shape[2:]
+      pos = table.T.reshape(1, 16, 6, 6)
+      if (h, w) != (6, 6):
+        pos = F.interpolate(pos, (h, w), mode="bilinear", align_corners=False)
+      x = (x + pos).flatten(2).transpose(1, 2)
+      x, _, _ = blocks.apply({"params": params["blocks"]}, jnp.asarray(x.numpy()), None)
+      feats.append(2 * torch.from_numpy(np.asarray(x)[0]))  # The compressor for images.
+      sizes.append((h, w))
+    expected = _oryx_projector_reference(feats[0], sizes[0], feats[1], sizes[1], mlp,
+                                         special[0], special[1], special[2], special[3]).numpy()
+    length = len(expected)
+    assert length == policy.num_tokens(image)
+    np.testing.assert_allclose(out[b, :length], expected, atol=1e-4, err_msg=str(b))
+    assert not np.any(out[b, length:])
+
+
+def test_oryx_7b_tower_shapes_without_allocating():
+  """configs/oryx.py at size=7b: SigLIP-so400m/16 with its 128 × 128 position table, the
+  compressor and the two-view projector into a 4096-wide LLM, as the authors' Oryx-7B."""
+  import pathlib
+  from mmjax import config_args
+  from mmjax.training import build
+  c = config_args.get_config(pathlib.Path(__file__).parents[1] / "configs" / "oryx.py",
+                             "size=7b")
+  config = build.model_config(c, 32000).tower
+  module = towers.tower_for(config)
+  inputs = build.oryx_views(c.model).blank()
+  spec = [jax.ShapeDtypeStruct((1, *inputs[k].shape), inputs[k].dtype) for k in config.INPUTS]
+  variables = jax.eval_shape(module.init, jax.random.key(0), *spec)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(variables)))
+  d, mlp, depth = 1152, 4304, 27
+  block = 4 * d * d + 4 * d + 2 * d * mlp + mlp + d + 4 * d
+  siglip = 3 * 16 * 16 * d + d + 128 * 128 * d + depth * block
+  compressor = 2 * (d * 256 + 256)
+  projector = d * 4096 + 4096 + 4096 * 4096 + 4096 + 4 * 4096
+  assert count == siglip + compressor + projector
+  out = jax.eval_shape(module.apply, variables, *spec)
+  assert out.shape == (1, config.budget, 4096)

@@ -131,7 +131,7 @@ def test_config_typos_fail_listing_valid_keys():
   with pytest.raises(ValueError, match=r"valid: \['res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
   with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
-                     r"'mini_gemini', 'onevision', 'qwen2vl', 'vit', 'xcomposer'\]"):
+                     r"'mini_gemini', 'onevision', 'oryx', 'qwen2vl', 'vit', 'xcomposer'\]"):
     config_args.get_config(DEFAULT, "tower=resnet")
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     config_args.get_config(DEFAULT, "size=huge")
@@ -279,7 +279,7 @@ def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo",
                                     "qwen2vl", "internvl15", "llava_onevision",
-                                    "xcomposer2_4khd"])
+                                    "xcomposer2_4khd", "oryx"])
 def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_path, method):
   c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=3")
   c.data.data_dir = data_dir

@@ -14,6 +14,7 @@ loss and is counted in the batch's `dropped` field; truncated ones are counted i
 """
 import dataclasses
 import json
+import math
 import signal
 from typing import Any, Callable
 
@@ -283,6 +284,107 @@ class HDCrops:
     return {"hd_crops": np.zeros((1 + self.hd_num, self.tile, self.tile, 3), np.float32),
             "hd_index": np.zeros((self.budget,), np.int32),
             "hd_kind": np.zeros((self.budget,), np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OryxViews:
+  """Oryx's two views of an image (`resolution.oryx_views`): a low-resolution one of about
+  low_base² pixels and the native one (larger images shrunk to max_res²), both with sides in
+  multiples of `multiple`, cut into patch × patch patches and packed into one row (low view
+  first), each region of ratio × ratio patches contiguous so the compressor pools it in place.
+  Pixels are normalised with SigLIP's mean / std (0.5).
+
+  Views: `patches` [max_patches, 3·P·P] (channel, row, column within a patch), `patch_segments`
+  [max_patches] (1: low view, 2: native view, 0: padding), `pos_index` / `pos_weight`
+  [max_patches, 4] (each patch's bilinear taps into the table × table position table,
+  `resolution.oryx_position_plan`), and the token layout `oryx_index` / `oryx_kind` [budget]
+  (`resolution.oryx_layout`). Static sizes hold for aspect ratios up to `max_aspect`; a longer
+  image is refused.
+  """
+  patch: int = 16
+  ratio: int = 1  # Compression per side: 1 for images (Oryx), 2 / 4 for its video modes.
+  multiple: int = 32  # Sides are multiples of this (patch · max(2, ratio)).
+  low_base: int = 384
+  max_res: int = 1536
+  table: int = 128  # Side of the learned position table (SigLIP at 2048 px / 16).
+  max_aspect: float = 3.0
+  mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+  std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+  keys = ("patches", "patch_segments", "pos_index", "pos_weight", "oryx_index", "oryx_kind")
+
+  def __post_init__(self):
+    if self.multiple % (self.patch * self.ratio):
+      raise ValueError(f"multiple={self.multiple} must be a multiple of patch · ratio = "
+                       f"{self.patch * self.ratio} so every view pools into whole regions.")
+    if self.max_aspect < 1:
+      raise ValueError(f"max_aspect={self.max_aspect} must be at least 1.")
+
+  def _bounds(self) -> tuple[int, int]:
+    """Upper bounds on (patches, rows of patches) of both views together, for images whose
+    aspect ratio is at most max_aspect (see oryx_size: floors keep the low view within
+    low_base², padding adds under one multiple per side to the native view)."""
+    root, m, p = math.sqrt(self.max_aspect * 1.01), self.multiple, self.patch
+    low_side = max(self.low_base * root, m)
+    low = max(self.low_base ** 2, m * low_side) / p ** 2
+    r = self.max_res
+    high = max(r * r, m * (r * root + m),
+               (r * r / m ** 2 + r * (root + 1 / root) / m + 1) * m * m) / p ** 2
+    rows = (low_side + r * root + m) / p
+    return int(low + high), int(rows) + 2
+
+  @property
+  def max_patches(self) -> int:
+    group = self.ratio ** 2
+    return -(-self._bounds()[0] // group) * group
+
+  @property
+  def budget(self) -> int:
+    patches, rows = self._bounds()
+    return patches // self.ratio ** 2 + rows // self.ratio + 2 + 3
+
+  def _check(self, image: np.ndarray) -> None:
+    h, w = image.shape[:2]
+    if max(h, w) / min(h, w) > self.max_aspect:
+      raise ValueError(f"Image of {h}x{w} has an aspect ratio over max_aspect="
+                       f"{self.max_aspect}; the Oryx policy's static budget assumes at most "
+                       "that (raise model.max_aspect).")
+
+  def num_tokens(self, image: np.ndarray) -> int:
+    self._check(image)
+    return resolution.oryx_num_tokens(image.shape[0], image.shape[1], self.patch, self.ratio,
+                                      self.multiple, self.low_base, self.max_res)
+
+  def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    self._check(image)
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    out = self.blank()
+    start, grids = 0, []
+    for view, pixels in enumerate(resolution.oryx_views(image, self.multiple, self.low_base,
+                                                        self.max_res)):
+      pixels = (pixels.astype(np.float32) / 255.0 - mean) / std
+      native = patches_lib.patchify(pixels, self.patch, self.ratio, temporal_patch_size=1)
+      rows, cols = native.grid
+      end = start + native.num_tokens
+      index, weight = resolution.oryx_position_plan(rows, cols, self.table)
+      flat = native.positions[:, 0] * cols + native.positions[:, 1]  # Region order → row-major.
+      out["patches"][start:end] = native.patches
+      out["patch_segments"][start:end] = view + 1
+      out["pos_index"][start:end], out["pos_weight"][start:end] = index[flat], weight[flat]
+      grids.append((rows // self.ratio, cols // self.ratio))
+      start = end
+    index, kind = resolution.oryx_layout(*grids)
+    out["oryx_index"][:len(kind)], out["oryx_kind"][:len(kind)] = index, kind
+    return out
+
+  def blank(self) -> dict[str, np.ndarray]:
+    n, budget = self.max_patches, self.budget
+    return {"patches": np.zeros((n, 3 * self.patch ** 2), np.float32),
+            "patch_segments": np.zeros((n,), np.int32),
+            "pos_index": np.zeros((n, 4), np.int32),
+            "pos_weight": np.zeros((n, 4), np.float32),
+            "oryx_index": np.zeros((budget,), np.int32),
+            "oryx_kind": np.zeros((budget,), np.int32)}
 
 
 def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:

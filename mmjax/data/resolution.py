@@ -9,6 +9,9 @@ tie-breaks included (METHODS §3); the parity tests compare them on hundreds of 
   * LLaVA-NeXT / OneVision AnyRes: `select_best_resolution`, `anyres_resized_size`,
     `anyres_crops`, `anyres_grid_shape`, `unpad_bounds`, `unpad`, `onevision_pooled_size`,
     `onevision_num_tokens`.
+  * XComposer2-4KHD: `xcomposer_hd_size`, `xcomposer_hd_image`, `xcomposer_plan`,
+    `xcomposer_num_tokens`.
+  * Oryx: `oryx_size`, `oryx_views`, `oryx_position_plan`, `oryx_layout`, `oryx_num_tokens`.
 
 Sizes are (height, width) everywhere except `internvl_grid`'s answer, which is (cols, rows) as
 InternVL and GOT-OCR2 return it.
@@ -378,3 +381,115 @@ def xcomposer_num_tokens(height: int, width: int, hd_num: int = 25, tile: int = 
   _, (canvas_h, canvas_w) = xcomposer_hd_size(height, width, hd_num, tile)
   rows, cols = canvas_h // tile, canvas_w // tile
   return (rows * cols + 1) * grid * grid + 1 + (rows + 1) * grid
+
+
+def oryx_size(height: int, width: int, multiple: int = 32, base: int = 0,
+              max_res: int = 1536, min_res: int = 0) -> tuple[int, int, bool]:
+  """Oryx's `resize_images` (with the authors' inference settings, PAD2STRIDE on):
+  (height, width, padded).
+
+  base > 0 (the low-resolution view, `LOWRES_RESIZE=384x32`): scaled to an area of base², each
+  side floored to the multiple. base = 0 (the native view, `HIGHRES_BASE=0x32`): an area over
+  max_res² (or under min_res²) is scaled to it the same way; any other image keeps its size and
+  is padded (centred, grey 127) up to whole multiples — `padded` is True then. A side the
+  reference floors to 0 px (aspect ratios beyond base / multiple) is kept at one multiple.
+  """
+  _check_size(height, width)
+  scale = None
+  if base:
+    scale = math.sqrt(base * base / (width * height))
+  elif width * height > max_res * max_res:
+    scale = math.sqrt(max_res * max_res / (width * height))
+  elif width * height < min_res * min_res:
+    scale = math.sqrt(min_res * min_res / (width * height))
+  if scale is None:
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple, True
+  return (max(int(height * scale / multiple), 1) * multiple,
+          max(int(width * scale / multiple), 1) * multiple, False)
+
+
+def _oryx_min_side(height: int, width: int) -> tuple[int, int]:
+  """The reference first enlarges an image with a side under 32 px so that side becomes 64."""
+  if width < 32 and height < 32:
+    ratio = 64 / min(width, height)
+  elif width < 32:
+    ratio = 64 / width
+  elif height < 32:
+    ratio = 64 / height
+  else:
+    return height, width
+  return int(height * ratio), int(width * ratio)
+
+
+def oryx_views(image: np.ndarray, multiple: int = 32, low_base: int = 384,
+               max_res: int = 1536) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 (H, W, 3) → Oryx's (low-resolution view, native view), uint8, as the authors'
+  `process_anyres_highres_image_genli` makes them (PIL bicubic resizes, grey padding)."""
+  pil = Image.fromarray(image)
+  height, width = _oryx_min_side(*image.shape[:2])
+  if (height, width) != image.shape[:2]:
+    pil = pil.resize((width, height), Image.BICUBIC)
+  views = []
+  for base in (low_base, 0):
+    h, w, padded = oryx_size(height, width, multiple, base, max_res)
+    if padded:
+      canvas = Image.new("RGB", (w, h), (127, 127, 127))
+      canvas.paste(pil, ((w - width) // 2, (h - height) // 2))
+      views.append(np.asarray(canvas))
+    else:
+      views.append(np.asarray(pil.resize((w, h), Image.BICUBIC)))
+  return views[0], views[1]
+
+
+def oryx_position_plan(rows: int, cols: int, table: int) -> tuple[np.ndarray, np.ndarray]:
+  """Oryx's `rescale_positional_embedding`: the learned table×table position table bilinearly
+  resized (torch, align_corners=False) to a rows×cols patch grid, as a gather plan — patch
+  (r, c) row-major gets Σ weight[k] · table_flat[index[k]]. → int32 [rows·cols, 4],
+  float32 [rows·cols, 4]; the identity when the grid is the table's own."""
+  if (rows, cols) == (table, table):
+    index = np.arange(table * table, dtype=np.int32)[:, None].repeat(4, axis=1)
+    return index, np.tile(np.array([1, 0, 0, 0], np.float32), (table * table, 1))
+  y0, y1, wy0, wy1 = _bilinear_axis(table, rows)
+  x0, x1, wx0, wx1 = _bilinear_axis(table, cols)
+  index = np.stack([y0[:, None] * table + x0[None], y0[:, None] * table + x1[None],
+                    y1[:, None] * table + x0[None], y1[:, None] * table + x1[None]], axis=-1)
+  weight = np.stack([wy0[:, None] * wx0[None], wy0[:, None] * wx1[None],
+                     wy1[:, None] * wx0[None], wy1[:, None] * wx1[None]], axis=-1)
+  return index.reshape(-1, 4).astype(np.int32), weight.reshape(-1, 4).astype(np.float32)
+
+
+ORYX_KINDS = ("padding", "token", "newline", "separator", "begin", "end")
+
+
+def oryx_layout(low: tuple[int, int], high: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """The order of Oryx's visual tokens (its `simple_mlp_twoview` projector): begin, the
+  low-resolution view's token grid row by row with a newline after each row, a separator, the
+  native view's the same way, end. `low` / `high` are the views' token grids (rows, cols) after
+  compression; tokens are numbered row-major, the low view's first. → (index, kind) int32
+  [length]: kind is an ORYX_KINDS index, index the token's number (0 where kind is not token)."""
+  index, kind = [0], [4]
+  start = 0
+  for view, (rows, cols) in enumerate((low, high)):
+    if view:
+      index.append(0)
+      kind.append(3)
+    grid = start + np.arange(rows * cols).reshape(rows, cols)
+    for row in grid:
+      index += [*row.tolist(), 0]
+      kind += [1] * cols + [2]
+    start += rows * cols
+  index.append(0)
+  kind.append(5)
+  return np.asarray(index, np.int32), np.asarray(kind, np.int32)
+
+
+def oryx_num_tokens(height: int, width: int, patch: int = 16, ratio: int = 1,
+                    multiple: int = 32, low_base: int = 384, max_res: int = 1536) -> int:
+  """Visual tokens of one image under Oryx at compression `ratio` (1 for images)."""
+  height, width = _oryx_min_side(height, width)
+  total = 3
+  for base in (low_base, 0):
+    h, w, _ = oryx_size(height, width, multiple, base, max_res)
+    rows, cols = h // patch // ratio, w // patch // ratio
+    total += rows * (cols + 1)
+  return total

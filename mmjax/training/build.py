@@ -76,6 +76,15 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
   if name == "xcomposer":
     return towers.XComposerTowerConfig(vit=_vit(m, m.tile, common), select_layer=m.select_layer,
                                        hd_num=m.hd_num, budget=hd_crops(m).budget)
+  if name == "oryx":
+    views = oryx_views(m)
+    return towers.OryxTowerConfig(
+        vit=vit.ViTConfig(image_size=m.patch_size, patch_size=m.patch_size, width=m.vit_width,
+                          depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
+                          act=m.vit_act, norm_eps=1e-6, use_cls=False, pre_norm=False,
+                          position_embedding="none", **common),
+        table=m.pos_table, ratio=m.oryx_ratio, out_width=llm_width,
+        max_patches=views.max_patches, budget=views.budget)
   if name == "onevision":
     crops = anyres_crops(m)
     return towers.OneVisionTowerConfig(
@@ -127,6 +136,13 @@ def anyres_crops(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
                               candidates=candidates, anyres_max=m.anyres_max)
 
 
+def oryx_views(m: ml_collections.ConfigDict) -> pipeline.OryxViews:
+  """Oryx's low-resolution (about low_res² pixels) and native (up to image_size²) views."""
+  return pipeline.OryxViews(patch=m.patch_size, ratio=m.oryx_ratio,
+                            multiple=m.patch_size * max(2, m.oryx_ratio), low_base=m.low_res,
+                            max_res=m.image_size, table=m.pos_table, max_aspect=m.max_aspect)
+
+
 def hd_crops(m: ml_collections.ConfigDict) -> pipeline.HDCrops:
   """XComposer2-4KHD's canvas of at most `hd_num` tiles of `tile` px."""
   return pipeline.HDCrops(tile=m.tile, hd_num=m.hd_num, grid=m.tile // m.patch_size // 2)
@@ -145,6 +161,8 @@ def policy(c: ml_collections.ConfigDict) -> Any:
     return anyres_crops(c.model)
   if c.model.tower == "xcomposer":
     return hd_crops(c.model)
+  if c.model.tower == "oryx":
+    return oryx_views(c.model)
   return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
 
 
@@ -156,7 +174,7 @@ def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> i
     return config.tower.max_tiles * config.tower.tokens_per_tile
   if c.model.tower == "onevision":
     return config.tower.max_tokens
-  if c.model.tower == "xcomposer":
+  if c.model.tower in ("xcomposer", "oryx"):
     return config.tower.budget
   return config.tower.num_tokens(c.model.image_size, c.model.image_size)
 

@@ -13,6 +13,7 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   internvl     dynamic aspect-ratio tiles (+ thumbnail), unshuffled ViT  (internvl.py)
   onevision    AnyRes crops, projected, unpadded and shrunk into one map (onevision.py)
   xcomposer    HD canvas tiles + global view, 2x2 merge, newline/separator (xcomposer.py)
+  oryx         low-res + native views, resized position table, compressor (oryx.py)
 
 A dynamic-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
 token count depends on the image (the policy's `num_tokens`, `mmjax.data.pipeline`): the image's
@@ -27,13 +28,14 @@ from mmjax.models.towers.leo import LEOTower, LEOTowerConfig
 from mmjax.models.towers.llava_hr import LLaVAHRTower, LLaVAHRTowerConfig
 from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConfig
 from mmjax.models.towers.onevision import OneVisionTower, OneVisionTowerConfig
+from mmjax.models.towers.oryx import OryxTower, OryxTowerConfig
 from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
 from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
 from mmjax.models.towers.xcomposer import XComposerTower, XComposerTowerConfig
 
 TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
                | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig | OneVisionTowerConfig
-               | XComposerTowerConfig)
+               | XComposerTowerConfig | OryxTowerConfig)
 
 TOWERS = {
     "vit": (ViTTowerConfig, ViTTower),
@@ -45,6 +47,7 @@ TOWERS = {
     "internvl": (InternVLTowerConfig, InternVLTower),
     "onevision": (OneVisionTowerConfig, OneVisionTower),
     "xcomposer": (XComposerTowerConfig, XComposerTower),
+    "oryx": (OryxTowerConfig, OryxTower),
 }
 
 
