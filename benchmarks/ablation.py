@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOWERS = ("llava15", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl15",
-          "llava_onevision")
+          "llava_onevision", "xcomposer2_4khd", "oryx")
 FAMILIES = ("fine", "coarse", "position")
 
 
@@ -78,11 +78,16 @@ def run_one(tower: str, seed: int, args) -> dict:
   return row
 
 
+def families(rows: list[dict]) -> list[str]:
+  """The question families every run was evaluated on (fewer under `--set data.kinds=…`)."""
+  return [f for f in FAMILIES if all(f in r["accuracy"] for r in rows)]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
   out = []
   for tower in dict.fromkeys(r["tower"] for r in rows):
     runs = [r for r in rows if r["tower"] == tower]
-    acc = {f: [r["accuracy"][f] for r in runs] for f in FAMILIES}
+    acc = {f: [r["accuracy"][f] for r in runs] for f in families(rows)}
     out.append({
         "tower": tower, "seeds": len(runs), "visual_tokens": runs[0]["visual_tokens"],
         "visual_token_budget": runs[0]["visual_token_budget"],
@@ -98,7 +103,8 @@ def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
+  fig, (curves, bars, cost) = plt.subplots(1, 3, figsize=(16, 4))
+  names = families(rows)
   colours = dict(zip(TOWERS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
   for r in rows:
     steps, losses = zip(*r["loss_curve"])
@@ -107,12 +113,19 @@ def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
   curves.set(xlabel="step", ylabel="training loss (answer tokens)", yscale="log")
   curves.legend(fontsize=8)
   width = 0.8 / len(summary)
+  markers = dict(zip(FAMILIES, "o^s"))
   for i, s in enumerate(summary):
-    x = np.arange(len(FAMILIES)) + i * width
-    bars.bar(x, [s[f"{f}_mean"] for f in FAMILIES], width, yerr=[s[f"{f}_std"] for f in FAMILIES],
+    x = np.arange(len(names)) + i * width
+    bars.bar(x, [s[f"{f}_mean"] for f in names], width, yerr=[s[f"{f}_std"] for f in names],
              color=colours.get(s["tower"]), label=s["tower"])
-  bars.set_xticks(np.arange(len(FAMILIES)) + 0.4 - width / 2, FAMILIES)
+    for f in names:  # What each policy's accuracy costs in visual tokens (mean per image).
+      cost.errorbar(s["visual_tokens"], s[f"{f}_mean"], yerr=s[f"{f}_std"], fmt=markers[f],
+                    color=colours.get(s["tower"]), label=f if i == 0 else None)
+  bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
   bars.set(ylabel="validation accuracy", ylim=(0, 1))
+  cost.set(xlabel="visual tokens per image (mean)", ylabel="validation accuracy", ylim=(0, 1),
+           xscale="log")
+  cost.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
 
@@ -145,11 +158,12 @@ def main():
       rows.append(future.result())
       print(f"{tower} seed {seed}: {rows[-1]['accuracy']}", flush=True)
   summary = summarize(rows)
-  print(f"\n| tower | visual tokens (mean / budget) | fine | coarse | position | step s | "
+  names = families(rows)
+  print(f"\n| tower | visual tokens (mean / budget) | {' | '.join(names)} | step s | "
         f"peak RSS GB |")
-  print("|---|---|---|---|---|---|---|")
+  print("|---|---|" + "---|" * len(names) + "---|---|")
   for s in summary:
-    cells = " | ".join(f"{s[f + '_mean']:.3f} ± {s[f + '_std']:.3f}" for f in FAMILIES)
+    cells = " | ".join(f"{s[f + '_mean']:.3f} ± {s[f + '_std']:.3f}" for f in names)
     print(f"| {s['tower']} | {s['visual_tokens']:.0f} / {s['visual_token_budget']} | {cells} | "
           f"{s['step_seconds']:.2f} | "
           f"{s['peak_rss_gb']:.1f} |")

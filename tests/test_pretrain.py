@@ -131,3 +131,12 @@ def test_pretraining_needs_the_embedded_dataset(tmp_path):
   c.data.dataset = "llava_json:/somewhere"
   with pytest.raises(ValueError, match="question labels"):
     pretrain_tower.pretrain(c, tmp_path, steps=1, batch=1, lr=1e-3, eval_every=1)
+
+
+def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
+  c = tiny(data_dir)
+  c.data.kinds = "pattern_colours,background_colour"
+  accuracy = pretrain_tower.pretrain(c, tmp_path, steps=2, batch=4, lr=1e-3, eval_every=2)
+  assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours", "background_colour"}
+  answers = json.loads((tmp_path / "pretrain.json").read_text())["answers"]
+  assert "red and cyan" in answers and not any(a.isdigit() for a in answers)  # No codes/counts.

@@ -404,6 +404,7 @@ def test_oryx_7b_tower_shapes_without_allocating():
   compressor and the two-view projector into a 4096-wide LLM, as the authors' Oryx-7B."""
   import pathlib
   from mmjax import config_args
+  from mmjax import sharding
   from mmjax.training import build
   c = config_args.get_config(pathlib.Path(__file__).parents[1] / "configs" / "oryx.py",
                              "size=7b")
@@ -412,6 +413,9 @@ def test_oryx_7b_tower_shapes_without_allocating():
   inputs = build.oryx_views(c.model).blank()
   spec = [jax.ShapeDtypeStruct((1, *inputs[k].shape), inputs[k].dtype) for k in config.INPUTS]
   variables = jax.eval_shape(module.init, jax.random.key(0), *spec)
+  sharding.check_names(variables)
+  leaves = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(leaf, nn.Partitioned) for leaf in leaves)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(variables)))
   d, mlp, depth = 1152, 4304, 27
   block = 4 * d * d + 4 * d + 2 * d * mlp + mlp + d + 4 * d

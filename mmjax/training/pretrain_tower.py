@@ -6,7 +6,8 @@ statistics (README: coarse questions stay at the majority answer except the back
 over 1,000 steps of batch 32 and three learning rates). This is the stand-in for that
 pre-training: the tower, fed exactly the views the MLLM will see (the config's resolution
 policy), with a small classifier head that reads every question of the image as its kind and
-target words (`questions.condition`) and predicts the answer. Only the tower's parameters are
+target words (`questions.condition`) and predicts the answer (`data.kinds` restricts the
+questions, e.g. to one rung of the fine ladder). Only the tower's parameters are
 kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from them.
 
   python -m mmjax.training.pretrain_tower --config configs/default.py --workdir runs/pre
@@ -81,20 +82,26 @@ class Pretrainer(nn.Module):
 
 
 class _Questions:
-  """One split's images (decoded on demand) and questions as (image, condition, answer, kind)."""
+  """One split's images (decoded on demand) and questions as (image, condition, answer, kind),
+  of the question `kinds` given (() = every kind); `images` are those with such a question."""
 
-  def __init__(self, source, policy: Any, num_tokens: int, answers: list[str] | None = None):
+  def __init__(self, source, policy: Any, num_tokens: int, answers: list[str] | None = None,
+               kinds: tuple[str, ...] = ()):
     self.source, self.policy, self.num_tokens = source, policy, num_tokens
     self.items = []
     for i in range(len(source)):
       qa = source[i]["qa"]
       for kind, q, a in zip(qa["kind"], qa["question"], qa["answer"]):
-        self.items.append((i, kind.decode(), questions.condition(kind.decode(), q.decode()),
-                           a.decode()))
+        if not kinds or kind.decode() in kinds:
+          self.items.append((i, kind.decode(), questions.condition(kind.decode(), q.decode()),
+                             a.decode()))
     self.answers = answers or sorted({a for *_, a in self.items})
     self.by_image = [[] for _ in range(len(source))]
     for n, item in enumerate(self.items):
       self.by_image[item[0]].append(n)
+    self.images = np.asarray([i for i, q in enumerate(self.by_image) if q])
+    if not len(self.images):
+      raise ValueError(f"No question of the kinds {list(kinds)} in this split.")
     self.per_image = max(len(q) for q in self.by_image)
 
   def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,8 +137,9 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   workdir.mkdir(parents=True, exist_ok=True)
   config = build.model_config(c, build.tokenizer(c).vocab_size)
   policy, tokens = build.policy(c), build.num_image_tokens(config, c)
-  train = _Questions(build.data_source(c, "train"), policy, tokens)
-  val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers)
+  kinds = build.question_kinds(c)
+  train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds)
+  val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers, kinds)
   model = Pretrainer(config.tower, len(train.answers))
   rng = np.random.default_rng(c.seed)
   example = train.batch(np.arange(1))
@@ -157,8 +165,8 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
 
   def evaluate(params) -> dict[str, float]:
     right: dict[str, list[bool]] = {}
-    for s in range(0, len(val.source), batch):
-      b = val.batch(np.arange(s, min(s + batch, len(val.source))))
+    for s in range(0, len(val.images), batch):
+      b = val.batch(val.images[s:s + batch])
       hits = np.asarray(predict(params, _device(b))) == b["label"]
       for k, h, m in zip(b["kind"], hits, b["mask"]):
         if m:
@@ -167,7 +175,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
 
   curve, start = [], time.time()
   for i in range(1, steps + 1):
-    b = train.batch(rng.choice(len(train.source), batch, replace=False))
+    b = train.batch(rng.choice(train.images, batch, replace=False))
     params, opt, loss = step(params, opt, _device(b))
     if i % eval_every == 0 or i == steps:
       accuracy = evaluate(params)
