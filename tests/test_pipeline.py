@@ -310,7 +310,26 @@ def test_oryx_policy_budget_holds_every_aspect_and_refuses_longer(ratio):
                                      for v in (low, high)])
   np.testing.assert_array_equal(row["oryx_kind"][:len(kind)], kind)
   assert not row["oryx_kind"][len(kind):].any() and len(kind) == policy.num_tokens(image)
-  with pytest.raises(ValueError, match="aspect ratio over max_aspect=3.0"):
+  with pytest.raises(pipeline.ImageRefused, match="aspect ratio over max_aspect=3.0"):
     policy(np.zeros((10, 40, 3), np.uint8))
   with pytest.raises(ValueError, match="multiple=48 must be a multiple of patch · ratio"):
     pipeline.OryxViews(patch=16, ratio=2, multiple=48)
+
+
+@pytest.mark.parametrize("policy", [pipeline.NativeResolution(patch_size=14, max_patches=64),
+                                    pipeline.OryxViews(patch=16, multiple=32, low_base=64,
+                                                       max_res=128, table=8)],
+                         ids=["qwen2vl", "oryx"])
+def test_an_image_a_policy_refuses_becomes_a_dropped_row(source, policy):
+  """Qwen2-VL refuses aspect ratios over 200, Oryx's static budget over max_aspect: the row is
+  dropped and counted, so one odd image cannot stop a training run."""
+  record = {**source[0], "image": np.zeros((2, 500, 3), np.uint8)}
+  with pytest.raises(pipeline.ImageRefused):
+    policy(record["image"])
+  fmt = pipeline.FormatExample(task="vqa", template="vicuna_v1", tokenizer=TOK,
+                               num_image_tokens=16, max_len=640, policy=policy)
+  row = fmt.random_map(record, np.random.default_rng(0))
+  assert row["dropped"] == 1 and row["loss_mask"].sum() == 0 and row["segment_ids"].sum() == 0
+  for key, blank in policy.blank().items():
+    np.testing.assert_array_equal(row[key], blank)
+  assert fmt.random_map(source[0], np.random.default_rng(0))["dropped"] == 0

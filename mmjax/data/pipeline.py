@@ -39,6 +39,11 @@ ASPECTS = ("pad", "squash")
 TASKS = ("vqa", "caption", "conversation")
 
 
+class ImageRefused(ValueError):
+  """A resolution policy cannot encode this image (an aspect ratio beyond its rule or its static
+  budget); the pipeline drops the row and counts it in `dropped`, as an unusable conversation."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FixedResolution:
   """The fixed-size policy: square views of the whole image at one or two sizes.
@@ -113,11 +118,22 @@ class NativeResolution:
   def max_pixels(self) -> int:
     return self.max_patches * self.patch_size ** 2
 
+  def _size(self, image: np.ndarray) -> tuple[int, int]:
+    """`smart_resize`'s size, or ImageRefused where the rule refuses the image."""
+    try:
+      return resolution.smart_resize(image.shape[0], image.shape[1],
+                                     self.patch_size * self.merge_size, self.min_pixels,
+                                     self.max_pixels)
+    except ValueError as e:  # Qwen2-VL refuses aspect ratios over 200.
+      raise ImageRefused(str(e)) from e
+
   def num_tokens(self, image: np.ndarray) -> int:
+    self._size(image)
     return resolution.qwen2vl_num_tokens(image.shape[0], image.shape[1], self.patch_size,
                                          self.merge_size, self.min_pixels, self.max_pixels)
 
   def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    self._size(image)
     native = patches_lib.native_image(image, self.mean, self.std, self.patch_size,
                                       self.merge_size, self.temporal_patch_size,
                                       self.min_pixels, self.max_pixels)
@@ -346,7 +362,7 @@ class OryxViews:
   def _check(self, image: np.ndarray) -> None:
     h, w = image.shape[:2]
     if max(h, w) / min(h, w) > self.max_aspect:
-      raise ValueError(f"Image of {h}x{w} has an aspect ratio over max_aspect="
+      raise ImageRefused(f"Image of {h}x{w} has an aspect ratio over max_aspect="
                        f"{self.max_aspect}; the Oryx policy's static budget assumes at most "
                        "that (raise model.max_aspect).")
 
@@ -436,21 +452,22 @@ class FormatExample(grain.transforms.RandomMap):
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
     row = {"dropped": np.int32(0), "truncated": np.int32(0), "has_image": np.int32(has_image)}
-    num_image_tokens = (image_tokens(self.policy, record["image"], self.num_image_tokens)
-                        if has_image else self.num_image_tokens)
     try:
+      views = self.policy(record["image"]) if has_image else self.policy.blank()
+      num_image_tokens = (image_tokens(self.policy, record["image"], self.num_image_tokens)
+                          if has_image else self.num_image_tokens)
       encoded = tokenizer_lib.encode_conversation(
           self.template, conversation_of(record, self.task, rng, self.max_questions, self.kinds),
           self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
           max_len=self.max_len)
       ids, mask = encoded.ids, encoded.loss_mask
       row["truncated"] = np.int32(encoded.truncated)
-    except tokenizer_lib.ConversationError:
-      ids, mask = np.zeros(0, np.int32), np.zeros(0, np.int32)
-      row["dropped"], has_image = np.int32(1), False
+    except (tokenizer_lib.ConversationError, ImageRefused):
+      ids, mask, views = np.zeros(0, np.int32), np.zeros(0, np.int32), self.policy.blank()
+      row["dropped"] = np.int32(1)
     row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
                                           image_id=self.tokenizer.image_id))
-    row.update(self.policy(record["image"]) if has_image else self.policy.blank())
+    row.update(views)
     if getattr(self.policy, "mrope", False):
       row["positions"] = mrope_row(ids, self.max_len, self.tokenizer.image_id,
                                    row["image_grid"], self.policy.merge_size)
