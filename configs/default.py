@@ -95,8 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.tower = arg.tower  # Vision tower (mmjax.models.towers.TOWERS).
-  # The tower's input side: the ViT's for `vit`, else the high resolution (oryx: the native
-  # view's largest side for a square image, max_res).
+  # The tower's input side: the ViT's for `vit`, else the high resolution (oryx: max_res, the
+  # native view holds at most max_res² pixels).
   c.model.image_size = high
   # Mixed towers: the ViT's side (a bilinear downsample of the input); oryx: the low view's side.
   c.model.low_res = low

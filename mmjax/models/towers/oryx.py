@@ -26,16 +26,16 @@ from mmjax.models.vit import ViTBlock, ViTConfig
 
 @dataclasses.dataclass(frozen=True)
 class OryxTowerConfig:
-  # The authors' SigLIP-so400m/16 (26 + 1 blocks, all used; no final LayerNorm), GELU (erf).
-  vit: ViTConfig = ViTConfig(image_size=16, patch_size=16, width=1152, depth=27,
-                                     num_heads=16, mlp_dim=4304, act="gelu", norm_eps=1e-6,
-                                     use_cls=False, pre_norm=False, position_embedding="none")
+  # The authors' SigLIP-so400m/16: all 27 blocks used, no final LayerNorm, GELU (erf).
+  vit: ViTConfig = ViTConfig(image_size=16, patch_size=16, width=1152, depth=27, num_heads=16,
+                             mlp_dim=4304, act="gelu", norm_eps=1e-6, use_cls=False,
+                             pre_norm=False, position_embedding="none")
   table: int = 128  # Side of the learned position table (2048 px / 16).
   ratio: int = 1  # Compressor pooling per side (1: images).
   mid: int = 256  # Compressor query / key width.
   out_width: int = 4096  # The LLM's width (projector output, special tokens).
   max_patches: int = 10240  # Patches per row (`pipeline.OryxViews.max_patches`).
-  budget: int = 10240  # Layout length (`pipeline.OryxViews.budget`).
+  budget: int = 10457  # Layout length (`pipeline.OryxViews.budget`).
 
   INPUTS = ("patches", "patch_segments", "pos_index", "pos_weight", "oryx_index", "oryx_kind")
 
