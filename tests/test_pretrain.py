@@ -2,6 +2,7 @@
 import json
 import pathlib
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -140,3 +141,16 @@ def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
   assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours", "background_colour"}
   answers = json.loads((tmp_path / "pretrain.json").read_text())["answers"]
   assert "red and cyan" in answers and not any(a.isdigit() for a in answers)  # No codes/counts.
+
+
+def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
+  """Threads change when a batch is made, never which batch: the tower comes out identical."""
+  runs = []
+  for workers in (0, 3):
+    workdir = tmp_path / str(workers)
+    pretrain_tower.pretrain(tiny(data_dir), workdir, steps=3, batch=4, lr=1e-3, eval_every=3,
+                            workers=workers)
+    runs.append(files.load_params(workdir / files.PARAMS_FILE))
+  chex.assert_trees_all_equal(*runs)
+  assert list(pretrain_tower.prefetched(lambda a: a * a, range(50), 4)) == [
+      a * a for a in range(50)]

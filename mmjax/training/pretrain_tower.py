@@ -17,9 +17,12 @@ kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from t
 Writes WORKDIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
 WORKDIR/pretrain.json (validation accuracy per question kind along the way).
 """
+import collections
+import concurrent.futures
 import json
 import pathlib
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -45,6 +48,8 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Optimizer updates.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per update (with all their questions).")
 _LR = flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (warm-up, cosine decay).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between validation passes.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop).")
 
 
 class Pretrainer(nn.Module):
@@ -126,10 +131,27 @@ class _Questions:
             "mask": np.asarray(mask, np.float32), "kind": np.asarray(kind)}
 
 
+def prefetched(make: Callable[[Any], Any], args: Iterable[Any], workers: int) -> Iterator[Any]:
+  """`make(a)` for each of `args`, in order, up to 2 × `workers` computed ahead on threads
+  (PIL's decoding and resizing release the GIL, which is what bounds a fast accelerator)."""
+  if workers == 0:
+    yield from map(make, args)
+    return
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending = collections.deque()
+    for a in args:
+      pending.append(pool.submit(make, a))
+      if len(pending) > 2 * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
-             batch: int, lr: float, eval_every: int) -> dict[str, Any]:
-  """Pre-trains `c`'s tower; writes its parameters and the curve to `workdir`; returns the last
-  validation accuracy per kind."""
+             batch: int, lr: float, eval_every: int, workers: int = 0) -> dict[str, Any]:
+  """Pre-trains `c`'s tower; returns the last validation accuracy per kind. The tower's
+  parameters and the curve are written to `workdir` at every validation pass, so a run stopped
+  early keeps its last one."""
   if not c.data.dataset.startswith("fine_detail/"):
     raise ValueError(f"Tower pre-training reads the embedded dataset's question labels; "
                      f"data.dataset={c.data.dataset!r} is not 'fine_detail/<config>'.")
@@ -173,20 +195,25 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
           right.setdefault(str(k), []).append(bool(h))
     return {k: float(np.mean(v)) for k, v in sorted(right.items())}
 
+  def save(curve):
+    files.save_params(workdir / files.PARAMS_FILE,
+                      jax.tree.map(np.asarray, nn.unbox(params["params"]["tower"])))
+    (workdir / "pretrain.json").write_text(json.dumps(
+        {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
+         "answers": train.answers, "curve": curve}, indent=1))
+
   curve, start = [], time.time()
-  for i in range(1, steps + 1):
-    b = train.batch(rng.choice(train.images, batch, replace=False))
+  picks = (rng.choice(train.images, batch, replace=False) for _ in range(steps))
+  for i, b in enumerate(prefetched(train.batch, picks, workers), start=1):
     params, opt, loss = step(params, opt, _device(b))
+    if i == 1:
+      print(f"step 1 (compiles the step) {time.time() - start:.0f}s", flush=True)
     if i % eval_every == 0 or i == steps:
       accuracy = evaluate(params)
       curve.append({"step": i, "loss": float(loss), "seconds": time.time() - start, **accuracy})
       print(f"step {i} loss {float(loss):.3f} {time.time() - start:.0f}s " +
             " ".join(f"{k}={v:.2f}" for k, v in accuracy.items()), flush=True)
-  files.save_params(workdir / files.PARAMS_FILE,
-                    jax.tree.map(np.asarray, nn.unbox(params["params"]["tower"])))
-  (workdir / "pretrain.json").write_text(json.dumps(
-      {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-       "answers": train.answers, "curve": curve}, indent=1))
+      save(curve)
   return curve[-1]
 
 
@@ -197,7 +224,7 @@ def _device(b: dict[str, Any]) -> dict[str, Any]:
 def main(argv):
   del argv
   pretrain(_CONFIG.value, _WORKDIR.value, steps=_STEPS.value, batch=_BATCH.value, lr=_LR.value,
-           eval_every=_EVAL_EVERY.value)
+           eval_every=_EVAL_EVERY.value, workers=_WORKERS.value)
 
 
 if __name__ == "__main__":
