@@ -89,8 +89,9 @@ class Probe(nn.Module):
   question condition."""
   config: convnext.ConvNeXtConfig
   num_answers: int
-  grid: int  # Side of the last feature map: res / 32.
+  grid: int  # Side of the last feature map: res / 32 / pool.
   backbone_kind: str = "convnext"
+  pool: int = 1  # CNN map average-pooled pool×pool, as LLaVA-HR aligns it to the ViT's grid.
 
   def setup(self):
     if self.backbone_kind == "vit":  # The default config's small ViT, patch 32, no class token.
@@ -111,6 +112,8 @@ class Probe(nn.Module):
     if self.backbone_kind == "vit":
       return self.backbone(images)["hidden_states"][-1]
     f = self.backbone(images)[-1]
+    if self.pool > 1:
+      f = nn.avg_pool(f, (self.pool, self.pool), strides=(self.pool, self.pool))
     b, h, w, c = f.shape
     return f.reshape(b, h * w, c)
 
@@ -136,7 +139,9 @@ def run(res, train, val, answers, args):
   cfg = convnext.ConvNeXtConfig(widths=tuple(map(int, args.widths.split(","))),
                                 depths=tuple(map(int, args.depths.split(","))),
                                 layer_scale_init=1.0)
-  model = Probe(cfg, len(answers), res // 32, args.backbone)
+  if args.pool > 1 and args.backbone == "vit":
+    raise ValueError("--pool applies to the CNN backbones' last map, not to --backbone vit.")
+  model = Probe(cfg, len(answers), res // 32 // args.pool, args.backbone, args.pool)
 
   def arrays(items):
     cond = np.stack([condition(k, q) for _, k, q, _ in items])
@@ -241,6 +246,8 @@ def main():
   parser.add_argument("--backbone", default="cnn", choices=("cnn", "convnext", "vit"))
   parser.add_argument("--widths", default="16,32,64,128", help="Stage widths.")
   parser.add_argument("--depths", default="1,1,2,1", help="Stage depths.")
+  parser.add_argument("--pool", type=int, default=1, help="Average-pool the CNN's last map "
+                      "pool×pool (2: a 448 px ConvNeXt on a 224 px ViT's grid, as LLaVA-HR).")
   parser.add_argument("--lr", type=float, default=1e-3)
   parser.add_argument("--eval_every", type=int, default=100)
   parser.add_argument("--kinds", default="", help="Comma-separated question kinds to train and "
