@@ -204,7 +204,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.tensor = 1
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.max_new_tokens = 16  # Bytes: the longest answer, "bottom right", is 12 + eos.
+  # Bytes: the longest embedded answer, "green and magenta", is 17 + eos; eval refuses a split
+  # holding an answer longer than this rather than count it wrong.
+  c.eval.max_new_tokens = 24
   c.eval.batch_size = 64
   c.lock()
   return c

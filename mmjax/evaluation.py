@@ -58,6 +58,10 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
                                               qa["answer"]):
       if kinds and kind.decode() not in kinds:
         continue
+      needed = len(tok.encode(answer.decode())) + 1  # With its EOS.
+      if needed > c.eval.max_new_tokens:  # Exact match would silently count it wrong.
+        raise ValueError(f"eval.max_new_tokens={c.eval.max_new_tokens} cannot hold the answer "
+                         f"{answer.decode()!r} (image {i}, {needed} tokens with EOS); raise it.")
       turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
       prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
                                            num_image_tokens=n_tokens)

@@ -179,6 +179,9 @@ def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_p
   assert saved["step"] == 8 and set(saved["accuracy"]) == {"fine", "coarse", "position"}
   assert tuple(saved["accuracy_by_kind"]) == asked
   assert saved == json.loads(json.dumps(result))
+  with pytest.raises(ValueError, match="eval.max_new_tokens=8 cannot hold the answer"):
+    evaluation.evaluate(tiny(data_dir, steps=8, **{"eval.max_new_tokens": 8,
+                                                   "data.kinds": "pattern_colours"}), long)
 
 
 def _run(command, env=None, timeout=300):
