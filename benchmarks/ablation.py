@@ -9,8 +9,11 @@ time; visual tokens; peak memory), JSON and a PNG of the loss curves and accurac
 
   python benchmarks/ablation.py --steps 500 --seeds 0,1 --out benchmarks/results/ablation
 
-On an accelerator, `--jobs N` runs N (tower, seed) pairs at once and `--set` overrides config
-fields of every run (e.g. `--set train.batch_size=32 --set data.worker_count=3`).
+`--pretrain_steps N` first pre-trains each run's tower with a classifier head
+(`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
+the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
+train.trainable=^(projector|llm)/`. On an accelerator, `--jobs N` runs N (tower, seed) pairs at
+once and `--set` overrides config fields of every run (e.g. `--set train.batch_size=32`).
 """
 import argparse
 import concurrent.futures
@@ -41,12 +44,22 @@ def _run(command: list[str], log: pathlib.Path) -> dict:
   return {"peak_rss_bytes": usage.ru_maxrss * 1024, "seconds": time.time() - start}
 
 
-def visual_tokens(tower: str, size: str) -> int:
-  from mmjax import config_args
-  from mmjax.training import build
-  c = config_args.get_config(ROOT / "configs" / f"{tower}.py", f"size={size}")
-  config = build.model_config(c, build.tokenizer(c).vocab_size)
-  return build.num_image_tokens(config, c)
+def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
+  """Pre-trains the run's tower into `workdir` (kept if already done); returns its last
+  validation accuracies and wall time."""
+  record = workdir / "pretrain.json"
+  done = lambda: record.exists() and json.loads(record.read_text())["curve"][-1]["step"] == \
+      args.pretrain_steps
+  if not done():
+    _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
+          f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
+          f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
+          f"--eval_every={args.pretrain_steps}", f"--workers={args.pretrain_workers}"],
+         workdir.with_suffix(".log"))
+  last = json.loads(record.read_text())["curve"][-1]
+  return {"steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
+          "accuracy_by_kind": {k: v for k, v in last.items()
+                               if k not in ("step", "seconds", "loss")}}
 
 
 def run_one(tower: str, seed: int, args) -> dict:
@@ -60,6 +73,10 @@ def run_one(tower: str, seed: int, args) -> dict:
   if args.data_dir:
     flags.append(f"--config.data.data_dir={args.data_dir}")
   flags += [f"--config.{item}" for item in args.set]
+  pretraining = None
+  if args.pretrain_steps:
+    pretraining = pretrain_tower(workdir / "tower", flags, args)
+    flags.append(f"--config.train.init_params=tower={workdir / 'tower'}")
   train = _run([sys.executable, "train.py", *flags], workdir / "train.log")
   evaluate = _run([sys.executable, "eval.py", *flags], workdir / "eval.log")
   result = json.loads((workdir / "eval" / f"{args.steps}.json").read_text())
@@ -68,7 +85,8 @@ def run_one(tower: str, seed: int, args) -> dict:
       "tower": tower, "seed": seed, "steps": args.steps,
       "accuracy": result["accuracy"], "accuracy_by_kind": result["accuracy_by_kind"],
       "visual_tokens": result["visual_tokens_per_image"],  # Mean over the evaluated images.
-      "visual_token_budget": visual_tokens(tower, args.size),
+      "visual_token_budget": result["visual_token_budget"],
+      "tower_pretraining": pretraining,
       "step_seconds": float(np.median([m["step_time"] for m in metrics])),
       "train_peak_rss_bytes": train["peak_rss_bytes"], "train_seconds": train["seconds"],
       "eval_seconds": evaluate["seconds"],
@@ -142,6 +160,12 @@ def main():
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="Config override for every run, e.g. train.batch_size=32 (repeatable).")
   parser.add_argument("--jobs", type=int, default=1, help="(tower, seed) runs at once.")
+  parser.add_argument("--pretrain_steps", type=int, default=0,
+                      help="Tower pre-training steps before train.py (0: none).")
+  parser.add_argument("--pretrain_batch", type=int, default=32, help="Its images per step.")
+  parser.add_argument("--pretrain_lr", type=float, default=2e-3, help="Its peak learning rate.")
+  parser.add_argument("--pretrain_workers", type=int, default=0,
+                      help="Its batch-preparing threads.")
   args = parser.parse_args()
   towers = args.towers.split(",")
   unknown = set(towers) - set(TOWERS)

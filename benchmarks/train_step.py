@@ -5,7 +5,8 @@ and MFU against the `jnp.dot` peak measured in the same process. Prints a table,
 
 An entry may override config fields after '@', comma-separated, tuples '/'-separated (e.g. a ViT
 at 448 px with room for its 196 visual tokens: 'size=small,res=448@data.max_len=467', or
-'size=small,tower=llava_hr@model.convnext_widths=16/32/64/128'); `--name` picks the JSON file.
+'size=small,tower=llava_hr@model.convnext_widths=16/32/64/128', or LLaVA's stage 2 with the
+tower frozen: '…@train.trainable=^(projector|llm)/'); `--name` picks the JSON file.
 """
 import argparse
 import functools
@@ -51,10 +52,12 @@ def measure(entry: str, data_dir: str | None, steps: int, peak: float) -> dict:
   batch = pipeline.to_global(step_lib.model_batch(host), mesh)
   params = state_lib.abstract_params(model, step_lib.model_batch(host))
   tx = optim.optimizer(params, lr=optim.schedule(c.train.lr, 1, 100), weight_decay=0.0,
-                       grad_clip=c.train.grad_clip, trainable=".*")
+                       grad_clip=c.train.grad_clip, trainable=c.train.trainable)
   factory = state_lib.Factory(model, tx, step_lib.model_batch(host), mesh)
   state = factory.create(jax.random.key(0))
-  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx),
+  # As in training: frozen parameters' gradients are dead code, which XLA removes.
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx,
+                                   trainable=optim.trainable_mask(params, c.train.trainable)),
                  in_shardings=(factory.shardings, sharding.data_sharding(mesh)),
                  out_shardings=(factory.shardings, None), donate_argnums=0)
   tick = time.perf_counter()

@@ -42,6 +42,21 @@ def _restore(c, workdir, model, spec, mesh, step):
   return step, params
 
 
+def _check_answers_fit(c, tok, source) -> None:
+  """Raises if a reference answer is longer than `eval.max_new_tokens`: exact match would count
+  it wrong whatever the model says. Runs before anything expensive is loaded."""
+  kinds = build.question_kinds(c)
+  for i in range(min(c.data.eval_examples, len(source))):
+    qa = source[i]["qa"]
+    for kind, answer in zip(qa["kind"], qa["answer"]):
+      if kinds and kind.decode() not in kinds:
+        continue
+      needed = len(tok.encode(answer.decode())) + 1  # With its EOS.
+      if needed > c.eval.max_new_tokens:
+        raise ValueError(f"eval.max_new_tokens={c.eval.max_new_tokens} cannot hold the answer "
+                         f"{answer.decode()!r} (image {i}, {needed} tokens with EOS); raise it.")
+
+
 def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   """Greedy answers to every question of the first `eval_examples` images."""
   policy = build.policy(c)
@@ -58,10 +73,6 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
                                               qa["answer"]):
       if kinds and kind.decode() not in kinds:
         continue
-      needed = len(tok.encode(answer.decode())) + 1  # With its EOS.
-      if needed > c.eval.max_new_tokens:  # Exact match would silently count it wrong.
-        raise ValueError(f"eval.max_new_tokens={c.eval.max_new_tokens} cannot hold the answer "
-                         f"{answer.decode()!r} (image {i}, {needed} tokens with EOS); raise it.")
       turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
       prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
                                            num_image_tokens=n_tokens)
@@ -103,6 +114,7 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
           "questions": {k: len(v) for k, v in sorted(by_family.items())},
           # What the dynamic policies trade accuracy against: visual tokens an image costs.
           "visual_tokens_per_image": float(np.mean(image_tokens)),
+          "visual_token_budget": build.num_image_tokens(config, c),
           "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
 
 
@@ -134,6 +146,7 @@ def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   model = mllm.MLLM(config)
   source = build.data_source(c, c.data.eval_split)
   fmt = build.formatter(c, c.train.task, config, tok)
+  _check_answers_fit(c, tok, source)
   spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
   step, params = _restore(c, workdir, model, spec, mesh, step)
   with jax.set_mesh(mesh), sharding.axis_rules():

@@ -212,9 +212,20 @@ def test_depthwise_conv_matches_grouped_conv():
     return jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(conv(x, k) * weight),
                                       argnums=(0, 1)))(x, kernel)
 
-  chex.assert_trees_all_close(convnext.depthwise_conv(x, kernel), grouped(x, kernel), atol=1e-5)
-  chex.assert_trees_all_close(value_and_grads(convnext.depthwise_conv), value_and_grads(grouped),
-                              atol=1e-4, rtol=1e-5)
+  for conv in (convnext.depthwise_conv, convnext._shifted_conv, convnext._grouped_conv):
+    chex.assert_trees_all_close(conv(x, kernel), grouped(x, kernel), atol=1e-5)
+    chex.assert_trees_all_close(value_and_grads(conv), value_and_grads(grouped),
+                                atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("platform,grouped", [("cpu", False), ("cuda", True), ("tpu", True)])
+def test_depthwise_conv_lowers_per_platform(platform, grouped):
+  """Accelerators get XLA's grouped convolution, the CPU the shifted sum, forward and backward."""
+  x, kernel = jnp.ones((1, 9, 9, 4)), jnp.ones((7, 7, 1, 4))
+  grad = jax.grad(lambda x, k: jnp.sum(convnext.depthwise_conv(x, k) ** 2), argnums=(0, 1))
+  text = jax.export.export(jax.jit(grad), platforms=[platform])(x, kernel).mlir_module()
+  assert ("stablehlo.convolution" in text) == grouped
+  assert ("feature_group_count = 4" in text) == grouped
 
 
 def test_full_size_shapes_without_allocating():

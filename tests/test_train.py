@@ -178,10 +178,14 @@ def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_p
   saved = json.loads((long / "eval" / "8.json").read_text())
   assert saved["step"] == 8 and set(saved["accuracy"]) == {"fine", "coarse", "position"}
   assert tuple(saved["accuracy_by_kind"]) == asked
+  # A fixed-resolution tower spends its whole budget on every image.
+  assert saved["visual_tokens_per_image"] == saved["visual_token_budget"] > 0
   assert saved == json.loads(json.dumps(result))
+  # Checked before any checkpoint is looked for: this workdir has none.
   with pytest.raises(ValueError, match="eval.max_new_tokens=8 cannot hold the answer"):
     evaluation.evaluate(tiny(data_dir, steps=8, **{"eval.max_new_tokens": 8,
-                                                   "data.kinds": "pattern_colours"}), long)
+                                                   "data.kinds": "pattern_colours"}),
+                        tmp_path / "untrained")
 
 
 def _run(command, env=None, timeout=300):
