@@ -152,5 +152,3 @@ def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
                             workers=workers)
     runs.append(files.load_params(workdir / files.PARAMS_FILE))
   chex.assert_trees_all_equal(*runs)
-  assert list(pretrain_tower.prefetched(lambda a: a * a, range(50), 4)) == [
-      a * a for a in range(50)]

@@ -17,15 +17,13 @@ kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from t
 Writes WORKDIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
 WORKDIR/pretrain.json (validation accuracy per question kind along the way).
 """
-import collections
-import concurrent.futures
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -131,22 +129,6 @@ class _Questions:
             "mask": np.asarray(mask, np.float32), "kind": np.asarray(kind)}
 
 
-def prefetched(make: Callable[[Any], Any], args: Iterable[Any], workers: int) -> Iterator[Any]:
-  """`make(a)` for each of `args`, in order, up to 2 × `workers` computed ahead on threads
-  (PIL's decoding and resizing release the GIL, which is what bounds a fast accelerator)."""
-  if workers == 0:
-    yield from map(make, args)
-    return
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    pending = collections.deque()
-    for a in args:
-      pending.append(pool.submit(make, a))
-      if len(pending) > 2 * workers:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
-
-
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
              batch: int, lr: float, eval_every: int, workers: int = 0) -> dict[str, Any]:
   """Pre-trains `c`'s tower; returns the last validation accuracy per kind. The tower's
@@ -203,8 +185,12 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
          "answers": train.answers, "curve": curve}, indent=1))
 
   curve, start = [], time.time()
-  picks = (rng.choice(train.images, batch, replace=False) for _ in range(steps))
-  for i, b in enumerate(prefetched(train.batch, picks, workers), start=1):
+  picks = [rng.choice(train.images, batch, replace=False) for _ in range(steps)]
+  # Threads ahead of the step: PIL's decoding and resizing release the GIL, and they are what
+  # bounds a fast accelerator. Grain keeps the batches in order.
+  batches = grain.MapDataset.source(picks).map(train.batch).to_iter_dataset(
+      grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers))
+  for i, b in enumerate(batches, start=1):
     params, opt, loss = step(params, opt, _device(b))
     if i == 1:
       print(f"step 1 (compiles the step) {time.time() - start:.0f}s", flush=True)
