@@ -48,9 +48,8 @@ def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
   """Pre-trains the run's tower into `workdir` (kept if already done); returns its last
   validation accuracies and wall time."""
   record = workdir / "pretrain.json"
-  done = lambda: record.exists() and json.loads(record.read_text())["curve"][-1]["step"] == \
-      args.pretrain_steps
-  if not done():
+  if not (record.exists() and
+          json.loads(record.read_text())["curve"][-1]["step"] == args.pretrain_steps):
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
           f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
           f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",

@@ -5,6 +5,7 @@ Runs on whatever mesh the config names (it may differ from training's): paramete
 straight onto it. Writes `WORKDIR/eval/<step>.json` and prints a table.
 """
 import collections
+import dataclasses
 import json
 import math
 import pathlib
@@ -42,46 +43,53 @@ def _restore(c, workdir, model, spec, mesh, step):
   return step, params
 
 
-def _check_answers_fit(c, tok, source) -> None:
-  """Raises if a reference answer is longer than `eval.max_new_tokens`: exact match would count
-  it wrong whatever the model says. Runs before anything expensive is loaded."""
+@dataclasses.dataclass
+class _Asked:
+  """The evaluation's questions as generation inputs, one entry per question."""
+  prompts: list[list[int]]
+  views: list[dict[str, np.ndarray]]
+  positions: list[np.ndarray]  # M-RoPE rows; empty for other policies.
+  truth: list[tuple[str, str, str]]  # (family, kind, answer).
+  image_tokens: list[int]  # Visual tokens of each image (not question).
+
+
+def _ask(c, tok, source, config) -> _Asked:
+  """The prompts and views of every question of the first `eval_examples` images. Raises if a
+  reference answer is longer than `eval.max_new_tokens` (exact match would count it wrong
+  whatever the model says) — before any checkpoint is read."""
+  policy = build.policy(c)
   kinds = build.question_kinds(c)
+  asked = _Asked([], [], [], [], [])
   for i in range(min(c.data.eval_examples, len(source))):
-    qa = source[i]["qa"]
-    for kind, answer in zip(qa["kind"], qa["answer"]):
+    record = source[i]
+    view = policy(record["image"])
+    n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
+    asked.image_tokens.append(n_tokens)
+    qa = record["qa"]
+    for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
+                                              qa["answer"]):
       if kinds and kind.decode() not in kinds:
         continue
       needed = len(tok.encode(answer.decode())) + 1  # With its EOS.
       if needed > c.eval.max_new_tokens:
         raise ValueError(f"eval.max_new_tokens={c.eval.max_new_tokens} cannot hold the answer "
                          f"{answer.decode()!r} (image {i}, {needed} tokens with EOS); raise it.")
-
-
-def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
-  """Greedy answers to every question of the first `eval_examples` images."""
-  policy = build.policy(c)
-  mrope = getattr(policy, "mrope", False)
-  kinds = build.question_kinds(c)
-  prompts, views, positions, truth, image_tokens = [], [], [], [], []
-  for i in range(min(c.data.eval_examples, len(source))):
-    record = source[i]
-    view = policy(record["image"])
-    n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
-    image_tokens.append(n_tokens)
-    qa = record["qa"]
-    for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
-                                              qa["answer"]):
-      if kinds and kind.decode() not in kinds:
-        continue
       turn = [{"from": "human", "value": tokenizer_lib.IMAGE_TAG + "\n" + question.decode()}]
       prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
                                            num_image_tokens=n_tokens)
-      prompts.append(prompt)
-      if mrope:
-        positions.append(pipeline.mrope_row(prompt, len(prompt), tok.image_id,
-                                            view["image_grid"], policy.merge_size))
-      views.append(view)
-      truth.append((family.decode(), kind.decode(), answer.decode()))
+      asked.prompts.append(prompt)
+      if getattr(policy, "mrope", False):
+        asked.positions.append(pipeline.mrope_row(prompt, len(prompt), tok.image_id,
+                                                  view["image_grid"], policy.merge_size))
+      asked.views.append(view)
+      asked.truth.append((family.decode(), kind.decode(), answer.decode()))
+  return asked
+
+
+def _accuracy(c, model, params, tok, asked: _Asked, config) -> dict[str, Any]:
+  """Greedy answers to the `asked` questions, scored by exact match."""
+  prompts, views, positions, truth = asked.prompts, asked.views, asked.positions, asked.truth
+  mrope = bool(positions)
   correct, generated, seconds = [], 0, 0.0
   size = c.eval.batch_size
   for s in range(0, len(prompts), size):
@@ -113,7 +121,7 @@ def _accuracy(c, model, params, tok, source, config) -> dict[str, Any]:
   return {"accuracy": mean(by_family), "accuracy_by_kind": mean(by_kind),
           "questions": {k: len(v) for k, v in sorted(by_family.items())},
           # What the dynamic policies trade accuracy against: visual tokens an image costs.
-          "visual_tokens_per_image": float(np.mean(image_tokens)),
+          "visual_tokens_per_image": float(np.mean(asked.image_tokens)),
           "visual_token_budget": build.num_image_tokens(config, c),
           "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
 
@@ -146,13 +154,13 @@ def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   model = mllm.MLLM(config)
   source = build.data_source(c, c.data.eval_split)
   fmt = build.formatter(c, c.train.task, config, tok)
-  _check_answers_fit(c, tok, source)
+  asked = _ask(c, tok, source, config)
   spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
   step, params = _restore(c, workdir, model, spec, mesh, step)
   with jax.set_mesh(mesh), sharding.axis_rules():
     result = {"step": step, "split": c.data.eval_split, "dataset": c.data.dataset,
               "kinds": list(build.question_kinds(c)) or "all",
-              **_accuracy(c, model, params, tok, source, config),
+              **_accuracy(c, model, params, tok, asked, config),
               **_loss(c, model, params, tok, source, config, mesh)}
   out = workdir / "eval"
   out.mkdir(parents=True, exist_ok=True)
