@@ -9,6 +9,10 @@ time; visual tokens; peak memory), JSON and a PNG of the loss curves and accurac
 
   python benchmarks/ablation.py --steps 500 --seeds 0,1 --out benchmarks/results/ablation
 
+A tower entry is a config name, optionally with its argument and field overrides:
+`internvl15:res=448@model.max_num=1` is InternVL's tiling at 448 px with one tile (a fixed
+resolution, pixel-unshuffled to 196 tokens); `--config_arg patch=16` goes to every config.
+
 `--pretrain_steps N` first pre-trains each run's tower with a classifier head
 (`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
 the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
@@ -20,6 +24,7 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -48,30 +53,48 @@ def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
   """Pre-trains the run's tower into `workdir` (kept if already done); returns its last
   validation accuracies and wall time."""
   record = workdir / "pretrain.json"
-  if not (record.exists() and
-          json.loads(record.read_text())["curve"][-1]["step"] == args.pretrain_steps):
+  done = record.exists() and json.loads(record.read_text())
+  if not (done and done["stopped"] and done["steps"] == args.pretrain_steps
+          and done["until"] == args.pretrain_until):
+    until = [] if args.pretrain_until is None else [f"--until={args.pretrain_until}"]
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
           f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
           f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
-          f"--eval_every={args.pretrain_steps}", f"--workers={args.pretrain_workers}"],
-         workdir.with_suffix(".log"))
-  last = json.loads(record.read_text())["curve"][-1]
-  return {"steps": last["step"], "seconds": last["seconds"], "loss": last["loss"],
-          "accuracy_by_kind": {k: v for k, v in last.items()
-                               if k not in ("step", "seconds", "loss")}}
+          f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
+          f"--workers={args.pretrain_workers}", *until], workdir.with_suffix(".log"))
+  done = json.loads(record.read_text())
+  last = done["curve"][-1]
+  return {"steps": last["step"], "stopped": done["stopped"], "seconds": last["seconds"],
+          "loss": last["loss"], "accuracy_by_kind": {k: v for k, v in last.items()
+                                                     if k not in ("step", "seconds", "loss")}}
+
+
+def parse_tower(entry: str) -> tuple[str, str, list[str]]:
+  """"NAME[:ARG][@FIELD=VALUE]…" as (config name, its argument, field overrides)."""
+  head, *fields = entry.split("@")
+  name, _, arg = head.partition(":")
+  if name not in TOWERS:
+    raise SystemExit(f"Unknown tower config {name!r} in {entry!r}; valid: {TOWERS}.")
+  bad = [f for f in fields if "=" not in f]
+  if bad:
+    raise SystemExit(f"Overrides in {entry!r} take FIELD=VALUE, got {bad}.")
+  return name, arg, fields
 
 
 def run_one(tower: str, seed: int, args) -> dict:
-  workdir = pathlib.Path(args.out) / "runs" / f"{tower}_seed{seed}"
+  name, arg, fields = parse_tower(tower)
+  workdir = pathlib.Path(args.out) / "runs" / (re.sub(r"[^\w.-]+", "_", tower) + f"_seed{seed}")
   workdir.mkdir(parents=True, exist_ok=True)
   done = workdir / "ablation_row.json"
   if done.exists():
     return json.loads(done.read_text())
-  config = f"--config={ROOT}/configs/{tower}.py:size={args.size},steps={args.steps}"
-  flags = [config, f"--workdir={workdir}", f"--config.seed={seed}"]
+  config_arg = ",".join(filter(None, (f"size={args.size},steps={args.steps}", args.config_arg,
+                                      arg)))
+  flags = [f"--config={ROOT}/configs/{name}.py:{config_arg}", f"--workdir={workdir}",
+           f"--config.seed={seed}"]
   if args.data_dir:
     flags.append(f"--config.data.data_dir={args.data_dir}")
-  flags += [f"--config.{item}" for item in args.set]
+  flags += [f"--config.{item}" for item in args.set + fields]
   pretraining = None
   if args.pretrain_steps:
     pretraining = pretrain_tower(workdir / "tower", flags, args)
@@ -122,7 +145,8 @@ def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
   fig, (curves, bars, cost) = plt.subplots(1, 3, figsize=(16, 4))
   names = families(rows)
-  colours = dict(zip(TOWERS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  colours = dict(zip(dict.fromkeys(r["tower"] for r in rows),
+                     plt.rcParams["axes.prop_cycle"].by_key()["color"]))
   for r in rows:
     steps, losses = zip(*r["loss_curve"])
     curves.plot(steps, losses, color=colours.get(r["tower"]), alpha=0.7,
@@ -150,9 +174,12 @@ def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--towers", default=",".join(TOWERS))
+  parser.add_argument("--towers", default=",".join(TOWERS),
+                      help="Comma-separated entries NAME[:ARG][@FIELD=VALUE]… (see above).")
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--size", default="small")
+  parser.add_argument("--config_arg", default="",
+                      help="More config arguments for every tower, e.g. patch=16.")
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--out", default="benchmarks/results/ablation")
@@ -165,14 +192,21 @@ def main():
   parser.add_argument("--pretrain_lr", type=float, default=2e-3, help="Its peak learning rate.")
   parser.add_argument("--pretrain_workers", type=int, default=0,
                       help="Its batch-preparing threads.")
+  parser.add_argument("--pretrain_until", type=float, default=None,
+                      help="Stop a tower's pre-training once every question kind reaches this "
+                           "validation accuracy (checked every --pretrain_eval_every steps).")
+  parser.add_argument("--pretrain_eval_every", type=int, default=0,
+                      help="Steps between its validation passes (0: only at the end).")
   args = parser.parse_args()
   towers = args.towers.split(",")
-  unknown = set(towers) - set(TOWERS)
-  if unknown:
-    raise SystemExit(f"Unknown towers {sorted(unknown)}; valid: {TOWERS}.")
+  for tower in towers:
+    parse_tower(tower)
   bad = [item for item in args.set if "=" not in item]
   if bad:
     raise SystemExit(f"--set takes FIELD=VALUE, got {bad}.")
+  if args.pretrain_until is not None and not args.pretrain_eval_every:
+    raise SystemExit("--pretrain_until is checked at validation passes: set "
+                     "--pretrain_eval_every too.")
   pairs = [(tower, seed) for seed in map(int, args.seeds.split(",")) for tower in towers]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     futures = [pool.submit(run_one, tower, seed, args) for tower, seed in pairs]

@@ -3,10 +3,10 @@ and MFU against the `jnp.dot` peak measured in the same process. Prints a table,
 
   python benchmarks/train_step.py --sizes 'size=tiny;size=small;size=base' --steps 5
 
-An entry may override config fields after '@', comma-separated, tuples '/'-separated (e.g. a ViT
-at 448 px with room for its 196 visual tokens: 'size=small,res=448@data.max_len=467', or
+An entry may override config fields after '@', comma-separated, tuples '/'-separated (e.g.
 'size=small,tower=llava_hr@model.convnext_widths=16/32/64/128', or LLaVA's stage 2 with the
-tower frozen: '…@train.trainable=^(projector|llm)/'); `--name` picks the JSON file.
+tower frozen: '…@train.trainable=^(projector|llm)/'); `--name` picks the JSON file. Config
+arguments such as 'size=small,res=448' or 'patch=16' size `data.max_len` for the tower's tokens.
 """
 import argparse
 import functools

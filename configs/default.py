@@ -58,29 +58,16 @@ def mrope_sections(head_dim: int) -> tuple[int, int, int]:
   return t, (half - t) // 2, half - t - (half - t) // 2
 
 
-def _dynamic_tokens(m: ml_collections.ConfigDict) -> int:
-  """The most visual tokens one image gets from a dynamic tower (0 for the others)."""
-  grid = m.image_size // m.patch_size
-  if m.tower == "internvl":
-    return (m.max_num + int(m.max_num > 1)) * (m.tile // m.patch_size // 2) ** 2
-  if m.tower == "onevision":  # The base image's tokens, then the map's (policy budget).
-    return grid ** 2 + build.anyres_crops(m).budget
-  if m.tower == "xcomposer":
-    return build.hd_crops(m).budget
-  if m.tower == "oryx":
-    return build.oryx_views(m).budget
-  return 0
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # res: the tower's input side when non-zero (the ViT's for `vit`, the high resolution for the
-  # mixed towers), e.g. LLaVA-1.5 run directly at a high resolution.
-  arg = config_args.parse(arg, size="small", steps=500, tower="vit", res=0)
+  # mixed towers), e.g. LLaVA-1.5 run directly at a high resolution. patch: the ViT's patch side
+  # when non-zero; the budgets derived from it (tiles, patch budgets, grids) follow.
+  arg = config_args.parse(arg, size="small", steps=500, tower="vit", res=0, patch=0)
   size = config_args.choose("size", arg.size, SIZES)
   config_args.choose("tower", arg.tower, dict.fromkeys(TOWERS))
   big = arg.size == "7b"
   oryx = big and arg.tower == "oryx"
-  patch = 16 if oryx else size["patch"]
+  patch = arg.patch or (16 if oryx else size["patch"])
   low, high = PAPER_RESOLUTIONS[arg.tower] if big else (size["image"], size["high"])
   # One encoder at one (budgeted) resolution.
   single = arg.tower in ("vit", "qwen2vl", "internvl", "onevision", "xcomposer")
@@ -162,10 +149,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS dir (None: default).
   c.data.template = "vicuna_short"  # Chat template (mmjax.data.tokenizer.TEMPLATES).
   c.data.tokenizer = "byte"  # "byte", or a path to a Hugging Face tokenizer.json.
-  # Tokens per row, image placeholders included (dynamic towers: room for their largest image).
-  # max_len is sized for the ViT's tokens at the size's resolution.
-  c.data.max_len = size["max_len"] + max(
-      _dynamic_tokens(c.model) - (size["image"] // patch) ** 2, 0)
+  # Tokens per row: the tower's visual tokens (dynamic towers: their largest image's) and the
+  # text room the size's max_len leaves beside its ViT's tokens, whatever res/patch/tower give.
+  text = size["max_len"] - (size["image"] // size["patch"]) ** 2
+  c.data.max_len = text + build.num_image_tokens(build.model_config(c, 1), c)
   c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
   # Comma-separated question kinds the vqa task trains and eval.py asks (questions.ALL_KINDS),
   # e.g. "pattern_colours" for one rung of the fine ladder; "": every kind.

@@ -63,6 +63,7 @@ def test_pretraining_writes_the_tower_and_its_curve(pretrained):
   workdir, accuracy = pretrained
   saved = json.loads((workdir / "pretrain.json").read_text())
   assert saved["curve"][-1]["step"] == 3 and set(accuracy) - {"step", "loss", "seconds"}
+  assert saved["stopped"] == "steps" and saved["until"] is None
   assert all(0 <= v <= 1 for k, v in accuracy.items() if k not in ("step", "loss", "seconds"))
   assert list(files.load_params(workdir / files.PARAMS_FILE)) == ["vit"]
 
@@ -125,6 +126,16 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
   ours = vit.ViT(factory.model.config.tower.vit).apply(
       {"params": state.params["tower"]["vit"]}, pixels.transpose(0, 2, 3, 1))["hidden_states"][-2]
   np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
+
+
+def test_pretraining_stops_once_every_kind_reaches_the_target(data_dir, tmp_path):
+  pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
+                          until=0.0)
+  saved = json.loads((tmp_path / "pretrain.json").read_text())
+  assert [p["step"] for p in saved["curve"]] == [1] and saved["stopped"] == "until"
+  with pytest.raises(ValueError, match="until=1.5"):
+    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
+                            until=1.5)
 
 
 def test_pretraining_needs_the_embedded_dataset(tmp_path):

@@ -128,7 +128,7 @@ def test_config_typos_fail_listing_valid_keys():
   c = config_args.get_config(DEFAULT, "size=tiny")
   with pytest.raises(AttributeError, match="Did you mean \"lr\""):
     c.train.lrr = 1.0
-  with pytest.raises(ValueError, match=r"valid: \['res', 'size', 'steps', 'tower'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['patch', 'res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
   with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
                      r"'mini_gemini', 'onevision', 'oryx', 'qwen2vl', 'vit', 'xcomposer'\]"):
@@ -276,6 +276,21 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   assert sorted(one) == sorted(two) == list(range(1, steps + 1))
   np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["llava15", "llava_hr", "leo", "qwen2vl", "internvl15",
+                                    "llava_onevision", "xcomposer2_4khd", "oryx"])
+def test_config_arguments_resize_the_budgets_and_keep_the_text_room(method):
+  """`patch=` re-derives the token budgets, and max_len always leaves the size's text room
+  (320 tokens minus the 49 of a 224-px ViT at patch 32) beside the tower's visual tokens."""
+  for arg in ("", ",patch=16", ",res=448"):
+    c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=small" + arg)
+    tokens = build.num_image_tokens(build.model_config(c, 300), c)
+    assert c.data.max_len - tokens == 320 - 49, arg
+    if arg == ",patch=16":
+      assert c.model.patch_size == 16
+      if method in ("llava15", "qwen2vl", "internvl15"):  # 224 px at patch 16: 14 × 14.
+        assert tokens == 196
 
 
 def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):

@@ -15,7 +15,10 @@ kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from t
       --config.train.init_params=tower=runs/pre
 
 Writes WORKDIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
-WORKDIR/pretrain.json (validation accuracy per question kind along the way).
+WORKDIR/pretrain.json (validation accuracy per question kind along the way, and why it stopped).
+With `--until`, a tower stops once it has learned its questions: from scratch, the same number
+of steps leaves one seed's tower at 0.65 where the others reach 0.97 and 1.0 (README, the
+three-seed ablation), and the MLLM on the weak tower stays at chance.
 """
 import json
 import pathlib
@@ -46,6 +49,9 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Optimizer updates.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per update (with all their questions).")
 _LR = flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (warm-up, cosine decay).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between validation passes.")
+_UNTIL = flags.DEFINE_float(
+    "until", None, "Stop at the first validation pass where every question kind reaches this "
+    "accuracy (the schedule still spans --steps); unset: always run --steps.")
 _WORKERS = flags.DEFINE_integer(
     "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop).")
 
@@ -130,10 +136,14 @@ class _Questions:
 
 
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
-             batch: int, lr: float, eval_every: int, workers: int = 0) -> dict[str, Any]:
-  """Pre-trains `c`'s tower; returns the last validation accuracy per kind. The tower's
-  parameters and the curve are written to `workdir` at every validation pass, so a run stopped
-  early keeps its last one."""
+             batch: int, lr: float, eval_every: int, workers: int = 0,
+             until: float | None = None) -> dict[str, Any]:
+  """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
+  `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
+  are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
+  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended."""
+  if until is not None and not 0 <= until <= 1:
+    raise ValueError(f"until={until} is not an accuracy in [0, 1].")
   if not c.data.dataset.startswith("fine_detail/"):
     raise ValueError(f"Tower pre-training reads the embedded dataset's question labels; "
                      f"data.dataset={c.data.dataset!r} is not 'fine_detail/<config>'.")
@@ -177,12 +187,13 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
           right.setdefault(str(k), []).append(bool(h))
     return {k: float(np.mean(v)) for k, v in sorted(right.items())}
 
-  def save(curve):
+  def save(curve, stopped=None):
     files.save_params(workdir / files.PARAMS_FILE,
                       jax.tree.map(np.asarray, nn.unbox(params["params"]["tower"])))
     (workdir / "pretrain.json").write_text(json.dumps(
         {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-         "answers": train.answers, "curve": curve}, indent=1))
+         "until": until, "stopped": stopped, "answers": train.answers, "curve": curve},
+        indent=1))
 
   curve, start = [], time.time()
   picks = [rng.choice(train.images, batch, replace=False) for _ in range(steps)]
@@ -199,6 +210,10 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
       curve.append({"step": i, "loss": float(loss), "seconds": time.time() - start, **accuracy})
       print(f"step {i} loss {float(loss):.3f} {time.time() - start:.0f}s " +
             " ".join(f"{k}={v:.2f}" for k, v in accuracy.items()), flush=True)
+      learned = until is not None and min(accuracy.values()) >= until
+      if learned or i == steps:
+        save(curve, "until" if learned else "steps")
+        break
       save(curve)
   return curve[-1]
 
@@ -210,7 +225,7 @@ def _device(b: dict[str, Any]) -> dict[str, Any]:
 def main(argv):
   del argv
   pretrain(_CONFIG.value, _WORKDIR.value, steps=_STEPS.value, batch=_BATCH.value, lr=_LR.value,
-           eval_every=_EVAL_EVERY.value, workers=_WORKERS.value)
+           eval_every=_EVAL_EVERY.value, workers=_WORKERS.value, until=_UNTIL.value)
 
 
 if __name__ == "__main__":
