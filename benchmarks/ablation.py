@@ -10,8 +10,10 @@ time; visual tokens; peak memory), JSON and a PNG of the loss curves and accurac
   python benchmarks/ablation.py --steps 500 --seeds 0,1 --out benchmarks/results/ablation
 
 A tower entry is a config name, optionally with its argument and field overrides:
-`internvl15:res=448@model.max_num=1` is InternVL's tiling at 448 px with one tile (a fixed
-resolution, pixel-unshuffled to 196 tokens); `--config_arg patch=16` goes to every config.
+`llava15:res=448,patch=32` is LLaVA-1.5's ViT at 448 px with 32-px patches (196 tokens),
+`internvl15:res=448@model.max_num=1@data.max_len=467` InternVL's tiling with a single 448-px tile
+(a fixed resolution, pixel-unshuffled to 196 tokens). Entries are separated by ';' (or by ',' when
+none has an argument); `--config_arg patch=16` goes to every config.
 
 `--pretrain_steps N` first pre-trains each run's tower with a classifier head
 (`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
@@ -175,7 +177,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--towers", default=",".join(TOWERS),
-                      help="Comma-separated entries NAME[:ARG][@FIELD=VALUE]… (see above).")
+                      help="Entries NAME[:ARG][@FIELD=VALUE]…, separated by ';' (see above).")
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--size", default="small")
   parser.add_argument("--config_arg", default="",
@@ -198,7 +200,7 @@ def main():
   parser.add_argument("--pretrain_eval_every", type=int, default=0,
                       help="Steps between its validation passes (0: only at the end).")
   args = parser.parse_args()
-  towers = args.towers.split(",")
+  towers = args.towers.split(";" if ";" in args.towers else ",")
   for tower in towers:
     parse_tower(tower)
   bad = [item for item in args.set if "=" not in item]
