@@ -218,6 +218,24 @@ def test_depthwise_conv_matches_grouped_conv():
                                 atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size,shape", [(4, (2, 10, 13, 3)), (2, (2, 7, 6, 5))])
+def test_patch_conv_is_a_valid_strided_convolution(size, shape):
+  """Same initial parameters as nn.Conv, same values and gradients, ragged borders dropped."""
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  ours = convnext.PatchConv(8, size, in_axis=None)
+  conv = nn.Conv(8, (size, size), strides=(size, size), padding="VALID")
+  params = nn.unbox(ours.init(jax.random.key(1), x))
+  chex.assert_trees_all_equal(params, conv.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + 0.1, params)  # A non-zero bias too.
+
+  def value_and_grads(module):
+    return jax.value_and_grad(lambda p, x: jnp.sum(module.apply(p, x) ** 2), argnums=(0, 1))(
+        params, x)
+
+  assert ours.apply(params, x).shape == (2, shape[1] // size, shape[2] // size, 8)
+  chex.assert_trees_all_close(value_and_grads(ours), value_and_grads(conv), atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("platform,grouped", [("cpu", False), ("cuda", True), ("tpu", True)])
 def test_depthwise_conv_lowers_per_platform(platform, grouped):
   """Accelerators get XLA's grouped convolution, the CPU the shifted sum, forward and backward."""
