@@ -56,7 +56,7 @@ def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
   validation accuracies and wall time."""
   record = workdir / "pretrain.json"
   done = record.exists() and json.loads(record.read_text())
-  if not (done and done["stopped"] and done["steps"] == args.pretrain_steps
+  if not (done and done.get("stopped") and done["steps"] == args.pretrain_steps
           and done["until"] == args.pretrain_until):
     until = [] if args.pretrain_until is None else [f"--until={args.pretrain_until}"]
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,

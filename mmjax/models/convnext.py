@@ -181,8 +181,9 @@ class PatchConv(nn.Module):
   """A size×size stride-size convolution ('VALID': a ragged border is dropped, as torch does),
   computed as one matmul over the non-overlapping patches: XLA's CPU convolution is 1.2–3.8×
   slower for the stem and the downsampling layers, its gradient 1.7–3.4×
-  (`benchmarks/results/patch_conv.json`; the LLaVA-HR tower's gradient step ~10 % faster). Parameters as `nn.Conv`'s (kernel [size, size, C_in,
-  C_out], same initialiser, hence the same initial values) and bias."""
+  (`benchmarks/results/patch_conv.json`; the LLaVA-HR tower's gradient step ~10 % faster).
+  Parameters as `nn.Conv`'s (kernel [size, size, C_in, C_out], same initialiser, hence the same
+  initial values) and bias."""
   features: int
   size: int
   in_axis: str | None = "conv_in"
