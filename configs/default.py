@@ -58,11 +58,15 @@ def mrope_sections(head_dim: int) -> tuple[int, int, int]:
   return t, (half - t) // 2, half - t - (half - t) // 2
 
 
+# The config arguments and their defaults (configs/<method>.py fix `tower` and take the rest).
+# res: the tower's input side when non-zero (the ViT's for `vit`, the high resolution for the
+# mixed towers), e.g. LLaVA-1.5 run directly at a high resolution. patch: the ViT's patch side
+# when non-zero; the budgets derived from it (tiles, patch budgets, grids) follow.
+ARGUMENTS = dict(size="small", steps=500, tower="vit", res=0, patch=0)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  # res: the tower's input side when non-zero (the ViT's for `vit`, the high resolution for the
-  # mixed towers), e.g. LLaVA-1.5 run directly at a high resolution. patch: the ViT's patch side
-  # when non-zero; the budgets derived from it (tiles, patch budgets, grids) follow.
-  arg = config_args.parse(arg, size="small", steps=500, tower="vit", res=0, patch=0)
+  arg = config_args.parse(arg, **ARGUMENTS)
   size = config_args.choose("size", arg.size, SIZES)
   config_args.choose("tower", arg.tower, dict.fromkeys(TOWERS))
   big = arg.size == "7b"
@@ -152,7 +156,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Tokens per row: the tower's visual tokens (dynamic towers: their largest image's) and the
   # text room the size's max_len leaves beside its ViT's tokens, whatever res/patch/tower give.
   text = size["max_len"] - (size["image"] // size["patch"]) ** 2
-  c.data.max_len = text + build.num_image_tokens(build.model_config(c, 1), c)
+  c.data.max_len = text + build.num_image_tokens(  # Token counts ignore the vocabulary.
+      build.model_config(c, vocab_size=1), c)
   c.data.max_questions = size["questions"]  # Questions per training conversation (vqa task).
   # Comma-separated question kinds the vqa task trains and eval.py asks (questions.ALL_KINDS),
   # e.g. "pattern_colours" for one rung of the fine ladder; "": every kind.

@@ -10,7 +10,5 @@ from mmjax import config_args
 
 
 def get_config(arg: str | None = None):
-  a = config_args.parse(arg, size="small", steps=500, res=0, patch=0)
-  return config_args.get_config(pathlib.Path(__file__).with_name("default.py"),
-                                f"size={a.size},steps={a.steps},res={a.res},patch={a.patch},"
-                                "tower=internvl")
+  return config_args.with_fixed(pathlib.Path(__file__).with_name("default.py"), arg,
+                                tower="internvl")
