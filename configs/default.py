@@ -132,7 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.oryx_ratio = 1
   # oryx: side of the learned position table, resized to every view's grid (SigLIP's 128).
   c.model.pos_table = 128 if big else high // patch
-  c.model.max_aspect = 3.0  # oryx: longest aspect ratio its static budget holds (the dataset's).
+  # oryx: longest aspect ratio its static budget holds; the embedded dataset's 3:1 is up to 3.006
+  # in whole pixels (scenes.SceneSpec.pixel_aspect), and a larger one is refused.
+  c.model.max_aspect = 3.01
   c.model.vocab_size = 32000 if big else 0  # 0: the tokenizer's vocabulary size.
   c.model.llm_width = llm_width
   c.model.llm_depth = llm_depth

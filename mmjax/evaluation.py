@@ -51,6 +51,7 @@ class _Asked:
   positions: list[np.ndarray]  # M-RoPE rows; empty for other policies.
   truth: list[tuple[str, str, str]]  # (family, kind, answer).
   image_tokens: list[int]  # Visual tokens of each image (not question).
+  refused: list[int]  # Images the resolution policy refused (ImageRefused): not asked.
 
 
 def _ask(c, tok, source, config) -> _Asked:
@@ -59,11 +60,15 @@ def _ask(c, tok, source, config) -> _Asked:
   whatever the model says) — before any checkpoint is read."""
   policy = build.policy(c)
   kinds = build.question_kinds(c)
-  asked = _Asked([], [], [], [], [])
+  asked = _Asked([], [], [], [], [], [])
   for i in range(min(c.data.eval_examples, len(source))):
     record = source[i]
-    view = policy(record["image"])
-    n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
+    try:
+      view = policy(record["image"])
+      n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
+    except pipeline.ImageRefused:  # Dropped and counted, as the training pipeline does.
+      asked.refused.append(i)
+      continue
     asked.image_tokens.append(n_tokens)
     qa = record["qa"]
     for family, kind, question, answer in zip(qa["family"], qa["kind"], qa["question"],
@@ -123,6 +128,7 @@ def _accuracy(c, model, params, tok, asked: _Asked, config) -> dict[str, Any]:
           # What the dynamic policies trade accuracy against: visual tokens an image costs.
           "visual_tokens_per_image": float(np.mean(asked.image_tokens)),
           "visual_token_budget": build.num_image_tokens(config, c),
+          "refused_images": asked.refused,
           "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
 
 
@@ -177,6 +183,9 @@ def table(result: dict[str, Any]) -> str:
   for kind, acc in result["accuracy_by_kind"].items():
     lines.append(f"  {kind:<20}{acc:>10.3f}")
   lines.append(f"visual tokens per image {result['visual_tokens_per_image']:.1f}")
+  if result["refused_images"]:
+    lines.append(f"images refused by the resolution policy (not asked): "
+                 f"{len(result['refused_images'])}, first {result['refused_images'][:5]}")
   lines.append(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
                f"generation {result['generated_tokens_per_sec']:.1f} tokens/s")
   return "\n".join(lines)

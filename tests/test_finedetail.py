@@ -1,9 +1,12 @@
 """The embedded fine-detail dataset: determinism, disjoint splits, and details illegible at 224 px."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax import config_args
 from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import questions
 from mmjax.data.datasets import scenes
@@ -135,3 +138,17 @@ def test_marks_share_a_shape_have_equal_ink_and_contrast_with_the_background():
 def test_unknown_config_is_rejected(tmp_path):
   with pytest.raises(ValueError, match="valid: \\['large', 'small', 'tiny'\\]"):
     finedetail.prepare("medium", str(tmp_path))
+
+
+def test_pixel_aspect_bounds_the_drawn_sizes_and_oryx_covers_it():
+  """Whole-pixel sizes go a little past max_aspect; Oryx's static budget must hold them all."""
+  spec = finedetail.CONFIGS["small"].scene
+  rng = np.random.default_rng(0)
+  aspects = [max(w, h) / min(w, h) for w, h in (scenes._size(rng, spec) for _ in range(20000))]
+  assert max(aspects) <= spec.pixel_aspect
+  # The small train split holds an 862×287 image (3.0035): Oryx's pre-training once refused it.
+  assert spec.max_aspect < 862 / 287 <= spec.pixel_aspect
+  default = config_args.get_config(
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py", "tower=oryx")
+  assert all(c.scene.pixel_aspect <= default.model.max_aspect
+             for c in finedetail.CONFIGS.values())

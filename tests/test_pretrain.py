@@ -163,3 +163,20 @@ def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
                             workers=workers)
     runs.append(files.load_params(workdir / files.PARAMS_FILE))
   chex.assert_trees_all_equal(*runs)
+
+
+
+def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir):
+  c = tiny(data_dir, tower="oryx")
+  c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
+  source = build.data_source(c, "train")
+  tokens = build.num_image_tokens(build.model_config(c, 1), c)
+  split = pretrain_tower._Questions(source, build.policy(c), tokens)
+  wide = np.asarray([max(source[i]["height"], source[i]["width"]) /
+                     min(source[i]["height"], source[i]["width"]) > 1.3 for i in split.images])
+  assert wide.any() and not wide.all()
+  b = split.batch(split.images)
+  refused = wide[b["index"]]
+  assert b["mask"][refused].sum() == 0 and b["mask"][~refused].sum() > 0
+  assert b["valid"][wide].sum() == 0 and b["valid"][~wide].sum() > 0
+  assert split.refused == set(split.images[wide].tolist())

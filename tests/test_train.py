@@ -317,3 +317,16 @@ def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_pat
   assert config["model"]["tower"] == c.model.tower
   result = evaluation.evaluate(c, tmp_path)
   assert sum(result["questions"].values()) > 0 and np.isfinite(result["loss"])
+
+
+def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
+  c = config_args.get_config(ROOT / "configs" / "oryx.py", "size=tiny")
+  c.data.data_dir, c.data.eval_examples = data_dir, 16
+  c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
+  tok = build.tokenizer(c)
+  source = build.data_source(c, c.data.eval_split)
+  asked = evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
+  wide = [i for i in range(16) if max(source[i]["height"], source[i]["width"]) /
+          min(source[i]["height"], source[i]["width"]) > 1.3]
+  assert 0 < len(wide) < 16 and asked.refused == wide
+  assert len(asked.image_tokens) == 16 - len(wide)

@@ -92,7 +92,9 @@ class Pretrainer(nn.Module):
 
 class _Questions:
   """One split's images (decoded on demand) and questions as (image, condition, answer, kind),
-  of the question `kinds` given (() = every kind); `images` are those with such a question."""
+  of the question `kinds` given (() = every kind); `images` are those with such a question.
+  An image the resolution policy refuses (`pipeline.ImageRefused`) has its questions masked out
+  and is recorded in `refused`, as the training pipeline drops and counts such rows."""
 
   def __init__(self, source, policy: Any, num_tokens: int, answers: list[str] | None = None,
                kinds: tuple[str, ...] = ()):
@@ -112,14 +114,20 @@ class _Questions:
     if not len(self.images):
       raise ValueError(f"No question of the kinds {list(kinds)} in this split.")
     self.per_image = max(len(q) for q in self.by_image)
+    self.refused: set[int] = set()  # Filled from the batch-preparing threads (set.add is atomic).
 
   def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """Views of `images` and all their questions, padded to `per_image` each (masked)."""
     views, valid, index, cond, label, mask, kind = [], [], [], [], [], [], []
     for row, i in enumerate(images):
       image = self.source[int(i)]["image"]
-      views.append(self.policy(image))
-      n = pipeline.image_tokens(self.policy, image, self.num_tokens)
+      try:
+        views.append(self.policy(image))
+        n, asked = pipeline.image_tokens(self.policy, image, self.num_tokens), True
+      except pipeline.ImageRefused:
+        self.refused.add(int(i))
+        views.append(self.policy.blank())
+        n, asked = 0, False
       valid.append(np.arange(self.num_tokens) < n)
       picked = self.by_image[int(i)]
       for slot in range(self.per_image):
@@ -127,7 +135,7 @@ class _Questions:
         index.append(row)
         cond.append(c)
         label.append(self.answers.index(a) if a in self.answers else -1)
-        mask.append(slot < len(picked) and a in self.answers)
+        mask.append(asked and slot < len(picked) and a in self.answers)
         kind.append(k)
     return {"views": {k: np.stack([v[k] for v in views]) for k in views[0]},
             "valid": np.stack(valid).astype(np.float32), "index": np.asarray(index, np.int32),
@@ -192,7 +200,10 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
                       jax.tree.map(np.asarray, nn.unbox(params["params"]["tower"])))
     (workdir / "pretrain.json").write_text(json.dumps(
         {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-         "until": until, "stopped": stopped, "answers": train.answers, "curve": curve},
+         "until": until, "stopped": stopped, "answers": train.answers,
+         # Images the resolution policy refused (their questions left out), per split.
+         "refused_images": {"train": len(train.refused), c.data.eval_split: len(val.refused)},
+         "curve": curve},
         indent=1))
 
   curve, start = [], time.time()

@@ -76,6 +76,13 @@ class SceneSpec:
       raise ValueError(f"num_boxes ≤ {len(COLOURS)} (box colours) and num_shapes ≤ {len(SHAPES)} "
                        f"(large shapes differ in kind) are required.")
 
+  @property
+  def pixel_aspect(self) -> float:
+    """The largest aspect ratio of a drawn image: `max_aspect`, a little over it once the short
+    side is rounded to whole pixels (3.006 for long sides of 512–1024 px)."""
+    return max(long / max(round(long / self.max_aspect), 64)
+               for long in range(self.long_side[0], self.long_side[1] + 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Thing:
