@@ -92,12 +92,26 @@ def test_a_run_starts_from_the_pretrained_tower_and_random_elsewhere(data_dir, p
     ("tower/encoder=X", r"no parameters 'tower/encoder' \(tower holds \['vit'\]\)"),
     ("llm=PRE", "does not fit 'llm': missing"),
     ("tower=/nonexistent", "no parameter file"),
+    ("tower/vit=PRE#encoder", r"holds no 'encoder' \(its top level holds \['vit'\]\)"),
 ])
 def test_init_params_errors_name_the_entry_and_the_reason(data_dir, pretrained, entry, message):
   c = tiny(data_dir)
   c.train.init_params = entry.replace("PRE", str(pretrained[0]))
   with pytest.raises(ValueError, match=message):
     build.initial_params(c, _factory(c).abstract.params)
+
+
+def test_another_towers_vit_starts_from_a_part_of_the_file(data_dir, pretrained):
+  """InternVL's tiles go through the ViT of a pre-trained LLaVA-1.5 tower (`#vit`)."""
+  c = tiny(data_dir, tower="internvl")
+  c.train.init_params = f"tower/vit={pretrained[0]}#vit"
+  params = build.initial_params(c, _factory(c).abstract.params)
+  saved = mapping.flatten(files.load_params(pretrained[0] / files.PARAMS_FILE)["vit"])
+  got = mapping.flatten(jax.tree.map(np.asarray, params["tower"]["vit"]))
+  assert list(params) == ["tower"] and list(params["tower"]) == ["vit"]
+  assert saved.keys() == got.keys()
+  for key in saved:
+    np.testing.assert_array_equal(got[key], saved[key], err_msg="/".join(key))
 
 
 def test_a_tower_of_another_shape_is_refused(data_dir, pretrained):

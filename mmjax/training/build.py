@@ -237,9 +237,11 @@ def initial_params(c: ml_collections.ConfigDict,
   """The parameter subtrees `train.init_params` names, read from safetensors files and checked
   against the model's shapes; None when it names none. Every other parameter starts random.
 
-  `train.init_params` is "SUBTREE=PATH,…": SUBTREE a '/'-path into the parameters (`tower`,
-  `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a directory holding
-  one (`python -m mmjax.convert` output, a tower pre-training run).
+  `train.init_params` is "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters
+  (`tower`, `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a
+  directory holding one (`python -m mmjax.convert` output, a tower pre-training run), INNER a
+  '/'-path into that file, e.g. `tower/vit=runs/pre#vit`: the ViT of a LLaVA-1.5 tower pre-trained
+  with `pretrain_tower`, inside another tower (InternVL's tiles, XComposer's).
   """
   out: dict[str, Any] = {}
   for item in filter(None, (x.strip() for x in c.train.init_params.split(","))):
@@ -254,11 +256,20 @@ def initial_params(c: ml_collections.ConfigDict,
         raise ValueError(f"train.init_params: the model has no parameters {subtree!r} "
                          f"({'/'.join(keys[:depth]) or 'top level'} holds {have}).")
       node = node[key]
+    path, _, inner = path.partition("#")
     path = pathlib.Path(path)
     file = path / files.PARAMS_FILE if path.is_dir() else path
     if not file.is_file():
       raise ValueError(f"train.init_params: no parameter file at {file} (for {subtree!r}).")
-    loaded = mapping.flatten(files.load_params(file))
+    loaded = files.load_params(file)
+    inner_keys = tuple(filter(None, inner.split("/")))
+    for depth, key in enumerate(inner_keys):
+      if not isinstance(loaded, dict) or key not in loaded:
+        have = sorted(loaded) if isinstance(loaded, dict) else []
+        raise ValueError(f"train.init_params: {file} holds no {inner!r} "
+                         f"({'/'.join(inner_keys[:depth]) or 'its top level'} holds {have}).")
+      loaded = loaded[key]
+    loaded = mapping.flatten(loaded)
     wanted = mapping.flatten(node) if isinstance(node, dict) else {(): node}
     missing, unexpected = sorted(set(wanted) - set(loaded)), sorted(set(loaded) - set(wanted))
     shapes = {k: (tuple(loaded[k].shape), tuple(wanted[k].shape)) for k in wanted
