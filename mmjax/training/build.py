@@ -249,27 +249,15 @@ def initial_params(c: ml_collections.ConfigDict,
     if not sep or not subtree or not path:
       raise ValueError(f"train.init_params entry {item!r} is not SUBTREE=PATH.")
     keys = tuple(subtree.strip("/").split("/"))
-    node = abstract
-    for depth, key in enumerate(keys):
-      if not isinstance(node, dict) or key not in node:
-        have = sorted(node) if isinstance(node, dict) else []
-        raise ValueError(f"train.init_params: the model has no parameters {subtree!r} "
-                         f"({'/'.join(keys[:depth]) or 'top level'} holds {have}).")
-      node = node[key]
+    node = _descend(abstract, keys, f"the model has no parameters {subtree!r}", "top level")
     path, _, inner = path.partition("#")
     path = pathlib.Path(path)
     file = path / files.PARAMS_FILE if path.is_dir() else path
     if not file.is_file():
       raise ValueError(f"train.init_params: no parameter file at {file} (for {subtree!r}).")
-    loaded = files.load_params(file)
     inner_keys = tuple(filter(None, inner.split("/")))
-    for depth, key in enumerate(inner_keys):
-      if not isinstance(loaded, dict) or key not in loaded:
-        have = sorted(loaded) if isinstance(loaded, dict) else []
-        raise ValueError(f"train.init_params: {file} holds no {inner!r} "
-                         f"({'/'.join(inner_keys[:depth]) or 'its top level'} holds {have}).")
-      loaded = loaded[key]
-    loaded = mapping.flatten(loaded)
+    loaded = mapping.flatten(_descend(files.load_params(file), inner_keys,
+                                      f"{file} holds no {inner!r}", "its top level"))
     wanted = mapping.flatten(node) if isinstance(node, dict) else {(): node}
     missing, unexpected = sorted(set(wanted) - set(loaded)), sorted(set(loaded) - set(wanted))
     shapes = {k: (tuple(loaded[k].shape), tuple(wanted[k].shape)) for k in wanted
@@ -283,6 +271,18 @@ def initial_params(c: ml_collections.ConfigDict,
       target = target.setdefault(key, {})
     target[keys[-1]] = _nest(node, loaded)
   return out or None
+
+
+def _descend(tree: Any, keys: tuple[str, ...], missing: str, top: str) -> Any:
+  """`tree`'s node at `keys`; a ValueError starting with `missing` names what the last node
+  reached holds."""
+  for depth, key in enumerate(keys):
+    if not isinstance(tree, dict) or key not in tree:
+      have = sorted(tree) if isinstance(tree, dict) else []
+      raise ValueError(f"train.init_params: {missing} ({'/'.join(keys[:depth]) or top} holds "
+                       f"{have}).")
+    tree = tree[key]
+  return tree
 
 
 def _names(keys: list[tuple[str, ...]]) -> str:
