@@ -164,6 +164,8 @@ def plot(rows: list[dict], summary: list[dict], path: pathlib.Path) -> None:
     for f in names:  # What each policy's accuracy costs in visual tokens (mean per image).
       cost.errorbar(s["visual_tokens"], s[f"{f}_mean"], yerr=s[f"{f}_std"], fmt=markers[f],
                     color=colours.get(s["tower"]), label=f if i == 0 else None)
+      cost.annotate(s["tower"], (s["visual_tokens"], s[f"{f}_mean"]), fontsize=7,
+                    xytext=(4, 6 - 14 * (i % 3)), textcoords="offset points")
   bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
   bars.set(ylabel="validation accuracy", ylim=(0, 1))
   cost.set(xlabel="visual tokens per image (mean)", ylabel="validation accuracy", ylim=(0, 1),
