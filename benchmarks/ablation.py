@@ -202,7 +202,9 @@ def main():
   parser.add_argument("--pretrain_eval_every", type=int, default=0,
                       help="Steps between its validation passes (0: only at the end).")
   args = parser.parse_args()
-  towers = args.towers.split(";" if ";" in args.towers else ",")
+  # ',' separates entries only where no entry has an argument (whose own commas it would split).
+  sep = ";" if ";" in args.towers or ":" in args.towers else ","
+  towers = [t for t in args.towers.split(sep) if t]
   for tower in towers:
     parse_tower(tower)
   bad = [item for item in args.set if "=" not in item]
