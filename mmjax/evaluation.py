@@ -88,6 +88,9 @@ def _ask(c, tok, source, config) -> _Asked:
                                                   view["image_grid"], policy.merge_size))
       asked.views.append(view)
       asked.truth.append((family.decode(), kind.decode(), answer.decode()))
+  if not asked.image_tokens:
+    raise ValueError(f"The resolution policy refused all {len(asked.refused)} evaluated images of "
+                     f"{c.data.eval_split} ({c.model.tower}); nothing to evaluate.")
   return asked
 
 

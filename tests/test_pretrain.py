@@ -180,7 +180,7 @@ def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
 
 
 
-def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir):
+def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path):
   c = tiny(data_dir, tower="oryx")
   c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
   source = build.data_source(c, "train")
@@ -194,3 +194,6 @@ def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir):
   assert b["mask"][refused].sum() == 0 and b["mask"][~refused].sum() > 0
   assert b["valid"][wide].sum() == 0 and b["valid"][~wide].sum() > 0
   assert split.refused == set(split.images[wide].tolist())
+  c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not a silent run.
+  with pytest.raises(ValueError, match="question could be asked: the resolution policy refused"):
+    pretrain_tower.pretrain(c, tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1)

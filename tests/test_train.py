@@ -330,3 +330,6 @@ def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
           min(source[i]["height"], source[i]["width"]) > 1.3]
   assert 0 < len(wide) < 16 and asked.refused == wide
   assert len(asked.image_tokens) == 16 - len(wide)
+  c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not an empty score.
+  with pytest.raises(ValueError, match="refused all 16 evaluated images"):
+    evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))

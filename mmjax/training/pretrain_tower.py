@@ -193,6 +193,9 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
       for k, h, m in zip(b["kind"], hits, b["mask"]):
         if m:
           right.setdefault(str(k), []).append(bool(h))
+    if not right:
+      raise ValueError(f"No {c.data.eval_split} question could be asked: the resolution policy "
+                       f"refused all {len(val.refused)} images.")
     return {k: float(np.mean(v)) for k, v in sorted(right.items())}
 
   def save(curve, stopped=None):
