@@ -179,7 +179,6 @@ def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
   chex.assert_trees_all_equal(*runs)
 
 
-
 def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path):
   c = tiny(data_dir, tower="oryx")
   c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
