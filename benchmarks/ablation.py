@@ -90,8 +90,9 @@ def run_one(tower: str, seed: int, args) -> dict:
   done = workdir / "ablation_row.json"
   if done.exists():
     return json.loads(done.read_text())
-  config_arg = ",".join(filter(None, (f"size={args.size},steps={args.steps}", args.config_arg,
-                                      arg)))
+  # The harness pre-trains the tower itself (or not at all): no stage 0 inside train.py.
+  config_arg = ",".join(filter(None, (f"size={args.size},steps={args.steps},pretrain=0",
+                                      args.config_arg, arg)))
   flags = [f"--config={ROOT}/configs/{name}.py:{config_arg}", f"--workdir={workdir}",
            f"--config.seed={seed}"]
   if args.data_dir:

@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from transformers.models.llava import image_processing_pil_llava
 
 from mmjax import sharding
 from mmjax.data import pipeline
@@ -149,16 +150,26 @@ def test_stored_conversations_and_text_only_records():
 def test_pad_policy_keeps_the_aspect_ratio():
   image = np.zeros((20, 60, 3), np.uint8)
   image[:, :, 0] = 255  # A red 3:1 strip.
-  policy = pipeline.FixedResolution((30,), mean=(0, 0, 0), std=(1, 1, 1))
-  view = policy(image)["images"]
+  policy = pipeline.FixedResolution((30,), mean=(0.5, 0.5, 0.5), std=(1, 1, 1))
+  view = policy(image)["images"] + 0.5
   assert view.shape == (30, 30, 3)
   np.testing.assert_allclose(view[15, 15], [1, 0, 0], atol=1e-2)  # The strip, centred.
-  np.testing.assert_allclose(view[2, 15], [1, 0, 0], atol=1e-2)  # Padding takes the mean colour.
+  np.testing.assert_allclose(view[2, 15], [0.5, 0.5, 0.5], atol=1e-2)  # Padded with the mean.
   squashed = pipeline.FixedResolution((30,), aspect="squash", mean=(0, 0, 0), std=(1, 1, 1))
   np.testing.assert_allclose(squashed(image)["images"], 1.0 * (np.arange(3) == 0) + 0 * view,
                              atol=1e-2)
   with pytest.raises(ValueError, match="aspect"):
     pipeline.FixedResolution(aspect="crop")
+
+
+@pytest.mark.parametrize("height,width", [(20, 60), (61, 20), (300, 511), (1024, 341), (77, 77)])
+def test_pad_policy_equals_llava_image_processor(height, width):
+  """LLaVA-1.5's padding (the CLIP mean colour, centred), resize and normalisation, exactly."""
+  image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  reference = image_processing_pil_llava.LlavaImageProcessorPil(
+      do_pad=True, size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+  expected = reference(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+  np.testing.assert_array_equal(pipeline.FixedResolution((48,))(image)["images"], expected)
 
 
 def test_global_batch_is_split_over_the_batch_axes(source):

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from mmjax import config_args
+from mmjax import evaluation
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import files
 from mmjax.convert import mapping
@@ -196,3 +197,31 @@ def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path)
   c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not a silent run.
   with pytest.raises(ValueError, match="question could be asked: the resolution policy refused"):
     pretrain_tower.pretrain(c, tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1)
+
+
+def test_stage_zero_pretrains_the_tower_that_the_mllm_keeps_frozen(data_dir, tmp_path):
+  c = config_args.get_config(DEFAULT, "size=tiny,steps=2,pretrain=3")
+  c.data.data_dir, c.data.eval_examples, c.train.batch_size = data_dir, 8, 8
+  c.pretrain.batch, c.pretrain.eval_every, c.pretrain.workers = 4, 3, 0
+  assert (c.train.align_trainable, c.train.trainable) == ("^projector/", "^(projector|llm)/")
+  loop.train(c, tmp_path)
+  record = tmp_path / "tower" / "pretrain.json"
+  assert json.loads(record.read_text())["stopped"] == "steps"
+  saved = mapping.flatten(files.load_params(tmp_path / "tower" / files.PARAMS_FILE))
+  config = build.model_config(c, build.tokenizer(c).vocab_size)
+  fmt = build.formatter(c, c.train.task, config, build.tokenizer(c))
+  spec = step_lib.model_batch(build.example_batch(fmt, build.data_source(c, "train"), 2))
+  _, params = evaluation._restore(c, tmp_path, mllm.MLLM(config), spec,
+                                  loop.mesh_from_config(c), 2)
+  got = mapping.flatten(jax.tree.map(np.asarray, params["tower"]))
+  assert saved.keys() == got.keys()
+  for key in saved:  # Two MLLM steps later the tower is the pre-trained one.
+    np.testing.assert_array_equal(got[key], saved[key], err_msg="/".join(key))
+  # A finished stage 0 with the same settings is kept; another tower source is refused.
+  written = record.stat().st_mtime_ns
+  assert loop._pretrained_tower(c, tmp_path / "tower").train.init_params == \
+      f"tower={tmp_path / 'tower'}"
+  assert record.stat().st_mtime_ns == written
+  c.train.init_params = f"tower/vit={tmp_path / 'tower'}#vit"
+  with pytest.raises(ValueError, match="set pretrain.steps=0"):
+    loop._pretrained_tower(c, tmp_path / "tower")

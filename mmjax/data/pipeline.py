@@ -48,8 +48,10 @@ class ImageRefused(ValueError):
 class FixedResolution:
   """The fixed-size policy: square views of the whole image at one or two sizes.
 
-  `aspect="pad"` pads the image to a square with its mean colour first (LLaVA-1.5's
-  `expand2square`), "squash" resizes without keeping the aspect ratio. Views are resized from the
+  `aspect="pad"` pads the image to a square first, centred, with the normalisation mean as a
+  colour (`int(255 * mean)`), which normalises to zero: LLaVA-1.5's `expand2square` as its
+  `process_images` calls it, and transformers' `LlavaImageProcessor(do_pad=True)`. "squash"
+  resizes without keeping the aspect ratio. Views are resized from the
   original with antialiasing (PIL bicubic) and normalised with `mean`/`std`.
   """
   sizes: tuple[int, ...] = (336,)  # Side of each view: (low,) or (low, high).
@@ -72,7 +74,7 @@ class FixedResolution:
     pil = Image.fromarray(image)
     if self.aspect == "pad":
       side = max(pil.size)
-      fill = tuple(int(c) for c in np.asarray(image).reshape(-1, 3).mean(axis=0))
+      fill = tuple(int(255 * m) for m in self.mean)
       square = Image.new("RGB", (side, side), fill)
       square.paste(pil, ((side - pil.width) // 2, (side - pil.height) // 2))
       pil = square

@@ -25,6 +25,7 @@ from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import flops as flops_lib
 from mmjax.training import metrics as metrics_lib
 from mmjax.training import optim
+from mmjax.training import pretrain_tower
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
@@ -73,6 +74,8 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
   if start >= c.train.steps:
     logging.info("Already trained %d steps in %s.", start, workdir)
     return {}
+  if c.pretrain.steps and start == 0:  # A resumed run's checkpoints hold the tower.
+    c = _pretrained_tower(c, workdir / "tower")
   writer = metrics_lib.MetricsWriter(workdir, c.train.steps, start)
   peak = flops_lib.measured_peak_flops() * jax.device_count()
   sigterm = _SigtermFlag()
@@ -104,6 +107,39 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     writer.close()
     sigterm.restore()
   return last
+
+
+def _pretrained_tower(c: ml_collections.ConfigDict,
+                      workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """Stage 0: pre-trains the tower into `workdir` (kept when a finished run of the same model,
+  data, seed and settings is there; a run killed midway starts over: it is deterministic, so it
+  ends the same); returns `c` with the tower added to `train.init_params`."""
+  p = c.pretrain
+  if any(k.split("=")[0].strip().strip("/").split("/")[0] == "tower"
+         for k in c.train.init_params.split(",") if k.strip()):
+    raise ValueError(f"pretrain.steps={p.steps} pre-trains the tower, and train.init_params="
+                     f"{c.train.init_params!r} also sets it: set pretrain.steps=0 to start from "
+                     f"those parameters.")
+  if jax.process_count() > 1:
+    raise ValueError("Tower pre-training (pretrain.steps > 0) runs in one process: run "
+                     "`python -m mmjax.training.pretrain_tower` first and pass its directory as "
+                     "train.init_params=tower=DIR with pretrain.steps=0.")
+  settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until}
+  now = json.loads(c.to_json())  # Through JSON, as pretrain.json records it.
+  record = workdir / "pretrain.json"
+  done = json.loads(record.read_text()) if record.exists() else {}
+  if (done.get("stopped") and {k: done.get(k) for k in settings} == settings
+      and all(done["config"].get(k) == now[k] for k in ("model", "data", "seed"))):
+    logging.info("Tower pre-trained in %s: kept.", workdir)
+  else:
+    logging.info("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
+    pretrain_tower.pretrain(c, workdir, steps=p.steps, batch=p.batch, lr=p.lr,
+                            eval_every=p.eval_every, workers=p.workers, until=p.until,
+                            cache_views=p.cache_views)
+  c = c.copy_and_resolve_references()
+  with c.unlocked():
+    c.train.init_params = ",".join(filter(None, (f"tower={workdir}", c.train.init_params)))
+  return c
 
 
 def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resuming: bool):

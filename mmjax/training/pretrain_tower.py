@@ -43,19 +43,6 @@ from mmjax.data.datasets import questions
 from mmjax.models import towers
 from mmjax.training import build
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (and its argument).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the tower's parameters are written.")
-_STEPS = flags.DEFINE_integer("steps", 300, "Optimizer updates.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Images per update (with all their questions).")
-_LR = flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (warm-up, cosine decay).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between validation passes.")
-_UNTIL = flags.DEFINE_float(
-    "until", None, "Stop at the first validation pass where every question kind reaches this "
-    "accuracy (the schedule still spans --steps); unset: always run --steps.")
-_WORKERS = flags.DEFINE_integer(
-    "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop).")
-
-
 class Pretrainer(nn.Module):
   """The tower and a question-conditioned classifier head over its tokens."""
   tower: towers.TowerConfig
@@ -97,8 +84,10 @@ class _Questions:
   and is recorded in `refused`, as the training pipeline drops and counts such rows."""
 
   def __init__(self, source, policy: Any, num_tokens: int, answers: list[str] | None = None,
-               kinds: tuple[str, ...] = ()):
+               kinds: tuple[str, ...] = (), cache: bool = False):
     self.source, self.policy, self.num_tokens = source, policy, num_tokens
+    # Image index → (views, visual tokens), or None when refused; filled as images are first read.
+    self.cache: dict[int, Any] | None = {} if cache else None
     self.items = []
     for i in range(len(source)):
       qa = source[i]["qa"]
@@ -116,18 +105,27 @@ class _Questions:
     self.per_image = max(len(q) for q in self.by_image)
     self.refused: set[int] = set()  # Filled from the batch-preparing threads (set.add is atomic).
 
+  def view(self, i: int) -> tuple[dict[str, np.ndarray], int] | None:
+    """Image `i`'s views and visual-token count, or None if the policy refuses it."""
+    if self.cache is not None and i in self.cache:
+      return self.cache[i]
+    image = self.source[i]["image"]
+    try:
+      seen = self.policy(image), pipeline.image_tokens(self.policy, image, self.num_tokens)
+    except pipeline.ImageRefused:
+      self.refused.add(i)
+      seen = None
+    if self.cache is not None:
+      self.cache[i] = seen
+    return seen
+
   def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """Views of `images` and all their questions, padded to `per_image` each (masked)."""
     views, valid, index, cond, label, mask, kind = [], [], [], [], [], [], []
     for row, i in enumerate(images):
-      image = self.source[int(i)]["image"]
-      try:
-        views.append(self.policy(image))
-        n, asked = pipeline.image_tokens(self.policy, image, self.num_tokens), True
-      except pipeline.ImageRefused:
-        self.refused.add(int(i))
-        views.append(self.policy.blank())
-        n, asked = 0, False
+      seen = self.view(int(i))
+      views.append(seen[0] if seen else self.policy.blank())
+      n, asked = (seen[1], True) if seen else (0, False)
       valid.append(np.arange(self.num_tokens) < n)
       picked = self.by_image[int(i)]
       for slot in range(self.per_image):
@@ -145,7 +143,7 @@ class _Questions:
 
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
              batch: int, lr: float, eval_every: int, workers: int = 0,
-             until: float | None = None) -> dict[str, Any]:
+             until: float | None = None, cache_views: bool = False) -> dict[str, Any]:
   """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
   `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
   are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
@@ -160,8 +158,10 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   config = build.model_config(c, build.tokenizer(c).vocab_size)
   policy, tokens = build.policy(c), build.num_image_tokens(config, c)
   kinds = build.question_kinds(c)
-  train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds)
-  val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers, kinds)
+  train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds,
+                     cache=cache_views)
+  val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers, kinds,
+                   cache=cache_views)
   model = Pretrainer(config.tower, len(train.answers))
   rng = np.random.default_rng(c.seed)
   example = train.batch(np.arange(1))
@@ -236,12 +236,31 @@ def _device(b: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in b.items() if k != "kind"}
 
 
-def main(argv):
-  del argv
-  pretrain(_CONFIG.value, _WORKDIR.value, steps=_STEPS.value, batch=_BATCH.value, lr=_LR.value,
-           eval_every=_EVAL_EVERY.value, workers=_WORKERS.value, until=_UNTIL.value)
+def _define_flags() -> dict[str, Any]:
+  """The command line's flags (defined only when run as a program: train.py imports this)."""
+  return {
+      "config": config_flags.DEFINE_config_file("config", None, "Config file (and its argument)."),
+      "workdir": flags.DEFINE_string("workdir", None, "Where the tower's parameters are written."),
+      "steps": flags.DEFINE_integer("steps", 300, "Optimizer updates."),
+      "batch": flags.DEFINE_integer("batch", 32, "Images per update (with all their questions)."),
+      "lr": flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (warm-up, cosine decay)."),
+      "eval_every": flags.DEFINE_integer("eval_every", 100, "Steps between validation passes."),
+      "until": flags.DEFINE_float(
+          "until", None, "Stop at the first validation pass where every question kind reaches "
+          "this accuracy (the schedule still spans --steps); unset: always run --steps."),
+      "cache_views": flags.DEFINE_boolean(
+          "cache_views", False, "Keep every image's views in memory after its first decoding "
+          "(the resolution policies are deterministic): later epochs skip PNG decoding and "
+          "resizing, which bound a CPU run; costs the views' size (4,000 images at 224 px: "
+          "2.4 GB)."),
+      "workers": flags.DEFINE_integer(
+          "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop)."),
+  }
 
 
 if __name__ == "__main__":
+  _FLAGS = _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(lambda argv: pretrain(
+      _FLAGS["config"].value, _FLAGS["workdir"].value,
+      **{k: f.value for k, f in _FLAGS.items() if k not in ("config", "workdir")}))
