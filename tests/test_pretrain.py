@@ -169,13 +169,15 @@ def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
   assert "red and cyan" in answers and not any(a.isdigit() for a in answers)  # No codes/counts.
 
 
-def test_batches_prepared_on_threads_are_the_same_batches(data_dir, tmp_path):
-  """Threads change when a batch is made, never which batch: the tower comes out identical."""
+def test_batches_prepared_on_threads_or_from_cached_views_are_the_same_batches(data_dir,
+                                                                              tmp_path):
+  """Threads change when a batch is made, the view cache how, never which batch: the tower comes
+  out identical (8 steps of 4 over the tiny split's images revisit cached ones)."""
   runs = []
-  for workers in (0, 3):
-    workdir = tmp_path / str(workers)
-    pretrain_tower.pretrain(tiny(data_dir), workdir, steps=3, batch=4, lr=1e-3, eval_every=3,
-                            workers=workers)
+  for workers, cache in ((0, False), (3, False), (3, True)):
+    workdir = tmp_path / f"{workers}{cache}"
+    pretrain_tower.pretrain(tiny(data_dir), workdir, steps=8, batch=4, lr=1e-3, eval_every=4,
+                            workers=workers, cache_views=cache)
     runs.append(files.load_params(workdir / files.PARAMS_FILE))
   chex.assert_trees_all_equal(*runs)
 

@@ -128,7 +128,8 @@ def test_config_typos_fail_listing_valid_keys():
   c = config_args.get_config(DEFAULT, "size=tiny")
   with pytest.raises(AttributeError, match="Did you mean \"lr\""):
     c.train.lrr = 1.0
-  with pytest.raises(ValueError, match=r"valid: \['patch', 'res', 'size', 'steps', 'tower'\]"):
+  with pytest.raises(ValueError,
+                     match=r"valid: \['patch', 'pretrain', 'res', 'size', 'steps', 'tower'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
   with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
                      r"'mini_gemini', 'onevision', 'oryx', 'qwen2vl', 'vit', 'xcomposer'\]"):
