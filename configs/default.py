@@ -181,7 +181,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage 0 (before the MLLM's stages): the tower pre-trained with a classifier head on the
   # embedded dataset's questions (mmjax.training.pretrain_tower) into WORKDIR/tower, then
-  # frozen under LLaVA's two stages, the stand-in for a pre-trained CLIP.
+  # frozen under the MLLM's stages: the stand-in for a pre-trained CLIP.
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.steps = (arg.pretrain if arg.pretrain >= 0  # 0: no stage 0.
                       else PRETRAIN_STEPS.get((arg.size, arg.tower), 0))
@@ -199,9 +199,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = arg.steps  # Optimizer updates over both stages.
   c.train.batch_size = size["batch"]  # Global batch (rows); split over processes and devices.
   c.train.grad_accum_steps = 1  # Micro-batches per update (the batch must split evenly).
-  # Share of the steps in stage 1 (alignment on captions). None after stage 0: with an LLM
-  # trained from scratch, the projector alone on captions leaves the MLLM worse than no stage 1
-  # (coarse 0.45 against 0.67 on the default run, README).
+  # Share of the steps in stage 1 (alignment on captions); 0 after stage 0: with an LLM trained
+  # from scratch, the projector alone on captions leaves the MLLM worse than no stage 1 (coarse
+  # 0.45 against 0.67 on the default run, README).
   c.train.align_fraction = 0.0 if c.pretrain.steps else 0.2
   c.train.align_task = "caption"  # Stage 1 data: dense captions.
   # Regex over parameter paths; LLaVA: "^projector/" (the default after stage 0).
