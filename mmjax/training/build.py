@@ -244,11 +244,7 @@ def initial_params(c: ml_collections.ConfigDict,
   with `pretrain_tower`, inside another tower (InternVL's tiles, XComposer's).
   """
   out: dict[str, Any] = {}
-  for item in filter(None, (x.strip() for x in c.train.init_params.split(","))):
-    subtree, sep, path = item.partition("=")
-    if not sep or not subtree or not path:
-      raise ValueError(f"train.init_params entry {item!r} is not SUBTREE=PATH.")
-    keys = tuple(subtree.strip("/").split("/"))
+  for subtree, keys, path in init_params_entries(c):
     node = _descend(abstract, keys, f"the model has no parameters {subtree!r}", "top level")
     path, _, inner = path.partition("#")
     path = pathlib.Path(path)
@@ -271,6 +267,19 @@ def initial_params(c: ml_collections.ConfigDict,
       target = target.setdefault(key, {})
     target[keys[-1]] = _nest(node, loaded)
   return out or None
+
+
+def init_params_entries(c: ml_collections.ConfigDict
+                        ) -> list[tuple[str, tuple[str, ...], str]]:
+  """`train.init_params` as (SUBTREE, its '/'-keys, PATH[#INNER]) per entry; a malformed entry
+  is a ValueError naming it."""
+  out = []
+  for item in filter(None, (x.strip() for x in c.train.init_params.split(","))):
+    subtree, sep, path = item.partition("=")
+    if not sep or not subtree or not path:
+      raise ValueError(f"train.init_params entry {item!r} is not SUBTREE=PATH.")
+    out.append((subtree, tuple(subtree.strip("/").split("/")), path))
+  return out
 
 
 def _descend(tree: Any, keys: tuple[str, ...], missing: str, top: str) -> Any:

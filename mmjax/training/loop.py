@@ -115,8 +115,7 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
   data, seed and settings is there; a run killed midway starts over: it is deterministic, so it
   ends the same); returns `c` with the tower added to `train.init_params`."""
   p = c.pretrain
-  if any(k.split("=")[0].strip().strip("/").split("/")[0] == "tower"
-         for k in c.train.init_params.split(",") if k.strip()):
+  if any(keys[0] == "tower" for _, keys, _ in build.init_params_entries(c)):
     raise ValueError(f"pretrain.steps={p.steps} pre-trains the tower, and train.init_params="
                      f"{c.train.init_params!r} also sets it: set pretrain.steps=0 to start from "
                      f"those parameters.")
