@@ -63,7 +63,8 @@ def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
           f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
           f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
           f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
-          f"--workers={args.pretrain_workers}", *until], workdir.with_suffix(".log"))
+          f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}",
+          *until], workdir.with_suffix(".log"))
   done = json.loads(record.read_text())
   last = done["curve"][-1]
   return {"steps": last["step"], "stopped": done["stopped"], "seconds": last["seconds"],
@@ -197,6 +198,9 @@ def main():
   parser.add_argument("--pretrain_lr", type=float, default=2e-3, help="Its peak learning rate.")
   parser.add_argument("--pretrain_workers", type=int, default=0,
                       help="Its batch-preparing threads.")
+  parser.add_argument("--pretrain_cache_views", action="store_true",
+                      help="Keeps its decoded views in memory (the 448-px views of 4,000 images: "
+                      "up to 12 GB).")
   parser.add_argument("--pretrain_until", type=float, default=None,
                       help="Stop a tower's pre-training once every question kind reaches this "
                            "validation accuracy (checked every --pretrain_eval_every steps).")

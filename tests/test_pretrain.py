@@ -1,6 +1,8 @@
 """Tower pre-training and starting a run from saved parameters (`train.init_params`)."""
 import json
 import pathlib
+import subprocess
+import sys
 
 import chex
 import jax
@@ -227,3 +229,13 @@ def test_stage_zero_pretrains_the_tower_that_the_mllm_keeps_frozen(data_dir, tmp
   c.train.init_params = f"tower/vit={tmp_path / 'tower'}#vit"
   with pytest.raises(ValueError, match="set pretrain.steps=0"):
     loop._pretrained_tower(c, tmp_path / "tower")
+
+
+def test_the_command_line_exits_zero_and_writes_the_tower(data_dir, tmp_path):
+  """The ablation harness runs it as a program and reads a non-zero exit as a failure."""
+  done = subprocess.run(
+      [sys.executable, "-m", "mmjax.training.pretrain_tower", f"--config={DEFAULT}:size=tiny",
+       f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}", "--steps=1", "--batch=2",
+       "--eval_every=1"], cwd=DEFAULT.parents[1], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads((tmp_path / "pretrain.json").read_text())["stopped"] == "steps"

@@ -261,6 +261,10 @@ def _define_flags() -> dict[str, Any]:
 if __name__ == "__main__":
   _FLAGS = _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: pretrain(
-      _FLAGS["config"].value, _FLAGS["workdir"].value,
-      **{k: f.value for k, f in _FLAGS.items() if k not in ("config", "workdir")}))
+
+  def main(argv):
+    del argv
+    pretrain(_FLAGS["config"].value, _FLAGS["workdir"].value,
+             **{k: f.value for k, f in _FLAGS.items() if k not in ("config", "workdir")})
+
+  app.run(main)  # Exits 0: app.run would exit with (and print) a value main returned.
