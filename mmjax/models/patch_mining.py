@@ -64,7 +64,9 @@ class PatchInfoMining(nn.Module):
         nn.unbox(layer.variables["params"][name]).astype(self.dtype)
         for layer, name in ((key_norm, "scale"), (key, "kernel"), (value_norm, "scale"),
                             (value_norm, "bias")))
-    hf = h.astype(jnp.float32)  # LayerNorm statistics in float32, as `layers.layer_norm`.
+    # Both LayerNorms normalise the same map: one set of statistics, in float32 as in
+    # `layers.layer_norm`.
+    hf = h.astype(jnp.float32)
     centred = hf - jnp.mean(hf, axis=-1, keepdims=True)
     inv_std = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1) + key_norm.epsilon)
     centred = centred.astype(self.dtype)
