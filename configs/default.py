@@ -113,6 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.convnext_depths = size["convnext"][1]  # …and blocks per stage.
   c.model.convnext_layer_scale = 1e-6 if big else 1.0  # Initial layer scale (HF: 1e-6).
   c.model.convnext_stage = -1  # EAGLE / LEO: the ConvNeXt stage whose map is used.
+  # EAGLE / LEO: their encoders, in order, from "vit" (the low-res ViT) and "convnext" (the
+  # high-res ConvNeXt); one alone makes a single-encoder tower, e.g. "convnext" to pre-train
+  # the ConvNeXt that LLaVA-HR and Mini-Gemini share (benchmarks/ablation.py).
+  c.model.encoders = "vit,convnext"
   c.model.adapter_gate = "scalar"  # LLaVA-HR gate: "scalar" (author code) or "channel" (paper).
   c.model.adapter_after = ()  # LLaVA-HR: ViT blocks followed by an adapter; (): depth/4·{1,2,3}.
   c.model.mgm_hd = False  # Mini-Gemini HD: global view + 2×2 crops (5× the tokens).
@@ -194,6 +198,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Keep every image's views in memory after their first decoding (4,000 at 224 px: 2.4 GB):
   # decoding and resizing bound a CPU run, the compute of later epochs does not.
   c.pretrain.cache_views = True
+  # Parts of the tower started from saved parameters before stage 0, "tower/…=PATH[#INNER],…"
+  # as train.init_params, e.g. encoders pre-trained alone; "": all random.
+  c.pretrain.init_params = ""
+  # Regular expression over the tower's parameter paths held fixed in stage 0, e.g.
+  # "^tower/(vit|convnext)/" to train only a fusion on such encoders; "": all train.
+  c.pretrain.frozen = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = arg.steps  # Optimizer updates over both stages.

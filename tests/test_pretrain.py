@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import chex
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from mmjax import config_args
 from mmjax import evaluation
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import files
+from mmjax.convert import layout
 from mmjax.convert import mapping
 from mmjax.models import mllm
+from mmjax.models import towers
 from mmjax.models import vit
 from mmjax.training import build
 from mmjax.training import loop
@@ -75,7 +78,8 @@ def test_a_run_starts_from_the_pretrained_tower_and_random_elsewhere(data_dir, p
   c = tiny(data_dir)
   c.train.init_params = f"tower={pretrained[0]}"
   factory = _factory(c)
-  state = factory.create(jax.random.key(0), build.initial_params(c, factory.abstract.params))
+  state = factory.create(jax.random.key(0),
+                         build.initial_params(c.train.init_params, factory.abstract.params))
   fresh = factory.create(jax.random.key(0))
   saved = mapping.flatten(files.load_params(pretrained[0] / files.PARAMS_FILE))
   got = mapping.flatten(jax.tree.map(np.asarray, state.params["tower"]))
@@ -101,14 +105,14 @@ def test_init_params_errors_name_the_entry_and_the_reason(data_dir, pretrained, 
   c = tiny(data_dir)
   c.train.init_params = entry.replace("PRE", str(pretrained[0]))
   with pytest.raises(ValueError, match=message):
-    build.initial_params(c, _factory(c).abstract.params)
+    build.initial_params(c.train.init_params, _factory(c).abstract.params)
 
 
 def test_another_towers_vit_starts_from_a_part_of_the_file(data_dir, pretrained):
   """InternVL's tiles go through the ViT of a pre-trained LLaVA-1.5 tower (`#vit`)."""
   c = tiny(data_dir, tower="internvl")
   c.train.init_params = f"tower/vit={pretrained[0]}#vit"
-  params = build.initial_params(c, _factory(c).abstract.params)
+  params = build.initial_params(c.train.init_params, _factory(c).abstract.params)
   saved = mapping.flatten(files.load_params(pretrained[0] / files.PARAMS_FILE)["vit"])
   got = mapping.flatten(jax.tree.map(np.asarray, params["tower"]["vit"]))
   assert list(params) == ["tower"] and list(params["tower"]) == ["vit"]
@@ -122,7 +126,7 @@ def test_a_tower_of_another_shape_is_refused(data_dir, pretrained):
   c.model.vit_width = 48
   c.train.init_params = f"tower={pretrained[0]}"
   with pytest.raises(ValueError, match=r"shape \(file, model\)"):
-    build.initial_params(c, _factory(c).abstract.params)
+    build.initial_params(c.train.init_params, _factory(c).abstract.params)
 
 
 def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
@@ -136,7 +140,8 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
   assert convert_main.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm")]) == 0
   c.train.init_params = f"tower/vit={tmp_path / 'mm'}"
   factory = _factory(c)
-  state = factory.create(jax.random.key(0), build.initial_params(c, factory.abstract.params))
+  state = factory.create(jax.random.key(0),
+                         build.initial_params(c.train.init_params, factory.abstract.params))
   pixels = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
   with torch.no_grad():
     expected = clip(torch.from_numpy(pixels), output_hidden_states=True).hidden_states[-2]
@@ -239,3 +244,72 @@ def test_the_command_line_exits_zero_and_writes_the_tower(data_dir, tmp_path):
        "--eval_every=1"], cwd=DEFAULT.parents[1], capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert json.loads((tmp_path / "pretrain.json").read_text())["stopped"] == "steps"
+
+
+def _tower_file(c, path):
+  """A freshly initialised tower's parameters, saved as pretrain_tower writes them."""
+  module = towers.tower_for(build.model_config(c, build.tokenizer(c).vocab_size).tower)
+  images = np.zeros((1, c.model.image_size, c.model.image_size, 3), np.float32)
+  tower = jax.tree.map(np.asarray, nn.unbox(jax.jit(module.init)(jax.random.key(1),
+                                                                 images)["params"]))
+  files.save_params(path, tower)
+  return tower
+
+
+def test_a_vit_loads_into_llava_hrs_split_vit_and_computes_the_same_states(data_dir, tmp_path):
+  """LLaVA-HR splits its ViT into block groups at the adapters; a plain ViT's blocks are
+  renumbered into them on loading, so the split ViT computes the plain one's hidden states."""
+  plain = tiny(data_dir)
+  plain.model.vit_depth = 4
+  source = _tower_file(plain, tmp_path / "vit.safetensors")["vit"]
+  c = tiny(data_dir, tower="llava_hr")
+  c.model.vit_depth = 4
+  c.train.init_params = f"tower/vit={tmp_path / 'vit.safetensors'}#vit"
+  factory = _factory(c)
+  split = factory.model.config.tower.grouped_vit
+  assert split.groups == (1, 1, 1, 1)
+  params = build.initial_params(c.train.init_params, factory.abstract.params)["tower"]["vit"]
+  assert "blocks_3" in params and "blocks_1" not in source
+  images = np.random.default_rng(0).normal(size=(2, split.image_size, split.image_size, 3))
+  images = images.astype(np.float32)
+  assert "post_norm" not in params  # LLaVA-HR reads its ViT between blocks, never post-norm.
+  ours = vit.ViT(split).apply({"params": {**params, "post_norm": source["post_norm"]}},
+                              images)["hidden_states"]
+  plain_vit = build.model_config(plain, build.tokenizer(plain).vocab_size).tower.vit
+  expected = vit.ViT(plain_vit).apply({"params": source}, images)["hidden_states"]
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=1e-6)
+
+
+def test_a_fusion_trains_on_loaded_frozen_encoders(data_dir, tmp_path):
+  """Stage 0 with `init_params` and `frozen`, as the ablation's shared encoders: the ViT (of a
+  plain ViT tower) and the ConvNeXt (of another LLaVA-HR tower) keep their loaded values, the
+  adapters' zero-initialised outputs move."""
+  plain = tiny(data_dir)
+  plain.model.vit_depth = 4
+  vit_source = _tower_file(plain, tmp_path / "vit.safetensors")["vit"]
+  c = tiny(data_dir, tower="llava_hr")
+  c.model.vit_depth = 4
+  convnext_source = _tower_file(c, tmp_path / "hr.safetensors")["convnext"]
+  pretrain_tower.pretrain(
+      c, tmp_path / "run", steps=2, lr=1e-2, batch=4, eval_every=2, frozen="^tower/(vit|convnext)/",
+      init_params=f"tower/vit={tmp_path / 'vit.safetensors'}#vit,"
+                  f"tower/convnext={tmp_path / 'hr.safetensors'}#convnext")
+  trained = files.load_params(tmp_path / "run" / files.PARAMS_FILE)
+  vit_now = mapping.flatten(trained["vit"])
+  regrouped = layout.regroup_blocks(mapping.flatten(vit_source), vit_now)
+  chex.assert_trees_all_equal(vit_now, {k: regrouped[k] for k in vit_now})
+  chex.assert_trees_all_equal(trained["convnext"], convnext_source)
+  for out in ("low_out", "high_out"):  # Zero at initialisation.
+    assert np.abs(trained["adapter_0"][out]["kernel"]).max() > 0, out
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(frozen="^tower/(vit"), "frozen='\\^tower/\\(vit' is not a regular expression"),
+    (dict(frozen="^tower/nothing/"), "freezes no tower parameter"),
+    (dict(frozen="^tower/"), "freezes every tower parameter"),
+    (dict(init_params="llm=/somewhere"), "starts only parts of the tower"),
+])
+def test_stage_zero_refuses_a_bad_frozen_pattern_or_init(data_dir, tmp_path, setting, message):
+  with pytest.raises(ValueError, match=message):
+    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1,
+                            **setting)

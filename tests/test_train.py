@@ -145,6 +145,22 @@ def test_config_typos_fail_listing_valid_keys():
     build.question_kinds(c)
 
 
+def test_eagle_and_leo_take_the_encoders_named():
+  """One encoder alone makes a single-encoder tower (the ablation pre-trains the ConvNeXt so)."""
+  for tower in ("eagle", "leo"):
+    c = config_args.get_config(ROOT / "configs" / f"{tower}.py", "size=tiny")
+    both = build.model_config(c, 300).tower.encoders
+    assert [e.convnext is None for e in both] == [True, False]
+    c.model.encoders = "convnext"
+    (alone,) = build.model_config(c, 300).tower.encoders
+    assert alone == both[1]
+    for bad in ("convnext,convnext", "vit,sam", ""):
+      c.model.encoders = bad
+      with pytest.raises(ValueError, match=r"must name distinct encoders from \['convnext', "
+                         r"'vit'\]"):
+        build.model_config(c, 300)
+
+
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_path):
   # Warm-up from 0 makes step 1 harmless; then lr 1e30 blows the parameters up.
   c = tiny(data_dir, steps=6, **{"train.align_fraction": 0.0, "train.lr": 1e30,

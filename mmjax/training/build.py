@@ -5,8 +5,10 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from mmjax.convert import files
+from mmjax.convert import layout
 from mmjax.convert import mapping
 from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
@@ -42,11 +44,18 @@ def _convnext(m: ml_collections.ConfigDict, common: dict) -> convnext.ConvNeXtCo
 
 
 def _mixed_encoders(m: ml_collections.ConfigDict, common: dict) -> tuple[towers.EncoderSpec, ...]:
-  """The low-resolution ViT and the high-resolution ConvNeXt, as EAGLE / LEO encoders."""
-  return (towers.EncoderSpec(vit=_vit(m, m.low_res, common), image_size=m.low_res,
-                             select=m.select_layer),
-          towers.EncoderSpec(convnext=_convnext(m, common), image_size=m.image_size,
-                             select=m.convnext_stage))
+  """EAGLE / LEO's encoders named by `model.encoders`: the low-resolution ViT and / or the
+  high-resolution ConvNeXt, in the order given."""
+  specs = {"vit": lambda: towers.EncoderSpec(vit=_vit(m, m.low_res, common), image_size=m.low_res,
+                                             select=m.select_layer),
+           "convnext": lambda: towers.EncoderSpec(convnext=_convnext(m, common),
+                                                  image_size=m.image_size,
+                                                  select=m.convnext_stage)}
+  names = [n.strip() for n in m.encoders.split(",")]
+  if not names or any(n not in specs for n in names) or len(set(names)) != len(names):
+    raise ValueError(f"model.encoders={m.encoders!r} must name distinct encoders from "
+                     f"{sorted(specs)}, comma-separated.")
+  return tuple(specs[n]() for n in names)
 
 
 def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> towers.TowerConfig:
@@ -232,36 +241,43 @@ def example_batch(fmt: pipeline.FormatExample, source, rows: int) -> dict[str, A
   return {k: np.zeros((rows,) + np.shape(v), np.asarray(v).dtype) for k, v in row.items()}
 
 
-def initial_params(c: ml_collections.ConfigDict,
-                   abstract: dict[str, Any]) -> dict[str, Any] | None:
-  """The parameter subtrees `train.init_params` names, read from safetensors files and checked
-  against the model's shapes; None when it names none. Every other parameter starts random.
+def initial_params(spec: str, abstract: dict[str, Any],
+                   field: str = "train.init_params") -> dict[str, Any] | None:
+  """The parameter subtrees `spec` names, read from safetensors files and checked against the
+  model's shapes; None when it names none. Every other parameter starts random.
 
-  `train.init_params` is "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters
-  (`tower`, `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a
-  directory holding one (`python -m mmjax.convert` output, a tower pre-training run), INNER a
-  '/'-path into that file, e.g. `tower/vit=runs/pre#vit`: the ViT of a LLaVA-1.5 tower pre-trained
-  with `pretrain_tower`, inside another tower (InternVL's tiles, XComposer's).
+  `spec` (the config's `train.init_params`, or `pretrain.init_params`: `field` names it in
+  errors) is "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters (`tower`,
+  `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a directory holding
+  one (`python -m mmjax.convert` output, a tower pre-training run), INNER a '/'-path into that
+  file, e.g. `tower/vit=runs/pre#vit`: the ViT of a LLaVA-1.5 tower pre-trained with
+  `pretrain_tower`, inside another tower (InternVL's tiles, XComposer's, LLaVA-HR's: a ViT's blocks
+  are regrouped to the grouping the model has, `layout.regroup_blocks`).
   """
   out: dict[str, Any] = {}
-  for subtree, keys, path in init_params_entries(c):
-    node = _descend(abstract, keys, f"the model has no parameters {subtree!r}", "top level")
+  for subtree, keys, path in init_params_entries(spec, field):
+    node = _descend(abstract, keys, f"{field}: the model has no parameters {subtree!r}",
+                    "top level")
     path, _, inner = path.partition("#")
     path = pathlib.Path(path)
     file = path / files.PARAMS_FILE if path.is_dir() else path
     if not file.is_file():
-      raise ValueError(f"train.init_params: no parameter file at {file} (for {subtree!r}).")
+      raise ValueError(f"{field}: no parameter file at {file} (for {subtree!r}).")
     inner_keys = tuple(filter(None, inner.split("/")))
-    loaded = mapping.flatten(_descend(files.load_params(file), inner_keys,
-                                      f"{file} holds no {inner!r}", "its top level"))
     wanted = mapping.flatten(node) if isinstance(node, dict) else {(): node}
+    loaded = layout.regroup_blocks(mapping.flatten(_descend(
+        files.load_params(file), inner_keys, f"{field}: {file} holds no {inner!r}",
+        "its top level")), wanted)
     missing, unexpected = sorted(set(wanted) - set(loaded)), sorted(set(loaded) - set(wanted))
     shapes = {k: (tuple(loaded[k].shape), tuple(wanted[k].shape)) for k in wanted
               if k in loaded and tuple(loaded[k].shape) != tuple(wanted[k].shape)}
-    if missing or unexpected or shapes:
+    if missing or shapes:
       raise ValueError(
-          f"train.init_params: {file} does not fit {subtree!r}: missing {_names(missing)}, "
+          f"{field}: {file} does not fit {subtree!r}: missing {_names(missing)}, "
           f"unexpected {_names(unexpected)}, shape (file, model) {dict(list(shapes.items())[:5])}.")
+    if unexpected:  # E.g. a CLIP's post-norm, which LLaVA-HR's ViT (read between blocks) lacks.
+      logging.warning("%s: %s holds parameters %r does not use: %s.", field, file, subtree,
+                      _names(unexpected))
     target = out
     for key in keys[:-1]:
       target = target.setdefault(key, {})
@@ -269,15 +285,15 @@ def initial_params(c: ml_collections.ConfigDict,
   return out or None
 
 
-def init_params_entries(c: ml_collections.ConfigDict
+def init_params_entries(spec: str, field: str = "train.init_params"
                         ) -> list[tuple[str, tuple[str, ...], str]]:
-  """`train.init_params` as (SUBTREE, its '/'-keys, PATH[#INNER]) per entry; a malformed entry
-  is a ValueError naming it."""
+  """`spec` ("SUBTREE=PATH[#INNER],…") as (SUBTREE, its '/'-keys, PATH[#INNER]) per entry; a
+  malformed entry is a ValueError naming it and `field`."""
   out = []
-  for item in filter(None, (x.strip() for x in c.train.init_params.split(","))):
+  for item in filter(None, (x.strip() for x in spec.split(","))):
     subtree, sep, path = item.partition("=")
     if not sep or not subtree or not path:
-      raise ValueError(f"train.init_params entry {item!r} is not SUBTREE=PATH.")
+      raise ValueError(f"{field} entry {item!r} is not SUBTREE=PATH.")
     out.append((subtree, tuple(subtree.strip("/").split("/")), path))
   return out
 
@@ -288,8 +304,7 @@ def _descend(tree: Any, keys: tuple[str, ...], missing: str, top: str) -> Any:
   for depth, key in enumerate(keys):
     if not isinstance(tree, dict) or key not in tree:
       have = sorted(tree) if isinstance(tree, dict) else []
-      raise ValueError(f"train.init_params: {missing} ({'/'.join(keys[:depth]) or top} holds "
-                       f"{have}).")
+      raise ValueError(f"{missing} ({'/'.join(keys[:depth]) or top} holds {have}).")
     tree = tree[key]
   return tree
 

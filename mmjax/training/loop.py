@@ -97,7 +97,8 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
           state = checkpoints.restore(start, before.factory.abstract, before.factory.shardings)
           logging.info("Resumed stage %s at step %d (its start).", stage.name, start)
         params = (state.params if state is not None
-                  else build.initial_params(c, setup.factory.abstract.params))
+                  else build.initial_params(c.train.init_params,
+                                            setup.factory.abstract.params))
         state = setup.factory.create(rng, params, stage.start)
       state, last = _run(c, setup, state, checkpoints, writer, peak, sigterm)
       start = stage.end
@@ -115,7 +116,8 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
   data, seed and settings is there; a run killed midway starts over: it is deterministic, so it
   ends the same); returns `c` with the tower added to `train.init_params`."""
   p = c.pretrain
-  if any(keys[0] == "tower" for _, keys, _ in build.init_params_entries(c)):
+  if any(keys[0] == "tower" for _, keys, _ in
+         build.init_params_entries(c.train.init_params)):
     raise ValueError(f"pretrain.steps={p.steps} pre-trains the tower, and train.init_params="
                      f"{c.train.init_params!r} also sets it: set pretrain.steps=0 to start from "
                      f"those parameters.")
@@ -123,7 +125,8 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
     raise ValueError("Tower pre-training (pretrain.steps > 0) runs in one process: run "
                      "`python -m mmjax.training.pretrain_tower` first and pass its directory as "
                      "train.init_params=tower=DIR with pretrain.steps=0.")
-  settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until}
+  settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until,
+              "init_params": p.init_params, "frozen": p.frozen}
   now = json.loads(c.to_json())  # Through JSON, as pretrain.json records it.
   record = workdir / "pretrain.json"
   done = json.loads(record.read_text()) if record.exists() else {}
@@ -134,7 +137,8 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
     logging.info("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
     pretrain_tower.pretrain(c, workdir, steps=p.steps, batch=p.batch, lr=p.lr,
                             eval_every=p.eval_every, workers=p.workers, until=p.until,
-                            cache_views=p.cache_views)
+                            cache_views=p.cache_views, init_params=p.init_params,
+                            frozen=p.frozen)
   c = c.copy_and_resolve_references()
   with c.unlocked():
     c.train.init_params = ",".join(filter(None, (f"tower={workdir}", c.train.init_params)))

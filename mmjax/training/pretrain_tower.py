@@ -22,6 +22,7 @@ three-seed ablation), and the MLLM on the weak tower stays at chance.
 """
 import json
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from mmjax.data import pipeline
 from mmjax.data.datasets import questions
 from mmjax.models import towers
 from mmjax.training import build
+from mmjax.training import optim
 
 class Pretrainer(nn.Module):
   """The tower and a question-conditioned classifier head over its tokens."""
@@ -143,13 +145,23 @@ class _Questions:
 
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
              batch: int, lr: float, eval_every: int, workers: int = 0,
-             until: float | None = None, cache_views: bool = False) -> dict[str, Any]:
+             until: float | None = None, cache_views: bool = False, init_params: str = "",
+             frozen: str = "") -> dict[str, Any]:
   """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
   `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
   are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
-  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended."""
+  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended.
+
+  `init_params` ("tower/…=PATH[#INNER],…", as `train.init_params`) starts parts of the tower from
+  saved parameters, and the tower parameters whose '/'-path matches the regular expression
+  `frozen` do not train: encoders pre-trained alone, then only a fusion trained on top of them
+  (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders."""
   if until is not None and not 0 <= until <= 1:
     raise ValueError(f"until={until} is not an accuracy in [0, 1].")
+  for subtree, keys, _ in build.init_params_entries(init_params, "init_params"):
+    if keys[0] != "tower":
+      raise ValueError(f"init_params entry for {subtree!r}: tower pre-training starts only "
+                       "parts of the tower ('tower/…').")
   if not c.data.dataset.startswith("fine_detail/"):
     raise ValueError(f"Tower pre-training reads the embedded dataset's question labels; "
                      f"data.dataset={c.data.dataset!r} is not 'fine_detail/<config>'.")
@@ -165,11 +177,16 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   model = Pretrainer(config.tower, len(train.answers))
   rng = np.random.default_rng(c.seed)
   example = train.batch(np.arange(1))
-  params = jax.jit(model.init)(jax.random.key(c.seed), example["views"], example["valid"],
-                               example["index"], example["cond"])
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(c.seed), example["views"],
+                                         example["valid"], example["index"], example["cond"]))
+  loaded = build.initial_params(init_params, params["params"], "init_params")
+  if loaded:
+    params = {"params": _merged(params["params"], loaded)}
+  train_all = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps),
       weight_decay=0.05))
+  tx = optax.multi_transform({"train": train_all, "frozen": optax.set_to_zero()},
+                             _labels(params, frozen))
   opt = tx.init(params)
 
   @jax.jit
@@ -200,10 +217,11 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
 
   def save(curve, stopped=None):
     files.save_params(workdir / files.PARAMS_FILE,
-                      jax.tree.map(np.asarray, nn.unbox(params["params"]["tower"])))
+                      jax.tree.map(np.asarray, params["params"]["tower"]))
     (workdir / "pretrain.json").write_text(json.dumps(
         {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-         "until": until, "stopped": stopped, "answers": train.answers,
+         "until": until, "init_params": init_params, "frozen": frozen, "stopped": stopped,
+         "answers": train.answers,
          # Images the resolution policy refused (their questions left out), per split.
          "refused_images": {"train": len(train.refused), c.data.eval_split: len(val.refused)},
          "curve": curve},
@@ -218,7 +236,8 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   for i, b in enumerate(batches, start=1):
     params, opt, loss = step(params, opt, _device(b))
     if i == 1:
-      print(f"step 1 (compiles the step) {time.time() - start:.0f}s", flush=True)
+      print(f"step 1 (compiles the step) loss {float(loss):.3f} {time.time() - start:.0f}s",
+            flush=True)
     if i % eval_every == 0 or i == steps:
       accuracy = evaluate(params)
       curve.append({"step": i, "loss": float(loss), "seconds": time.time() - start, **accuracy})
@@ -230,6 +249,30 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
         break
       save(curve)
   return curve[-1]
+
+
+def _merged(tree: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+  """`tree` with the subtrees `new` holds put in their place."""
+  return {k: (_merged(v, new[k]) if isinstance(new[k], dict) else new[k]) if k in new else v
+          for k, v in tree.items()}
+
+
+def _labels(params: Any, frozen: str) -> Any:
+  """"frozen" for the tower parameters whose path (from `tower/`) matches `frozen`, else
+  "train"; a pattern that is not a regular expression, or freezes no tower parameter, or all of
+  them, is a ValueError."""
+  try:
+    regex = re.compile(frozen) if frozen else None
+  except re.error as e:
+    raise ValueError(f"frozen={frozen!r} is not a regular expression: {e}.") from None
+  names = optim.path_names(params["params"])
+  labels = {k: jax.tree.map(lambda n: "frozen" if k == "tower" and regex and regex.search(n)
+                            else "train", v) for k, v in names.items()}
+  tower = jax.tree.leaves(labels["tower"])
+  if regex and (not tower.count("frozen") or not tower.count("train")):
+    raise ValueError(f"frozen={frozen!r} freezes {'every' if tower.count('frozen') else 'no'} "
+                     f"tower parameter; paths look like {jax.tree.leaves(names['tower'])[:6]}.")
+  return {"params": labels}
 
 
 def _device(b: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +296,12 @@ def _define_flags() -> dict[str, Any]:
           "(the resolution policies are deterministic): later epochs skip PNG decoding and "
           "resizing, which bound a CPU run; costs the views' size (4,000 images at 224 px: "
           "2.4 GB)."),
+      "init_params": flags.DEFINE_string(
+          "init_params", "", "Parts of the tower started from saved parameters, "
+          "'tower/…=PATH[#INNER],…' as train.init_params (e.g. encoders pre-trained alone)."),
+      "frozen": flags.DEFINE_string(
+          "frozen", "", "Regular expression over the tower's parameter paths ('tower/vit/…') "
+          "that do not train (e.g. '^tower/(vit|convnext)/': only the fusion trains)."),
       "workers": flags.DEFINE_integer(
           "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop)."),
   }
