@@ -259,8 +259,8 @@ def _merged(tree: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def _labels(params: Any, frozen: str) -> Any:
   """"frozen" for the tower parameters whose path (from `tower/`) matches `frozen`, else
-  "train"; a pattern that is not a regular expression, or freezes no tower parameter, or all of
-  them, is a ValueError."""
+  "train" (the head always trains: a pattern freezing the whole tower makes a probe of it); a
+  pattern that is not a regular expression, or freezes no tower parameter, is a ValueError."""
   try:
     regex = re.compile(frozen) if frozen else None
   except re.error as e:
@@ -268,10 +268,9 @@ def _labels(params: Any, frozen: str) -> Any:
   names = optim.path_names(params["params"])
   labels = {k: jax.tree.map(lambda n: "frozen" if k == "tower" and regex and regex.search(n)
                             else "train", v) for k, v in names.items()}
-  tower = jax.tree.leaves(labels["tower"])
-  if regex and (not tower.count("frozen") or not tower.count("train")):
-    raise ValueError(f"frozen={frozen!r} freezes {'every' if tower.count('frozen') else 'no'} "
-                     f"tower parameter; paths look like {jax.tree.leaves(names['tower'])[:6]}.")
+  if regex and "frozen" not in jax.tree.leaves(labels["tower"]):
+    raise ValueError(f"frozen={frozen!r} freezes no tower parameter; paths look like "
+                     f"{jax.tree.leaves(names['tower'])[:6]}.")
   return {"params": labels}
 
 
