@@ -44,6 +44,7 @@ from mmjax.data.datasets import questions
 from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import optim
+from mmjax.training import state
 
 class Pretrainer(nn.Module):
   """The tower and a question-conditioned classifier head over its tokens."""
@@ -181,7 +182,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
                                          example["valid"], example["index"], example["cond"]))
   loaded = build.initial_params(init_params, params["params"], "init_params")
   if loaded:
-    params = {"params": _merged(params["params"], loaded)}
+    params = {"params": state.adopt(params["params"], loaded)}
   train_all = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
       optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps),
       weight_decay=0.05))
@@ -249,12 +250,6 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
         break
       save(curve)
   return curve[-1]
-
-
-def _merged(tree: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-  """`tree` with the subtrees `new` holds put in their place."""
-  return {k: (_merged(v, new[k]) if isinstance(new[k], dict) else new[k]) if k in new else v
-          for k, v in tree.items()}
 
 
 def _labels(params: Any, frozen: str) -> Any:

@@ -41,7 +41,7 @@ class Factory:
   def _boxed(self, rng, params, step):
     boxed = self.model.init(rng, self.batch)["params"]
     if params is not None:
-      boxed = _adopt(boxed, params)
+      boxed = adopt(boxed, params)
     return TrainState(step=step, params=boxed, opt_state=self.tx.init(boxed))
 
   def create(self, rng: jax.Array, params: Any | None = None, step: int = 0) -> TrainState:
@@ -52,11 +52,11 @@ class Factory:
                      out_shardings=self.shardings)(rng, params, jnp.asarray(step, jnp.int32))
 
 
-def _adopt(boxed: Any, params: Any) -> Any:
+def adopt(boxed: Any, params: Any) -> Any:
   """`boxed` with the values of `params` (a full tree or some of its subtrees), keeping the boxes'
   logical axis names."""
   if isinstance(params, dict):
-    return {k: _adopt(v, params[k]) if k in params else v for k, v in boxed.items()}
+    return {k: adopt(v, params[k]) if k in params else v for k, v in boxed.items()}
   return boxed.replace_boxed(params) if isinstance(boxed, nn.Partitioned) else params
 
 
