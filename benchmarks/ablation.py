@@ -18,7 +18,11 @@ none has an argument); `--config_arg patch=16` goes to every config.
 `--pretrain_steps N` first pre-trains each run's tower with a classifier head
 (`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
 the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
-train.trainable=^(projector|llm)/`. On an accelerator, `--jobs N` runs N (tower, seed) pairs at
+train.trainable=^(projector|llm)/`. With `--shared_encoders llava_hr` that tower is pre-trained
+first, once per seed, and every run's ViT and ConvNeXt start from its encoders, frozen, while
+its own pre-training trains only its fusion (`pretrain_tower --encoders_from`): the papers'
+footing (one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to
+find the fine detail from scratch. On an accelerator, `--jobs N` runs N (tower, seed) pairs at
 once and `--set` overrides config fields of every run (e.g. `--set train.batch_size=32`).
 """
 import argparse
@@ -51,22 +55,28 @@ def _run(command: list[str], log: pathlib.Path) -> dict:
   return {"peak_rss_bytes": usage.ru_maxrss * 1024, "seconds": time.time() - start}
 
 
-def pretrain_tower(workdir: pathlib.Path, flags: list[str], args) -> dict:
-  """Pre-trains the run's tower into `workdir` (kept if already done); returns its last
-  validation accuracies and wall time."""
+def pretrain_tower(workdir: pathlib.Path, flags: list[str], args,
+                   encoders_from: pathlib.Path | None = None) -> dict:
+  """Pre-trains the run's tower into `workdir` (kept if already done), its encoders started
+  from `encoders_from`'s and frozen if given; returns its last validation accuracies and wall
+  time."""
   record = workdir / "pretrain.json"
   done = record.exists() and json.loads(record.read_text())
+  shared = str(encoders_from or "")
   if not (done and done.get("stopped") and done["steps"] == args.pretrain_steps
-          and done["until"] == args.pretrain_until):
+          and done["until"] == args.pretrain_until
+          and done.get("schedule", "cosine") == args.pretrain_schedule
+          and done.get("encoders_from", "") == shared):
     until = [] if args.pretrain_until is None else [f"--until={args.pretrain_until}"]
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
           f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
           f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
           f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
           f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}",
-          *until], workdir.with_suffix(".log"))
+          f"--schedule={args.pretrain_schedule}", f"--encoders_from={shared}", *until],
+         workdir.with_suffix(".log"))
   done = json.loads(record.read_text())
-  last = done["curve"][-1]
+  last = done["curve"][-1] if done["curve"] else {"step": 0, "seconds": 0.0, "loss": None}
   return {"steps": last["step"], "stopped": done["stopped"], "seconds": last["seconds"],
           "loss": last["loss"], "accuracy_by_kind": {k: v for k, v in last.items()
                                                      if k not in ("step", "seconds", "loss")}}
@@ -84,13 +94,10 @@ def parse_tower(entry: str) -> tuple[str, str, list[str]]:
   return name, arg, fields
 
 
-def run_one(tower: str, seed: int, args) -> dict:
+def run_flags(tower: str, seed: int, workdir: pathlib.Path, args) -> list[str]:
+  """The config flags of `tower`'s run with `seed` in `workdir` (train.py, eval.py and the
+  tower's pre-training share them)."""
   name, arg, fields = parse_tower(tower)
-  workdir = pathlib.Path(args.out) / "runs" / (re.sub(r"[^\w.-]+", "_", tower) + f"_seed{seed}")
-  workdir.mkdir(parents=True, exist_ok=True)
-  done = workdir / "ablation_row.json"
-  if done.exists():
-    return json.loads(done.read_text())
   # The harness pre-trains the tower itself (or not at all): no stage 0 inside train.py.
   config_arg = ",".join(filter(None, (f"size={args.size},steps={args.steps},pretrain=0",
                                       args.config_arg, arg)))
@@ -98,10 +105,41 @@ def run_one(tower: str, seed: int, args) -> dict:
            f"--config.seed={seed}"]
   if args.data_dir:
     flags.append(f"--config.data.data_dir={args.data_dir}")
-  flags += [f"--config.{item}" for item in args.set + fields]
+  return flags + [f"--config.{item}" for item in args.set + fields]
+
+
+def run_dir(tower: str, seed: int, args, prefix: str = "") -> pathlib.Path:
+  workdir = pathlib.Path(args.out) / "runs" / (prefix + re.sub(r"[^\w.-]+", "_", tower) +
+                                               f"_seed{seed}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+def pretrain_shared_encoders(seed: int, args) -> dict:
+  """Pre-trains `--shared_encoders`' tower for `seed`; returns its record and where its
+  parameters are, the encoders every run of the seed starts from."""
+  workdir = run_dir(args.shared_encoders, seed, args, prefix="encoders_")
+  record = pretrain_tower(workdir / "tower", run_flags(args.shared_encoders, seed, workdir, args),
+                          args)
+  return {**record, "tower": args.shared_encoders,
+          "file": str(workdir / "tower" / "params.safetensors")}
+
+
+def run_one(tower: str, seed: int, args, shared: concurrent.futures.Future | None) -> dict:
+  workdir = run_dir(tower, seed, args)
+  done = workdir / "ablation_row.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  flags = run_flags(tower, seed, workdir, args)
+  encoders = shared.result() if shared else None
   pretraining = None
-  if args.pretrain_steps:
-    pretraining = pretrain_tower(workdir / "tower", flags, args)
+  if encoders and tower == args.shared_encoders:
+    # The tower that pre-trained the encoders is kept whole (its fusion trained with them).
+    pretraining = encoders
+    flags.append(f"--config.train.init_params=tower={pathlib.Path(encoders['file']).parent}")
+  elif args.pretrain_steps:
+    pretraining = pretrain_tower(workdir / "tower", flags, args,
+                                 encoders and pathlib.Path(encoders["file"]))
     flags.append(f"--config.train.init_params=tower={workdir / 'tower'}")
   train = _run([sys.executable, "train.py", *flags], workdir / "train.log")
   evaluate = _run([sys.executable, "eval.py", *flags], workdir / "eval.log")
@@ -112,7 +150,7 @@ def run_one(tower: str, seed: int, args) -> dict:
       "accuracy": result["accuracy"], "accuracy_by_kind": result["accuracy_by_kind"],
       "visual_tokens": result["visual_tokens_per_image"],  # Mean over the evaluated images.
       "visual_token_budget": result["visual_token_budget"],
-      "tower_pretraining": pretraining,
+      "tower_pretraining": pretraining, "shared_encoders": encoders,
       "step_seconds": float(np.median([m["step_time"] for m in metrics])),
       "train_peak_rss_bytes": train["peak_rss_bytes"], "train_seconds": train["seconds"],
       "eval_seconds": evaluate["seconds"],
@@ -196,6 +234,14 @@ def main():
                       help="Tower pre-training steps before train.py (0: none).")
   parser.add_argument("--pretrain_batch", type=int, default=32, help="Its images per step.")
   parser.add_argument("--pretrain_lr", type=float, default=2e-3, help="Its peak learning rate.")
+  parser.add_argument("--pretrain_schedule", default="cosine", choices=("cosine", "constant"),
+                      help="Its learning rate after the warm-up (constant: --pretrain_steps is "
+                      "only a cap for --pretrain_until).")
+  parser.add_argument("--shared_encoders", default="",
+                      help="A tower entry whose tower is pre-trained first, once per seed; every "
+                      "run then starts its ViT and ConvNeXt from that tower's, frozen, and "
+                      "pre-trains only its fusion (as the papers all start from the same CLIP "
+                      "and ConvNeXt).")
   parser.add_argument("--pretrain_workers", type=int, default=0,
                       help="Its batch-preparing threads.")
   parser.add_argument("--pretrain_cache_views", action="store_true",
@@ -215,12 +261,23 @@ def main():
   bad = [item for item in args.set if "=" not in item]
   if bad:
     raise SystemExit(f"--set takes FIELD=VALUE, got {bad}.")
+  if args.shared_encoders:
+    parse_tower(args.shared_encoders)
+    if not args.pretrain_steps:
+      raise SystemExit("--shared_encoders pre-trains them: set --pretrain_steps too.")
   if args.pretrain_until is not None and not args.pretrain_eval_every:
     raise SystemExit("--pretrain_until is checked at validation passes: set "
                      "--pretrain_eval_every too.")
-  pairs = [(tower, seed) for seed in map(int, args.seeds.split(",")) for tower in towers]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  pairs = [(tower, seed) for seed in seeds for tower in towers]
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    futures = [pool.submit(run_one, tower, seed, args) for tower, seed in pairs]
+    # A seed's shared encoders are submitted before its runs, which wait for them: the pool
+    # starts jobs in order, so a waiting run never holds up the job it waits for.
+    futures = []
+    for seed in seeds:
+      shared = (pool.submit(pretrain_shared_encoders, seed, args) if args.shared_encoders
+                else None)
+      futures += [pool.submit(run_one, tower, seed, args, shared) for tower in towers]
     rows = []
     for (tower, seed), future in zip(pairs, futures):
       rows.append(future.result())

@@ -190,7 +190,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pretrain.steps = (arg.pretrain if arg.pretrain >= 0  # 0: no stage 0.
                       else PRETRAIN_STEPS.get((arg.size, arg.tower), 0))
   c.pretrain.batch = 32  # Images per update, each with all its questions.
-  c.pretrain.lr = 2e-3  # Peak AdamW learning rate (warm-up, cosine decay).
+  c.pretrain.lr = 2e-3  # Peak AdamW learning rate (after a linear warm-up).
+  # After the warm-up: "cosine" (decay to 0 at pretrain.steps) or "constant" (for `until`, where
+  # the steps are a cap, not the run's length).
+  c.pretrain.schedule = "cosine"
   c.pretrain.eval_every = 500  # Steps between validation passes (accuracy per question kind).
   # Stop once every kind's validation accuracy reaches this (None: run all steps).
   c.pretrain.until = ml_collections.FieldReference(None, field_type=float)

@@ -146,18 +146,33 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
   with torch.no_grad():
     expected = clip(torch.from_numpy(pixels), output_hidden_states=True).hidden_states[-2]
   ours = vit.ViT(factory.model.config.tower.vit).apply(
-      {"params": state.params["tower"]["vit"]}, pixels.transpose(0, 2, 3, 1))["hidden_states"][-2]
+      {"params": state.params["tower"]["vit"]}, pixels.transpose(0, 2, 3, 1),
+      method="hidden_states")[-2]
   np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
 
 
 def test_pretraining_stops_once_every_kind_reaches_the_target(data_dir, tmp_path):
   pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
-                          until=0.0)
+                          until=0.0, schedule="constant")
   saved = json.loads((tmp_path / "pretrain.json").read_text())
   assert [p["step"] for p in saved["curve"]] == [1] and saved["stopped"] == "until"
+  assert saved["schedule"] == "constant"
   with pytest.raises(ValueError, match="until=1.5"):
     pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
                             until=1.5)
+  with pytest.raises(ValueError, match=r"schedule='linear': valid schedules are \['constant', "
+                                       r"'cosine'\]"):
+    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
+                            schedule="linear")
+
+
+def test_the_constant_schedule_holds_the_peak_after_the_warm_up():
+  constant = pretrain_tower.SCHEDULES["constant"](2e-3, 20, 200)
+  cosine = pretrain_tower.SCHEDULES["cosine"](2e-3, 20, 200)
+  np.testing.assert_allclose([constant(s) for s in (10, 20, 125, 200)], [1e-3, 2e-3, 2e-3, 2e-3],
+                             rtol=1e-6)
+  np.testing.assert_allclose([cosine(s) for s in (10, 20, 200)], [1e-3, 2e-3, 0.0], atol=1e-9)
+  assert cosine(125) < 0.4 * 2e-3  # What `until` runs met before: less than half the peak.
 
 
 def test_pretraining_needs_the_embedded_dataset(tmp_path):
@@ -272,11 +287,12 @@ def test_a_vit_loads_into_llava_hrs_split_vit_and_computes_the_same_states(data_
   assert "blocks_3" in params and "blocks_1" not in source
   images = np.random.default_rng(0).normal(size=(2, split.image_size, split.image_size, 3))
   images = images.astype(np.float32)
-  assert "post_norm" not in params  # LLaVA-HR reads its ViT between blocks, never post-norm.
-  ours = vit.ViT(split).apply({"params": {**params, "post_norm": source["post_norm"]}},
-                              images)["hidden_states"]
+  # Towers read hidden states, never the pooled output: no post-norm on either side, so a ViT
+  # moves between them in both directions.
+  assert "post_norm" not in params and "post_norm" not in source
+  ours = vit.ViT(split).apply({"params": params}, images, method="hidden_states")
   plain_vit = build.model_config(plain, build.tokenizer(plain).vocab_size).tower.vit
-  expected = vit.ViT(plain_vit).apply({"params": source}, images)["hidden_states"]
+  expected = vit.ViT(plain_vit).apply({"params": source}, images, method="hidden_states")
   np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=1e-6)
 
 
@@ -301,6 +317,39 @@ def test_a_fusion_trains_on_loaded_frozen_encoders(data_dir, tmp_path):
   chex.assert_trees_all_equal(trained["convnext"], convnext_source)
   for out in ("low_out", "high_out"):  # Zero at initialisation.
     assert np.abs(trained["adapter_0"][out]["kernel"]).max() > 0, out
+
+
+def test_a_mini_gemini_fusion_trains_on_the_encoders_of_a_llava_hr_tower(data_dir, tmp_path):
+  """`encoders_from`: every ViT and ConvNeXt of the tower starts from the file's and stays
+  fixed (LLaVA-HR's split ViT regrouped into Mini-Gemini's plain one), the mining trains."""
+  hr = tiny(data_dir, tower="llava_hr")
+  hr.model.vit_depth = 4
+  source = _tower_file(hr, tmp_path / "hr.safetensors")
+  c = tiny(data_dir, tower="mini_gemini")
+  c.model.vit_depth = 4
+  pretrain_tower.pretrain(c, tmp_path / "mg", steps=2, batch=4, lr=1e-2, eval_every=2,
+                          encoders_from=str(tmp_path / "hr.safetensors"))
+  trained = files.load_params(tmp_path / "mg" / files.PARAMS_FILE)
+  vit_now = mapping.flatten(trained["vit"])
+  chex.assert_trees_all_equal(vit_now,
+                              layout.regroup_blocks(mapping.flatten(source["vit"]), vit_now))
+  chex.assert_trees_all_equal(trained["convnext"], source["convnext"])
+  assert "mining" in trained
+  record = json.loads((tmp_path / "mg" / "pretrain.json").read_text())
+  assert record["encoders_from"] == str(tmp_path / "hr.safetensors")
+  with pytest.raises(ValueError, match="sets init_params and frozen itself"):
+    pretrain_tower.pretrain(c, tmp_path / "bad", steps=1, batch=2, lr=1e-3, eval_every=1,
+                            encoders_from=str(tmp_path / "hr.safetensors"), frozen="^tower/vit/")
+
+
+def test_shared_encoders_name_every_encoder_or_refuse_a_tower_without_one():
+  tower = {"encoder_0": {"vit": {"cls": 0}}, "encoder_1": {"convnext": {"stem": 0}},
+           "proj": {"kernel": 0}}
+  init, frozen = pretrain_tower.shared_encoders(tower, "/f")
+  assert init == "tower/encoder_0/vit=/f#vit,tower/encoder_1/convnext=/f#convnext"
+  assert frozen == "^tower/(encoder_0/vit|encoder_1/convnext)/"
+  with pytest.raises(ValueError, match=r"no encoder named \('vit', 'convnext'\).*\['proj'\]"):
+    pretrain_tower.shared_encoders({"proj": {"kernel": 0}}, "/f")
 
 
 def test_a_probe_of_a_saved_tower_leaves_it_as_it_was(data_dir, pretrained, tmp_path):

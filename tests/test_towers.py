@@ -230,8 +230,9 @@ def test_onevision_tower_maps_the_projected_crops_by_the_plan(rng):
   out = np.asarray(jax.jit(module.apply)(params, crops, index, weight, kind))
   assert out.shape == (2, 22, 24)
   p = params["params"]
-  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3))
-  feats = hidden["hidden_states"][-1][:, 1:]
+  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3),
+                              method="hidden_states")
+  feats = hidden[-1][:, 1:]
   projected = np.asarray(connectors.Projector("mlp2x_gelu", 24).apply(
       {"params": p["projector"]}, feats)).reshape(2, 48, 24)
   np.testing.assert_allclose(out[:, :16], projected[:, :16], atol=1e-5)
@@ -259,9 +260,10 @@ def test_xcomposer_tower_lays_out_merged_tokens_by_the_plan(rng):
   p = {**p, "sub_GN": jnp.ones(64), "glb_GN": -jnp.ones(64)}
   out = np.asarray(jax.jit(module.apply)({"params": p}, crops, index, kind))
   assert out.shape == (2, 7, 64)
-  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3))
+  hidden = vit.ViT(VIT).apply({"params": p["vit"]}, crops.reshape(6, 32, 32, 3),
+                              method="hidden_states")
   merged = np.asarray(pixel_unshuffle.pixel_unshuffle(
-      hidden["hidden_states"][-1][:, 1:].reshape(6, 4, 4, 16), 2)).reshape(2, 12, 64)
+      hidden[-1][:, 1:].reshape(6, 4, 4, 16), 2)).reshape(2, 12, 64)
   for b in range(2):
     for t in range(7):
       expected = {0: np.zeros(64), 1: merged[b, index[b, t]], 2: np.ones(64),
@@ -284,8 +286,8 @@ def test_internvl_tiles_are_encoded_independently_and_in_order(rng):
   np.testing.assert_allclose(out2[:, :8], out[:, :8], atol=1e-6)
   np.testing.assert_allclose(out2[0], out[0], atol=1e-6)
   assert not np.allclose(out2[1, 8:], out[1, 8:])
-  hidden = vit.ViT(VIT).apply({"params": params["params"]["vit"]},
-                              tiles[0, 1:2])["hidden_states"][-1][:, 1:]
+  hidden = vit.ViT(VIT).apply({"params": params["params"]["vit"]}, tiles[0, 1:2],
+                              method="hidden_states")[-1][:, 1:]
   feats = pixel_unshuffle.pixel_unshuffle(hidden.reshape(1, 4, 4, 16), 2).reshape(4, 64)
   mean, var = feats.mean(-1, keepdims=True), feats.var(-1, keepdims=True)
   np.testing.assert_allclose(out[0, 4:8], (feats - mean) / np.sqrt(var + 1e-5), atol=1e-4)

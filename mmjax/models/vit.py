@@ -163,13 +163,20 @@ class ViT(nn.Module):
     x, hidden, _ = self.blocks[group](x, None)
     return x, hidden
 
-  def __call__(self, images: Float[Array, "B H W 3"]) -> dict[str, Array]:
-    """Returns `hidden_states` [depth+1, B, N, D] (embeddings, then each block's output, as HF
-    orders them) and `pooled` (post-norm class token, or post-norm mean token without one)."""
+  def hidden_states(self, images: Float[Array, "B H W 3"]) -> Float[Array, "L B N D"]:
+    """The embeddings, then each block's output (L = depth + 1, as HF orders them): what a
+    tower reads. Unlike `__call__` it leaves out the post-norm, whose parameters a tower that
+    never pools would otherwise carry unused, and which a ViT loaded from such a tower lacks."""
     x = self.embed(images)
     hidden = [x[None]]
     for g in range(len(self.blocks)):
       x, h = self.run_group(x, g)
       hidden.append(h)
-    pooled = x[:, 0] if self.config.use_cls else x.mean(axis=1)
-    return {"hidden_states": jnp.concatenate(hidden, axis=0), "pooled": self.post_norm(pooled)}
+    return jnp.concatenate(hidden, axis=0)
+
+  def __call__(self, images: Float[Array, "B H W 3"]) -> dict[str, Array]:
+    """Returns `hidden_states` [depth+1, B, N, D] and `pooled` (post-norm class token, or
+    post-norm mean token without one): CLIPVisionModel's outputs."""
+    hidden = self.hidden_states(images)
+    pooled = hidden[-1, :, 0] if self.config.use_cls else hidden[-1].mean(axis=1)
+    return {"hidden_states": hidden, "pooled": self.post_norm(pooled)}

@@ -126,7 +126,7 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
                      "`python -m mmjax.training.pretrain_tower` first and pass its directory as "
                      "train.init_params=tower=DIR with pretrain.steps=0.")
   settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until,
-              "init_params": p.init_params, "frozen": p.frozen}
+              "schedule": p.schedule, "init_params": p.init_params, "frozen": p.frozen}
   now = json.loads(c.to_json())  # Through JSON, as pretrain.json records it.
   record = workdir / "pretrain.json"
   done = json.loads(record.read_text()) if record.exists() else {}
@@ -138,7 +138,7 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
     pretrain_tower.pretrain(c, workdir, steps=p.steps, batch=p.batch, lr=p.lr,
                             eval_every=p.eval_every, workers=p.workers, until=p.until,
                             cache_views=p.cache_views, init_params=p.init_params,
-                            frozen=p.frozen)
+                            frozen=p.frozen, schedule=p.schedule)
   c = c.copy_and_resolve_references()
   with c.unlocked():
     c.train.init_params = ",".join(filter(None, (f"tower={workdir}", c.train.init_params)))

@@ -46,6 +46,18 @@ from mmjax.training import build
 from mmjax.training import optim
 from mmjax.training import state
 
+# The encoders `encoders_from` shares, by their module names inside every tower.
+ENCODERS = ("vit", "convnext")
+
+# Learning rate over the steps from (peak, warm-up steps, steps). With `until` the steps are a
+# cap rather than the run's length, and a cosine over the cap has halved the rate by the time a
+# tower usually starts to read the fine rung (step 75–150 of 200).
+SCHEDULES = {
+    "cosine": lambda lr, warmup, steps: optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps),
+    "constant": lambda lr, warmup, steps: optax.warmup_constant_schedule(0.0, lr, warmup),
+}
+
+
 class Pretrainer(nn.Module):
   """The tower and a question-conditioned classifier head over its tokens."""
   tower: towers.TowerConfig
@@ -147,16 +159,24 @@ class _Questions:
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
              batch: int, lr: float, eval_every: int, workers: int = 0,
              until: float | None = None, cache_views: bool = False, init_params: str = "",
-             frozen: str = "") -> dict[str, Any]:
+             frozen: str = "", schedule: str = "cosine", encoders_from: str = "") -> dict[str, Any]:
   """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
   `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
   are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
-  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended.
+  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended; a tower
+  that is nothing but its `encoders_from` is written as loaded ("nothing to train").
 
   `init_params` ("tower/…=PATH[#INNER],…", as `train.init_params`) starts parts of the tower from
   saved parameters, and the tower parameters whose '/'-path matches the regular expression
   `frozen` do not train: encoders pre-trained alone, then only a fusion trained on top of them
-  (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders."""
+  (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders.
+  `encoders_from` (a tower file) says this for every encoder at once: each ViT and ConvNeXt in
+  the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`)."""
+  if encoders_from and (init_params or frozen):
+    raise ValueError(f"encoders_from={encoders_from!r} sets init_params and frozen itself; "
+                     f"got also init_params={init_params!r}, frozen={frozen!r}.")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}: valid schedules are {sorted(SCHEDULES)}.")
   if until is not None and not 0 <= until <= 1:
     raise ValueError(f"until={until} is not an accuracy in [0, 1].")
   for subtree, keys, _ in build.init_params_entries(init_params, "init_params"):
@@ -180,14 +200,15 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   example = train.batch(np.arange(1))
   params = nn.unbox(jax.jit(model.init)(jax.random.key(c.seed), example["views"],
                                          example["valid"], example["index"], example["cond"]))
+  if encoders_from:
+    init_params, frozen = shared_encoders(params["params"]["tower"], encoders_from)
   loaded = build.initial_params(init_params, params["params"], "init_params")
   if loaded:
     params = {"params": state.adopt(params["params"], loaded)}
   train_all = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-      optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps),
-      weight_decay=0.05))
-  tx = optax.multi_transform({"train": train_all, "frozen": optax.set_to_zero()},
-                             _labels(params, frozen))
+      SCHEDULES[schedule](lr, min(50, steps // 10), steps), weight_decay=0.05))
+  labels = _labels(params, frozen)
+  tx = optax.multi_transform({"train": train_all, "frozen": optax.set_to_zero()}, labels)
   opt = tx.init(params)
 
   @jax.jit
@@ -221,13 +242,18 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
                       jax.tree.map(np.asarray, params["params"]["tower"]))
     (workdir / "pretrain.json").write_text(json.dumps(
         {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-         "until": until, "init_params": init_params, "frozen": frozen, "stopped": stopped,
+         "until": until, "schedule": schedule, "encoders_from": encoders_from,
+         "init_params": init_params, "frozen": frozen, "stopped": stopped,
          "answers": train.answers,
          # Images the resolution policy refused (their questions left out), per split.
          "refused_images": {"train": len(train.refused), c.data.eval_split: len(val.refused)},
          "curve": curve},
         indent=1))
 
+  if encoders_from and set(jax.tree.leaves(labels["params"]["tower"])) == {"frozen"}:
+    # The tower is its shared encoders (LLaVA-1.5's ViT): a head trained on it is discarded.
+    save([], "nothing to train")
+    return {}
   curve, start = [], time.time()
   picks = [rng.choice(train.images, batch, replace=False) for _ in range(steps)]
   # Threads ahead of the step: PIL's decoding and resizing release the GIL, and they are what
@@ -250,6 +276,28 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
         break
       save(curve)
   return curve[-1]
+
+
+def shared_encoders(tower: dict[str, Any], path: str) -> tuple[str, str]:
+  """(`init_params`, `frozen`) that start every ViT and ConvNeXt inside `tower` (its parameter
+  tree) from the tower file `path`'s `vit` and `convnext` and hold them fixed: the encoders
+  pre-trained once and shared by every fusion, as LLaVA-HR, Mini-Gemini and EAGLE all start
+  from the same CLIP ViT and ConvNeXt."""
+  found = []
+
+  def walk(tree: dict[str, Any], prefix: tuple[str, ...]) -> None:
+    for key, value in tree.items():
+      if isinstance(value, dict) and key in ENCODERS:
+        found.append((prefix + (key,), key))
+      elif isinstance(value, dict):
+        walk(value, prefix + (key,))
+
+  walk(tower, ())
+  if not found:
+    raise ValueError(f"encoders_from={path!r}: the tower has no encoder named {ENCODERS} to "
+                     f"start from it (its parts: {sorted(tower)}).")
+  init = ",".join(f"tower/{'/'.join(p)}={path}#{name}" for p, name in found)
+  return init, "^tower/(" + "|".join(re.escape("/".join(p)) for p, _ in found) + ")/"
 
 
 def _labels(params: Any, frozen: str) -> Any:
@@ -280,11 +328,14 @@ def _define_flags() -> dict[str, Any]:
       "workdir": flags.DEFINE_string("workdir", None, "Where the tower's parameters are written."),
       "steps": flags.DEFINE_integer("steps", 300, "Optimizer updates."),
       "batch": flags.DEFINE_integer("batch", 32, "Images per update (with all their questions)."),
-      "lr": flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (warm-up, cosine decay)."),
+      "lr": flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (after a linear warm-up)."),
+      "schedule": flags.DEFINE_enum(
+          "schedule", "cosine", sorted(SCHEDULES), "After the warm-up: cosine decay to 0 at "
+          "--steps, or constant (with --until, where --steps is only a cap)."),
       "eval_every": flags.DEFINE_integer("eval_every", 100, "Steps between validation passes."),
       "until": flags.DEFINE_float(
           "until", None, "Stop at the first validation pass where every question kind reaches "
-          "this accuracy (the schedule still spans --steps); unset: always run --steps."),
+          "this accuracy (a cosine schedule still spans --steps); unset: always run --steps."),
       "cache_views": flags.DEFINE_boolean(
           "cache_views", False, "Keep every image's views in memory after its first decoding "
           "(the resolution policies are deterministic): later epochs skip PNG decoding and "
@@ -296,6 +347,10 @@ def _define_flags() -> dict[str, Any]:
       "frozen": flags.DEFINE_string(
           "frozen", "", "Regular expression over the tower's parameter paths ('tower/vit/…') "
           "that do not train (e.g. '^tower/(vit|convnext)/': only the fusion trains)."),
+      "encoders_from": flags.DEFINE_string(
+          "encoders_from", "", "A tower file (e.g. another tower's pre-training) whose `vit` "
+          "and `convnext` start every ViT and ConvNeXt of this tower, frozen: only the fusion "
+          "and the head train. Replaces --init_params and --frozen."),
       "workers": flags.DEFINE_integer(
           "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop)."),
   }

@@ -65,7 +65,7 @@ class Encoder(nn.Module):
     spec = self.spec
     x = resize_images(images, spec.image_size)
     if spec.vit is not None:
-      hidden = vit_lib.ViT(spec.vit, name="vit")(x)["hidden_states"][spec.select]
+      hidden = vit_lib.ViT(spec.vit, name="vit").hidden_states(x)[spec.select]
       hidden = hidden[:, int(spec.vit.use_cls):]
       return hidden.reshape(hidden.shape[0], spec.grid, spec.grid, hidden.shape[-1])
     return convnext_lib.ConvNeXt(spec.convnext, name="convnext")(x)[spec.select]

@@ -60,7 +60,7 @@ class InternVLTower(nn.Module):
     """Padded tiles (T = max_tiles) → [B, T · tokens_per_tile, 4 · vit.width]."""
     cfg = self.config
     b, t = tiles.shape[:2]
-    hidden = ViT(cfg.vit, name="vit")(tiles.reshape(b * t, *tiles.shape[2:]))["hidden_states"]
+    hidden = ViT(cfg.vit, name="vit").hidden_states(tiles.reshape(b * t, *tiles.shape[2:]))
     x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
     g = cfg.vit.grid
     x = pixel_unshuffle(x.reshape(b * t, g, g, -1), 2)

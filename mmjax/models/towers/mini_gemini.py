@@ -88,7 +88,7 @@ class MiniGeminiTower(nn.Module):
     grid = (cfg.vit.grid, cfg.vit.grid)
     tokens = []
     for view, view_high in zip(views, highs):
-      x = vit(view)["hidden_states"][cfg.select_layer][:, int(cfg.vit.use_cls):]
+      x = vit.hidden_states(view)[cfg.select_layer][:, int(cfg.vit.use_cls):]
       x = mining(x, grid, view_high)
       tokens.append(x.reshape(b, -1, x.shape[-1]))
     return layers.constrain(jnp.concatenate(tokens, axis=1), ("batch", "length", "embed"))

@@ -61,7 +61,7 @@ class OneVisionTower(nn.Module):
     """Padded crops (base first) and the plan → [B, grid² + P, out_width]."""
     cfg = self.config
     b, k = crops.shape[:2]
-    hidden = ViT(cfg.vit, name="vit")(crops.reshape(b * k, *crops.shape[2:]))["hidden_states"]
+    hidden = ViT(cfg.vit, name="vit").hidden_states(crops.reshape(b * k, *crops.shape[2:]))
     x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
     x = connectors.Projector(cfg.projector, cfg.out_width, dtype=cfg.vit.dtype,
                              param_dtype=cfg.vit.param_dtype, name="projector")(x)

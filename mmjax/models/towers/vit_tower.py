@@ -40,7 +40,7 @@ class ViTTower(nn.Module):
   @nn.compact
   def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N C"]:
     cfg = self.config
-    hidden = ViT(cfg.vit, name="vit")(images)["hidden_states"][cfg.select_layer]
+    hidden = ViT(cfg.vit, name="vit").hidden_states(images)[cfg.select_layer]
     if cfg.select_feature == "patch" and cfg.vit.use_cls:
       hidden = hidden[:, 1:]
     return hidden

@@ -54,7 +54,7 @@ class XComposerTower(nn.Module):
     """Global view + padded tiles (K = 1 + hd_num) and the plan → [B, budget, 4 · vit.width]."""
     cfg = self.config
     b, k = crops.shape[:2]
-    hidden = ViT(cfg.vit, name="vit")(crops.reshape(b * k, *crops.shape[2:]))["hidden_states"]
+    hidden = ViT(cfg.vit, name="vit").hidden_states(crops.reshape(b * k, *crops.shape[2:]))
     x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
     g = cfg.vit.grid
     x = pixel_unshuffle(x.reshape(b * k, g, g, -1), 2).reshape(b, k * cfg.grid ** 2, cfg.width)
