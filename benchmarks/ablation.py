@@ -24,8 +24,9 @@ its own pre-training trains only its fusion (`pretrain_tower --encoders_from`): 
 footing (one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to
 find the fine detail from scratch. Measured (README): on frozen shared encoders Mini-Gemini's
 mining read the checkerboard for the classifier head but not for the MLLM (chance), while
-started from them and trained with them it did on three seeds. On an accelerator, `--jobs N` runs N (tower, seed) pairs at
-once and `--set` overrides config fields of every run (e.g. `--set train.batch_size=32`).
+started from them and trained with them it did on three seeds. On an accelerator, `--jobs N`
+runs N (tower, seed) pairs at once and `--set` overrides config fields of every run (e.g. `--set
+train.batch_size=32`).
 """
 import argparse
 import concurrent.futures
