@@ -19,10 +19,11 @@ none has an argument); `--config_arg patch=16` goes to every config.
 (`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
 the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
 train.trainable=^(projector|llm)/`. With `--shared_encoders llava_hr` that tower is pre-trained
-first, once per seed, and every run's ViT and ConvNeXt start from its encoders, frozen, while
-its own pre-training trains only its fusion (`pretrain_tower --encoders_from`): the papers'
-footing (one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to
-find the fine detail from scratch. Measured (README): on frozen shared encoders Mini-Gemini's
+first (once per seed, or once for all with `--shared_encoders_seed S`), and every other run's
+ViT and ConvNeXt start from its encoders (`pretrain_tower --encoders_from`): the papers' footing
+(one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to find the
+fine detail from scratch. The encoders stay frozen while a run's fusion pre-trains, or train with
+it under `--train_shared_encoders`. Measured (README): on frozen shared encoders Mini-Gemini's
 mining read the checkerboard for the classifier head but not for the MLLM (chance), while
 started from them and trained with them it did on three seeds. On an accelerator, `--jobs N`
 runs N (tower, seed) pairs at once and `--set` overrides config fields of every run (e.g. `--set
@@ -39,6 +40,8 @@ import sys
 import time
 
 import numpy as np
+
+from mmjax.training import pretrain_tower as pretrain_tower_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOWERS = ("llava15", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl15",
@@ -61,24 +64,23 @@ def _run(command: list[str], log: pathlib.Path) -> dict:
 def pretrain_tower(workdir: pathlib.Path, flags: list[str], args,
                    encoders_from: pathlib.Path | None = None) -> dict:
   """Pre-trains the run's tower into `workdir` (kept if already done), its encoders started
-  from `encoders_from`'s and frozen if given; returns its last validation accuracies and wall
-  time."""
-  record = workdir / "pretrain.json"
-  done = record.exists() and json.loads(record.read_text())
-  shared = str(encoders_from or "")
-  if not (done and done.get("stopped") and done["steps"] == args.pretrain_steps
-          and done["until"] == args.pretrain_until
-          and done.get("schedule", "cosine") == args.pretrain_schedule
-          and done.get("encoders_from", "") == shared):
+  from `encoders_from`'s if given (frozen unless `--train_shared_encoders`); returns its last
+  validation accuracies and wall time."""
+  settings = {"steps": args.pretrain_steps, "batch": args.pretrain_batch, "lr": args.pretrain_lr,
+              "until": args.pretrain_until, "schedule": args.pretrain_schedule,
+              "encoders_from": str(encoders_from or ""),
+              "train_encoders": bool(encoders_from) and args.train_shared_encoders}
+  if not pretrain_tower_lib.finished(workdir, settings):
     until = [] if args.pretrain_until is None else [f"--until={args.pretrain_until}"]
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
           f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
           f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
           f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
           f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}",
-          f"--schedule={args.pretrain_schedule}", f"--encoders_from={shared}", *until],
+          f"--schedule={args.pretrain_schedule}", f"--encoders_from={settings['encoders_from']}",
+          f"--train_encoders={settings['train_encoders']}", *until],
          workdir.with_suffix(".log"))
-  done = json.loads(record.read_text())
+  done = json.loads((workdir / "pretrain.json").read_text())
   last = done["curve"][-1] if done["curve"] else {"step": 0, "seconds": 0.0, "loss": None}
   return {"steps": last["step"], "stopped": done["stopped"], "seconds": last["seconds"],
           "loss": last["loss"], "accuracy_by_kind": {k: v for k, v in last.items()
@@ -124,7 +126,7 @@ def pretrain_shared_encoders(seed: int, args) -> dict:
   workdir = run_dir(args.shared_encoders, seed, args, prefix="encoders_")
   record = pretrain_tower(workdir / "tower", run_flags(args.shared_encoders, seed, workdir, args),
                           args)
-  return {**record, "tower": args.shared_encoders,
+  return {**record, "tower": args.shared_encoders, "seed": seed,
           "file": str(workdir / "tower" / "params.safetensors")}
 
 
@@ -136,7 +138,7 @@ def run_one(tower: str, seed: int, args, shared: concurrent.futures.Future | Non
   flags = run_flags(tower, seed, workdir, args)
   encoders = shared.result() if shared else None
   pretraining = None
-  if encoders and tower == args.shared_encoders:
+  if encoders and tower == args.shared_encoders and encoders["seed"] == seed:
     # The tower that pre-trained the encoders is kept whole (its fusion trained with them).
     pretraining = encoders
     flags.append(f"--config.train.init_params=tower={pathlib.Path(encoders['file']).parent}")
@@ -245,6 +247,13 @@ def main():
                       "run then starts its ViT and ConvNeXt from that tower's, frozen, and "
                       "pre-trains only its fusion (as the papers all start from the same CLIP "
                       "and ConvNeXt).")
+  parser.add_argument("--train_shared_encoders", action="store_true",
+                      help="The runs' encoders start from the shared ones and train with the "
+                      "fusion in its pre-training (measured: on frozen ones Mini-Gemini's MLLM "
+                      "stays at chance).")
+  parser.add_argument("--shared_encoders_seed", type=int, default=None,
+                      help="Pre-train the shared encoders once, with this seed, for every seed "
+                      "(the seeds then vary the fusions and the MLLMs); unset: once per seed.")
   parser.add_argument("--pretrain_workers", type=int, default=0,
                       help="Its batch-preparing threads.")
   parser.add_argument("--pretrain_cache_views", action="store_true",
@@ -268,6 +277,8 @@ def main():
     parse_tower(args.shared_encoders)
     if not args.pretrain_steps:
       raise SystemExit("--shared_encoders pre-trains them: set --pretrain_steps too.")
+  elif args.train_shared_encoders or args.shared_encoders_seed is not None:
+    raise SystemExit("--train_shared_encoders and --shared_encoders_seed need --shared_encoders.")
   if args.pretrain_until is not None and not args.pretrain_eval_every:
     raise SystemExit("--pretrain_until is checked at validation passes: set "
                      "--pretrain_eval_every too.")
@@ -276,11 +287,12 @@ def main():
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     # A seed's shared encoders are submitted before its runs, which wait for them: the pool
     # starts jobs in order, so a waiting run never holds up the job it waits for.
-    futures = []
+    futures, shared = [], {}
     for seed in seeds:
-      shared = (pool.submit(pretrain_shared_encoders, seed, args) if args.shared_encoders
-                else None)
-      futures += [pool.submit(run_one, tower, seed, args, shared) for tower in towers]
+      source = seed if args.shared_encoders_seed is None else args.shared_encoders_seed
+      if args.shared_encoders and source not in shared:
+        shared[source] = pool.submit(pretrain_shared_encoders, source, args)
+      futures += [pool.submit(run_one, tower, seed, args, shared.get(source)) for tower in towers]
     rows = []
     for (tower, seed), future in zip(pairs, futures):
       rows.append(future.result())

@@ -342,6 +342,46 @@ def test_a_mini_gemini_fusion_trains_on_the_encoders_of_a_llava_hr_tower(data_di
                             encoders_from=str(tmp_path / "hr.safetensors"), frozen="^tower/vit/")
 
 
+def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir, tmp_path):
+  """`train_encoders`: the encoders start from the file's and move with the mining; a tower
+  that is nothing but the shared encoders (LLaVA-1.5's ViT) is written as loaded, in either
+  mode; `finished` keeps a run only under the settings it ran with."""
+  hr = tiny(data_dir, tower="llava_hr")
+  hr.model.vit_depth = 4
+  source = _tower_file(hr, tmp_path / "hr.safetensors")
+  shared = str(tmp_path / "hr.safetensors")
+  c = tiny(data_dir, tower="mini_gemini")
+  c.model.vit_depth = 4
+  settings = {"steps": 2, "batch": 4, "lr": 1e-2, "encoders_from": shared,
+              "train_encoders": True}
+  pretrain_tower.pretrain(c, tmp_path / "mg", eval_every=2, **settings)
+  trained = files.load_params(tmp_path / "mg" / files.PARAMS_FILE)
+  assert jax.tree.structure(trained["convnext"]) == jax.tree.structure(source["convnext"])
+  moved = [not np.array_equal(a, b) for a, b in
+           zip(jax.tree.leaves(trained["convnext"]), jax.tree.leaves(source["convnext"]))]
+  assert any(moved)
+  assert pretrain_tower.finished(tmp_path / "mg", settings, json.loads(c.to_json()))
+  assert not pretrain_tower.finished(tmp_path / "mg", {**settings, "train_encoders": False})
+  assert not pretrain_tower.finished(tmp_path / "mg", settings, json.loads(hr.to_json()))
+  record = json.loads((tmp_path / "mg" / "pretrain.json").read_text())
+  del record["train_encoders"]  # As written before the argument existed: its default.
+  (tmp_path / "mg" / "pretrain.json").write_text(json.dumps(record))
+  assert pretrain_tower.finished(tmp_path / "mg", {**settings, "train_encoders": False})
+  plain = tiny(data_dir)
+  plain.model.vit_depth = 4
+  for train_encoders in (False, True):
+    workdir = tmp_path / f"plain_{train_encoders}"
+    assert pretrain_tower.pretrain(plain, workdir, steps=2, batch=4, lr=1e-2, eval_every=2,
+                                   encoders_from=shared, train_encoders=train_encoders) == {}
+    assert json.loads((workdir / "pretrain.json").read_text())["stopped"] == "nothing to train"
+    vit_now = mapping.flatten(files.load_params(workdir / files.PARAMS_FILE)["vit"])
+    chex.assert_trees_all_equal(vit_now,
+                                layout.regroup_blocks(mapping.flatten(source["vit"]), vit_now))
+  with pytest.raises(ValueError, match="encoders_from is not set"):
+    pretrain_tower.pretrain(c, tmp_path / "bad", steps=1, batch=2, lr=1e-3, eval_every=1,
+                            train_encoders=True)
+
+
 def test_shared_encoders_name_every_encoder_or_refuse_a_tower_without_one():
   tower = {"encoder_0": {"vit": {"cls": 0}}, "encoder_1": {"convnext": {"stem": 0}},
            "proj": {"kernel": 0}}

@@ -127,18 +127,13 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
                      "train.init_params=tower=DIR with pretrain.steps=0.")
   settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until,
               "schedule": p.schedule, "init_params": p.init_params, "frozen": p.frozen}
-  now = json.loads(c.to_json())  # Through JSON, as pretrain.json records it.
-  record = workdir / "pretrain.json"
-  done = json.loads(record.read_text()) if record.exists() else {}
-  if (done.get("stopped") and {k: done.get(k) for k in settings} == settings
-      and all(done["config"].get(k) == now[k] for k in ("model", "data", "seed"))):
+  # Through JSON, as pretrain.json records the config.
+  if pretrain_tower.finished(workdir, settings, json.loads(c.to_json())):
     logging.info("Tower pre-trained in %s: kept.", workdir)
   else:
     logging.info("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
-    pretrain_tower.pretrain(c, workdir, steps=p.steps, batch=p.batch, lr=p.lr,
-                            eval_every=p.eval_every, workers=p.workers, until=p.until,
-                            cache_views=p.cache_views, init_params=p.init_params,
-                            frozen=p.frozen, schedule=p.schedule)
+    pretrain_tower.pretrain(c, workdir, eval_every=p.eval_every, workers=p.workers,
+                            cache_views=p.cache_views, **settings)
   c = c.copy_and_resolve_references()
   with c.unlocked():
     c.train.init_params = ",".join(filter(None, (f"tower={workdir}", c.train.init_params)))

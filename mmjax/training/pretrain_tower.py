@@ -20,6 +20,7 @@ With `--until`, a tower stops once it has learned its questions: from scratch, t
 of steps leaves one seed's tower at 0.65 where the others reach 0.97 and 1.0 (README, the
 three-seed ablation), and the MLLM on the weak tower stays at chance.
 """
+import inspect
 import json
 import pathlib
 import re
@@ -159,7 +160,8 @@ class _Questions:
 def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
              batch: int, lr: float, eval_every: int, workers: int = 0,
              until: float | None = None, cache_views: bool = False, init_params: str = "",
-             frozen: str = "", schedule: str = "cosine", encoders_from: str = "") -> dict[str, Any]:
+             frozen: str = "", schedule: str = "cosine", encoders_from: str = "",
+             train_encoders: bool = False) -> dict[str, Any]:
   """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
   `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
   are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
@@ -171,10 +173,15 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   `frozen` do not train: encoders pre-trained alone, then only a fusion trained on top of them
   (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders.
   `encoders_from` (a tower file) says this for every encoder at once: each ViT and ConvNeXt in
-  the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`)."""
+  the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`), or
+  trains with the fusion under `train_encoders` (README: Mini-Gemini's mining trained on frozen
+  encoders read the rung for the head but not for the MLLM; started from them, it did)."""
   if encoders_from and (init_params or frozen):
     raise ValueError(f"encoders_from={encoders_from!r} sets init_params and frozen itself; "
                      f"got also init_params={init_params!r}, frozen={frozen!r}.")
+  if train_encoders and not encoders_from:
+    raise ValueError("train_encoders=True trains the encoders started from encoders_from, and "
+                     "encoders_from is not set.")
   if schedule not in SCHEDULES:
     raise ValueError(f"schedule={schedule!r}: valid schedules are {sorted(SCHEDULES)}.")
   if until is not None and not 0 <= until <= 1:
@@ -200,8 +207,11 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   example = train.batch(np.arange(1))
   params = nn.unbox(jax.jit(model.init)(jax.random.key(c.seed), example["views"],
                                          example["valid"], example["index"], example["cond"]))
+  only_encoders = False
   if encoders_from:
-    init_params, frozen = shared_encoders(params["params"]["tower"], encoders_from)
+    init_params, held = shared_encoders(params["params"]["tower"], encoders_from)
+    frozen = "" if train_encoders else held
+    only_encoders = set(jax.tree.leaves(_labels(params, held)["params"]["tower"])) == {"frozen"}
   loaded = build.initial_params(init_params, params["params"], "init_params")
   if loaded:
     params = {"params": state.adopt(params["params"], loaded)}
@@ -243,6 +253,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
     (workdir / "pretrain.json").write_text(json.dumps(
         {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
          "until": until, "schedule": schedule, "encoders_from": encoders_from,
+         "train_encoders": train_encoders,
          "init_params": init_params, "frozen": frozen, "stopped": stopped,
          "answers": train.answers,
          # Images the resolution policy refused (their questions left out), per split.
@@ -250,8 +261,9 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
          "curve": curve},
         indent=1))
 
-  if encoders_from and set(jax.tree.leaves(labels["params"]["tower"])) == {"frozen"}:
-    # The tower is its shared encoders (LLaVA-1.5's ViT): a head trained on it is discarded.
+  if only_encoders:
+    # The tower is its shared encoders (LLaVA-1.5's ViT), which their own tower's pre-training
+    # has already trained on these questions: nothing of a fusion to train.
     save([], "nothing to train")
     return {}
   curve, start = [], time.time()
@@ -276,6 +288,25 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
         break
       save(curve)
   return curve[-1]
+
+
+# `pretrain`'s keyword arguments with a default: what a record written before an argument
+# existed ran with.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(pretrain).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+
+
+def finished(workdir: str | pathlib.Path, settings: dict[str, Any],
+             config: dict[str, Any] | None = None) -> bool:
+  """Whether `workdir` holds a pre-training that has ended with these `settings` (`pretrain`'s
+  keyword arguments) and, given `config` (a config as JSON), of the same model, data and seed:
+  stage 0 and the ablation harness keep such a tower rather than train it again."""
+  record = pathlib.Path(workdir) / "pretrain.json"
+  done = json.loads(record.read_text()) if record.exists() else {}
+  return (bool(done.get("stopped"))
+          and all(done.get(k, _DEFAULTS.get(k)) == v for k, v in settings.items())
+          and (config is None
+               or all(done["config"].get(k) == config[k] for k in ("model", "data", "seed"))))
 
 
 def shared_encoders(tower: dict[str, Any], path: str) -> tuple[str, str]:
@@ -351,6 +382,9 @@ def _define_flags() -> dict[str, Any]:
           "encoders_from", "", "A tower file (e.g. another tower's pre-training) whose `vit` "
           "and `convnext` start every ViT and ConvNeXt of this tower, frozen: only the fusion "
           "and the head train. Replaces --init_params and --frozen."),
+      "train_encoders": flags.DEFINE_boolean(
+          "train_encoders", False, "With --encoders_from: the encoders start from the file's "
+          "and train with the fusion and the head."),
       "workers": flags.DEFINE_integer(
           "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop)."),
   }
