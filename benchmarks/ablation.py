@@ -243,10 +243,10 @@ def main():
                       help="Its learning rate after the warm-up (constant: --pretrain_steps is "
                       "only a cap for --pretrain_until).")
   parser.add_argument("--shared_encoders", default="",
-                      help="A tower entry whose tower is pre-trained first, once per seed; every "
-                      "run then starts its ViT and ConvNeXt from that tower's, frozen, and "
-                      "pre-trains only its fusion (as the papers all start from the same CLIP "
-                      "and ConvNeXt).")
+                      help="A tower entry whose tower is pre-trained first (per seed, or see "
+                      "--shared_encoders_seed); every run then starts its ViT and ConvNeXt from "
+                      "that tower's, frozen unless --train_shared_encoders, and pre-trains its "
+                      "fusion on them (as the papers all start from the same CLIP and ConvNeXt).")
   parser.add_argument("--train_shared_encoders", action="store_true",
                       help="The runs' encoders start from the shared ones and train with the "
                       "fusion in its pre-training (measured: on frozen ones Mini-Gemini's MLLM "
