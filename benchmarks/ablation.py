@@ -71,14 +71,10 @@ def pretrain_tower(workdir: pathlib.Path, flags: list[str], args,
               "encoders_from": str(encoders_from or ""),
               "train_encoders": bool(encoders_from) and args.train_shared_encoders}
   if not pretrain_tower_lib.finished(workdir, settings):
-    until = [] if args.pretrain_until is None else [f"--until={args.pretrain_until}"]
     _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
-          f"--workdir={workdir}", f"--steps={args.pretrain_steps}",
-          f"--batch={args.pretrain_batch}", f"--lr={args.pretrain_lr}",
+          f"--workdir={workdir}", *(f"--{k}={v}" for k, v in settings.items() if v is not None),
           f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
-          f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}",
-          f"--schedule={args.pretrain_schedule}", f"--encoders_from={settings['encoders_from']}",
-          f"--train_encoders={settings['train_encoders']}", *until],
+          f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}"],
          workdir.with_suffix(".log"))
   done = json.loads((workdir / "pretrain.json").read_text())
   last = done["curve"][-1] if done["curve"] else {"step": 0, "seconds": 0.0, "loss": None}
