@@ -168,7 +168,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.dataset = size["dataset"]  # "fine_detail/<config>" or "llava_json:<ingested dir>".
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS dir (None: default).
   c.data.template = "vicuna_short"  # Chat template (mmjax.data.tokenizer.TEMPLATES).
-  c.data.tokenizer = "byte"  # "byte", or a path to a Hugging Face tokenizer.json.
+  # "byte"; "bpe:N", a byte-level BPE of at most N ids learned from the dataset's training text
+  # (mmjax.data.bpe: 40 % of the byte tokenizer's text tokens); or a Hugging Face tokenizer.json.
+  c.data.tokenizer = "byte"
   # Tokens per row: the tower's visual tokens (dynamic towers: their largest image's) and the
   # text room the size's max_len leaves beside its ViT's tokens, whatever res/patch/tower give.
   text = size["max_len"] - (size["image"] // size["patch"]) ** 2
@@ -207,6 +209,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Regular expression over the tower's parameter paths held fixed in stage 0, e.g.
   # "^tower/(vit|convnext)/" to train only a fusion on such encoders; "": all train.
   c.pretrain.frozen = ""
+  # Comma-separated question kinds stage 0 trains on and its `until` waits for; "": data.kinds.
+  # E.g. one fine rung for the tower while the MLLM learns it with the coarse kinds, which a
+  # head does not all reach `until` on (shape colour).
+  c.pretrain.kinds = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = arg.steps  # Optimizer updates over both stages.

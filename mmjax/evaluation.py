@@ -100,6 +100,9 @@ def _accuracy(c, model, params, tok, asked: _Asked, config) -> dict[str, Any]:
   mrope = bool(positions)
   correct, generated, seconds = [], 0, 0.0
   size = c.eval.batch_size
+  # Every batch padded to the longest prompt: one compiled shape, and a one-question prompt is
+  # not prefilled at data.max_len, the length of a whole training conversation.
+  longest = max(map(len, prompts))
   for s in range(0, len(prompts), size):
     batch_prompts, batch_views = prompts[s:s + size], views[s:s + size]
     batch_positions = positions[s:s + size] if mrope else None
@@ -113,7 +116,7 @@ def _accuracy(c, model, params, tok, asked: _Asked, config) -> dict[str, Any]:
                                         {k: np.stack([v[k] for v in batch_views])
                                          for k in batch_views[0]},
                                         max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id,
-                                        pad_id=tok.pad_id, bucket=c.data.max_len,
+                                        pad_id=tok.pad_id, bucket=longest,
                                         positions=batch_positions)
     seconds += time.perf_counter() - tick
     for row in range(size - pad):

@@ -183,12 +183,24 @@ def test_pretraining_needs_the_embedded_dataset(tmp_path):
 
 
 def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
+  """pretrain.kinds, else data.kinds: the tower can learn one rung while the MLLM asks more."""
   c = tiny(data_dir)
   c.data.kinds = "pattern_colours,background_colour"
   accuracy = pretrain_tower.pretrain(c, tmp_path, steps=2, batch=4, lr=1e-3, eval_every=2)
   assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours", "background_colour"}
   answers = json.loads((tmp_path / "pretrain.json").read_text())["answers"]
   assert "red and cyan" in answers and not any(a.isdigit() for a in answers)  # No codes/counts.
+  settings = {"steps": 2, "batch": 4, "lr": 1e-3}
+  assert pretrain_tower.finished(tmp_path, settings, json.loads(c.to_json()))
+  c.pretrain.kinds = "pattern_colours"
+  assert not pretrain_tower.finished(tmp_path, settings, json.loads(c.to_json()))
+  accuracy = pretrain_tower.pretrain(c, tmp_path / "one", steps=2, batch=4, lr=1e-3, eval_every=2)
+  assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours"}
+  assert pretrain_tower.finished(tmp_path / "one", settings, json.loads(c.to_json()))
+  c.pretrain.kinds = "pattern_colour"
+  with pytest.raises(ValueError, match=r"pretrain.kinds has unknown question kinds "
+                     r"\['pattern_colour'\]; valid: pattern_colours"):
+    pretrain_tower.pretrain(c, tmp_path / "bad", steps=2, batch=4, lr=1e-3, eval_every=2)
 
 
 def test_batches_prepared_on_threads_or_from_cached_views_are_the_same_batches(data_dir,

@@ -10,6 +10,7 @@ from absl import logging
 from mmjax.convert import files
 from mmjax.convert import layout
 from mmjax.convert import mapping
+from mmjax.data import bpe
 from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
@@ -24,10 +25,19 @@ from mmjax.models import vit
 
 
 def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-  if c.data.tokenizer == "byte":
+  """`data.tokenizer`: "byte", "bpe:N" (learned from the dataset's training split on first use,
+  then read from beside the dataset) or a tokenizer.json path."""
+  spec = c.data.tokenizer
+  if spec == "byte":
     return tokenizer_lib.ByteTokenizer()
-  return tokenizer_lib.HFTokenizer.from_file(c.data.tokenizer, eos="</s>", pad="<unk>",
-                                             bos="<s>")
+  if spec.startswith("bpe:"):
+    size = spec.removeprefix("bpe:")
+    if not size.isdigit():
+      raise ValueError(f"data.tokenizer={spec!r}: 'bpe:N' takes a vocabulary size, e.g. "
+                       "'bpe:1024'.")
+    spec = bpe.cached(dataset_dir(c) / f"bpe{size}.json", lambda: data_source(c, "train"),
+                      int(size))
+  return tokenizer_lib.HFTokenizer.from_file(spec, eos="</s>", pad="<unk>", bos="<s>")
 
 
 def _vit(m: ml_collections.ConfigDict, image_size: int, common: dict) -> vit.ViTConfig:
@@ -122,6 +132,17 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConf
                          projector=m.projector, image_token_id=tokenizer_lib.IMAGE_ID)
 
 
+def dataset_dir(c: ml_collections.ConfigDict) -> pathlib.Path:
+  """The directory holding `data.dataset` (the embedded one generated on first use)."""
+  name = c.data.dataset
+  if name.startswith("fine_detail/"):
+    return pathlib.Path(finedetail.prepare(name.split("/", 1)[1], c.data.data_dir).data_dir)
+  if name.startswith("llava_json:"):
+    return pathlib.Path(name.split(":", 1)[1])
+  raise ValueError(f"Unknown dataset {name!r}; valid: 'fine_detail/<tiny|small|large>' or "
+                   "'llava_json:<directory written by mmjax.data.ingest>'.")
+
+
 def data_source(c: ml_collections.ConfigDict, split: str):
   """The TFDS data source of `split` for `data.dataset` (generated on first use if embedded)."""
   name = c.data.dataset
@@ -196,12 +217,14 @@ def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
                                 max_questions=c.data.max_questions, kinds=question_kinds(c))
 
 
-def question_kinds(c: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """`data.kinds` as a tuple of question kinds (empty: every kind)."""
-  kinds = tuple(k.strip() for k in c.data.kinds.split(",") if k.strip())
+def question_kinds(c: ml_collections.ConfigDict, field: str = "data.kinds") -> tuple[str, ...]:
+  """The question kinds of `field` ("data.kinds", or "pretrain.kinds", which falls back to
+  data.kinds when empty) as a tuple (empty: every kind)."""
+  text = {"data.kinds": c.data.kinds, "pretrain.kinds": c.pretrain.kinds or c.data.kinds}[field]
+  kinds = tuple(k.strip() for k in text.split(",") if k.strip())
   unknown = [k for k in kinds if k not in questions.ALL_KINDS]
   if unknown:
-    raise ValueError(f"data.kinds has unknown question kinds {unknown}; valid: "
+    raise ValueError(f"{field} has unknown question kinds {unknown}; valid: "
                      f"{', '.join(questions.ALL_KINDS)}.")
   return kinds
 

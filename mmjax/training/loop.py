@@ -67,7 +67,8 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
   config = build.model_config(c, tok.vocab_size)
   model = mllm.MLLM(config)
   all_stages = build.stages(c)
-  build.question_kinds(c)  # An unknown kind fails now, not when stage 2's data starts.
+  for field in ("data.kinds", "pretrain.kinds"):  # An unknown kind fails now, not at its stage.
+    build.question_kinds(c, field)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)
   start = checkpoints.latest_step() or 0
   _check_same_model(c, workdir, resuming=start > 0)

@@ -6,9 +6,9 @@ statistics (README: coarse questions stay at the majority answer except the back
 over 1,000 steps of batch 32 and three learning rates). This is the stand-in for that
 pre-training: the tower, fed exactly the views the MLLM will see (the config's resolution
 policy), with a small classifier head that reads every question of the image as its kind and
-target words (`questions.condition`) and predicts the answer (`data.kinds` restricts the
-questions, e.g. to one rung of the fine ladder). Only the tower's parameters are
-kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from them.
+target words (`questions.condition`) and predicts the answer (`pretrain.kinds`, else
+`data.kinds`, restricts the questions, e.g. to one rung of the fine ladder). Only the tower's
+parameters are kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from them.
 
   python -m mmjax.training.pretrain_tower --config configs/default.py --workdir runs/pre
   python train.py --config configs/default.py --workdir runs/default \\
@@ -197,7 +197,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   workdir.mkdir(parents=True, exist_ok=True)
   config = build.model_config(c, build.tokenizer(c).vocab_size)
   policy, tokens = build.policy(c), build.num_image_tokens(config, c)
-  kinds = build.question_kinds(c)
+  kinds = build.question_kinds(c, "pretrain.kinds")
   train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds,
                      cache=cache_views)
   val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers, kinds,
@@ -299,14 +299,21 @@ _DEFAULTS = {name: p.default for name, p in inspect.signature(pretrain).paramete
 def finished(workdir: str | pathlib.Path, settings: dict[str, Any],
              config: dict[str, Any] | None = None) -> bool:
   """Whether `workdir` holds a pre-training that has ended with these `settings` (`pretrain`'s
-  keyword arguments) and, given `config` (a config as JSON), of the same model, data and seed:
-  stage 0 and the ablation harness keep such a tower rather than train it again."""
+  keyword arguments) and, given `config` (a config as JSON), of the same model, data, seed and
+  pre-training question kinds: stage 0 and the ablation harness keep such a tower rather than
+  train it again."""
   record = pathlib.Path(workdir) / "pretrain.json"
   done = json.loads(record.read_text()) if record.exists() else {}
   return (bool(done.get("stopped"))
           and all(done.get(k, _DEFAULTS.get(k)) == v for k, v in settings.items())
           and (config is None
-               or all(done["config"].get(k) == config[k] for k in ("model", "data", "seed"))))
+               or (all(done["config"].get(k) == config[k] for k in ("model", "data", "seed"))
+                   and _kinds(done["config"]) == _kinds(config))))
+
+
+def _kinds(config: dict[str, Any]) -> str:
+  """A config's (as JSON) `pretrain.kinds`, "" in a record written before the field existed."""
+  return config["pretrain"].get("kinds", "")
 
 
 def shared_encoders(tower: dict[str, Any], path: str) -> tuple[str, str]:
