@@ -132,30 +132,35 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConf
                          projector=m.projector, image_token_id=tokenizer_lib.IMAGE_ID)
 
 
-def dataset_dir(c: ml_collections.ConfigDict) -> pathlib.Path:
-  """The directory holding `data.dataset` (the embedded one generated on first use)."""
+def _dataset(c: ml_collections.ConfigDict) -> tuple[str, str]:
+  """`data.dataset` as ("fine_detail", its builder config) or ("llava_json", its directory)."""
   name = c.data.dataset
-  if name.startswith("fine_detail/"):
-    return pathlib.Path(finedetail.prepare(name.split("/", 1)[1], c.data.data_dir).data_dir)
-  if name.startswith("llava_json:"):
-    return pathlib.Path(name.split(":", 1)[1])
+  for kind, sep in (("fine_detail", "/"), ("llava_json", ":")):
+    if name.startswith(kind + sep):
+      return kind, name[len(kind) + 1:]
   raise ValueError(f"Unknown dataset {name!r}; valid: 'fine_detail/<tiny|small|large>' or "
                    "'llava_json:<directory written by mmjax.data.ingest>'.")
+
+
+def dataset_dir(c: ml_collections.ConfigDict) -> pathlib.Path:
+  """The directory holding `data.dataset` (the embedded one generated on first use)."""
+  kind, arg = _dataset(c)
+  if kind == "fine_detail":
+    return pathlib.Path(finedetail.prepare(arg, c.data.data_dir).data_dir)
+  return pathlib.Path(arg)
 
 
 def data_source(c: ml_collections.ConfigDict, split: str):
   """The TFDS data source of `split` for `data.dataset` (generated on first use if embedded)."""
-  name = c.data.dataset
-  if name.startswith("fine_detail/"):
-    return finedetail.prepare(name.split("/", 1)[1], c.data.data_dir).as_data_source()[split]
-  if name.startswith("llava_json:"):
-    from mmjax.data import ingest
-    sources = ingest.load(name.split(":", 1)[1])
-    if split not in sources:
-      raise ValueError(f"Dataset {name!r} has no split {split!r}; it has {sorted(sources)}.")
-    return sources[split]
-  raise ValueError(f"Unknown dataset {name!r}; valid: 'fine_detail/<tiny|small|large>' or "
-                   "'llava_json:<directory written by mmjax.data.ingest>'.")
+  kind, arg = _dataset(c)
+  if kind == "fine_detail":
+    return finedetail.prepare(arg, c.data.data_dir).as_data_source()[split]
+  from mmjax.data import ingest
+  sources = ingest.load(arg)
+  if split not in sources:
+    raise ValueError(f"Dataset {c.data.dataset!r} has no split {split!r}; it has "
+                     f"{sorted(sources)}.")
+  return sources[split]
 
 
 def anyres_crops(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
