@@ -17,6 +17,7 @@ from mmjax import evaluation
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import files
 from mmjax.convert import layout
+from mmjax.data.datasets import questions
 from mmjax.convert import mapping
 from mmjax.models import mllm
 from mmjax.models import towers
@@ -185,6 +186,7 @@ def test_pretraining_needs_the_embedded_dataset(tmp_path):
 def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
   """pretrain.kinds, else data.kinds: the tower can learn one rung while the MLLM asks more."""
   c = tiny(data_dir)
+  c.pretrain.kinds = ""
   c.data.kinds = "pattern_colours,background_colour"
   accuracy = pretrain_tower.pretrain(c, tmp_path, steps=2, batch=4, lr=1e-3, eval_every=2)
   assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours", "background_colour"}
@@ -199,8 +201,30 @@ def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
   assert pretrain_tower.finished(tmp_path / "one", settings, json.loads(c.to_json()))
   c.pretrain.kinds = "pattern_colour"
   with pytest.raises(ValueError, match=r"pretrain.kinds has unknown question kinds "
-                     r"\['pattern_colour'\]; valid: pattern_colours"):
+                     r"\['pattern_colour'\]; valid: 'legible' or pattern_colours"):
     pretrain_tower.pretrain(c, tmp_path / "bad", steps=2, batch=4, lr=1e-3, eval_every=2)
+
+
+def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default():
+  """Fine and position content is below legibility at 224 px by construction: stage 0 of a
+  tower that sees no more leaves it out, unless nothing else is asked; a tower that sees more
+  learns every kind asked."""
+  def kinds(arg, data_kinds=""):
+    c = config_args.get_config(DEFAULT, arg)
+    c.data.kinds = data_kinds
+    return build.question_kinds(c, "pretrain.kinds")
+
+  assert kinds("size=small") == questions.KINDS["coarse"]
+  assert kinds("size=small", "box_code,texture,mark_position") == ("texture",)
+  assert kinds("size=small", "pattern_colours") == ("pattern_colours",)
+  for arg in ("size=small,res=448", "size=small,tower=llava_hr", "size=small,tower=mini_gemini"):
+    assert kinds(arg) == (), arg
+    assert kinds(arg, "box_code,texture") == ("box_code", "texture"), arg
+  c = config_args.get_config(DEFAULT, "size=small")
+  c.pretrain.kinds = "legibel"
+  with pytest.raises(ValueError, match=r"pretrain.kinds has unknown question kinds \['legibel'\]; "
+                                       r"valid: 'legible' or pattern_colours"):
+    build.question_kinds(c, "pretrain.kinds")
 
 
 def test_batches_prepared_on_threads_or_from_cached_views_are_the_same_batches(data_dir,

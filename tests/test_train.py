@@ -299,11 +299,11 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
                                     "llava_onevision", "xcomposer2_4khd", "oryx"])
 def test_config_arguments_resize_the_budgets_and_keep_the_text_room(method):
   """`patch=` re-derives the token budgets, and max_len always leaves the size's text room
-  (320 tokens minus the 49 of a 224-px ViT at patch 32) beside the tower's visual tokens."""
+  (256 tokens minus the 49 of a 224-px ViT at patch 32) beside the tower's visual tokens."""
   for arg in ("", ",patch=16", ",res=448"):
     c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=small" + arg)
     tokens = build.num_image_tokens(build.model_config(c, 300), c)
-    assert c.data.max_len - tokens == 320 - 49, arg
+    assert c.data.max_len - tokens == 256 - 49, arg
     if arg == ",patch=16":
       assert c.model.patch_size == 16
       if method in ("llava15", "qwen2vl", "internvl15"):  # 224 px at patch 16: 14 × 14.

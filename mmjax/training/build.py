@@ -15,6 +15,7 @@ from mmjax.data import pipeline
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import questions
+from mmjax.data.datasets import scenes
 from mmjax.models import convnext
 from mmjax.models import llm
 from mmjax.models import mllm
@@ -222,15 +223,33 @@ def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
                                 max_questions=c.data.max_questions, kinds=question_kinds(c))
 
 
+# `pretrain.kinds` value: the kinds of data.kinds that the tower's input can show (question_kinds).
+LEGIBLE = "legible"
+
+
 def question_kinds(c: ml_collections.ConfigDict, field: str = "data.kinds") -> tuple[str, ...]:
-  """The question kinds of `field` ("data.kinds", or "pretrain.kinds", which falls back to
-  data.kinds when empty) as a tuple (empty: every kind)."""
+  """The question kinds of `field` as a tuple (empty: every kind): "data.kinds", or
+  "pretrain.kinds", which falls back to data.kinds when empty and, when LEGIBLE, keeps the
+  coarse ones among data.kinds if the tower sees at most the dataset's low resolution (its fine
+  and position content is below legibility there by construction), all of them otherwise or
+  when none is coarse (e.g. one fine rung, learnt by every tower of an ablation)."""
+  if field == "pretrain.kinds" and c.pretrain.kinds == LEGIBLE:
+    kinds = _kinds(c.data.kinds, "data.kinds")
+    if c.model.image_size > scenes.LOW_RES:
+      return kinds
+    coarse = tuple(k for k in kinds or questions.ALL_KINDS if k in questions.KINDS["coarse"])
+    return coarse or kinds
   text = {"data.kinds": c.data.kinds, "pretrain.kinds": c.pretrain.kinds or c.data.kinds}[field]
+  return _kinds(text, field)
+
+
+def _kinds(text: str, field: str) -> tuple[str, ...]:
   kinds = tuple(k.strip() for k in text.split(",") if k.strip())
   unknown = [k for k in kinds if k not in questions.ALL_KINDS]
   if unknown:
-    raise ValueError(f"{field} has unknown question kinds {unknown}; valid: "
-                     f"{', '.join(questions.ALL_KINDS)}.")
+    valid = ([f"'{LEGIBLE}' or"] if field == "pretrain.kinds" else []) + [
+        ", ".join(questions.ALL_KINDS)]
+    raise ValueError(f"{field} has unknown question kinds {unknown}; valid: {' '.join(valid)}.")
   return kinds
 
 
