@@ -218,10 +218,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Comma-separated question kinds stage 0 trains on and its `until` waits for; "": data.kinds.
   # E.g. one fine rung for the tower while the MLLM learns it with the coarse kinds, which a
   # head does not all reach `until` on (shape colour). "legible" (build.LEGIBLE): data.kinds'
-  # coarse kinds for a tower that sees at most the dataset's 224 px, whose fine and position
-  # content is illegible there by construction (learning it anyway costs the coarse kinds:
-  # shape count 0.82 after 1,500 steps on every kind, 0.95 after 1,000 on the coarse ones;
-  # README); data.kinds for a tower that sees more, or when none of them is coarse.
+  # coarse kinds for a tower that sees one view of at most the dataset's 224 px, whose fine and
+  # position content is illegible there by construction (learning it anyway costs the coarse
+  # kinds: shape count 0.82 after 1,500 steps on every kind, 0.95 after 1,000 on the coarse
+  # ones; README); data.kinds for a tower that sees more (a larger view, tiles, crops, native
+  # resolution), or when none of them is coarse.
   c.pretrain.kinds = build.LEGIBLE
 
   c.train = ml_collections.ConfigDict()

@@ -207,8 +207,8 @@ def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
 
 def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default():
   """Fine and position content is below legibility at 224 px by construction: stage 0 of a
-  tower that sees no more leaves it out, unless nothing else is asked; a tower that sees more
-  learns every kind asked."""
+  tower that sees one view of no more leaves it out, unless nothing else is asked; a tower that
+  sees more (a larger view; native resolution or tiles of that side) learns every kind asked."""
   def kinds(arg, data_kinds=""):
     c = config_args.get_config(DEFAULT, arg)
     c.data.kinds = data_kinds
@@ -217,7 +217,8 @@ def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default
   assert kinds("size=small") == questions.KINDS["coarse"]
   assert kinds("size=small", "box_code,texture,mark_position") == ("texture",)
   assert kinds("size=small", "pattern_colours") == ("pattern_colours",)
-  for arg in ("size=small,res=448", "size=small,tower=llava_hr", "size=small,tower=mini_gemini"):
+  for arg in ("size=small,res=448", "size=small,tower=llava_hr", "size=small,tower=mini_gemini",
+              "size=small,tower=qwen2vl", "size=small,tower=internvl"):  # Native / tiles: more.
     assert kinds(arg) == (), arg
     assert kinds(arg, "box_code,texture") == ("box_code", "texture"), arg
   c = config_args.get_config(DEFAULT, "size=small")

@@ -230,12 +230,14 @@ LEGIBLE = "legible"
 def question_kinds(c: ml_collections.ConfigDict, field: str = "data.kinds") -> tuple[str, ...]:
   """The question kinds of `field` as a tuple (empty: every kind): "data.kinds", or
   "pretrain.kinds", which falls back to data.kinds when empty and, when LEGIBLE, keeps the
-  coarse ones among data.kinds if the tower sees at most the dataset's low resolution (its fine
-  and position content is below legibility there by construction), all of them otherwise or
-  when none is coarse (e.g. one fine rung, learnt by every tower of an ablation)."""
+  coarse ones among data.kinds if the tower sees one view of at most the dataset's low
+  resolution (its fine and position content is below legibility there by construction), all of
+  them otherwise (a larger or a dynamic view: tiles, crops, native resolution) or when none is
+  coarse (e.g. one fine rung, learnt by every tower of an ablation)."""
   if field == "pretrain.kinds" and c.pretrain.kinds == LEGIBLE:
     kinds = _kinds(c.data.kinds, "data.kinds")
-    if c.model.image_size > scenes.LOW_RES:
+    fixed = isinstance(policy(c), pipeline.FixedResolution)
+    if not fixed or c.model.image_size > scenes.LOW_RES:
       return kinds
     coarse = tuple(k for k in kinds or questions.ALL_KINDS if k in questions.KINDS["coarse"])
     return coarse or kinds
