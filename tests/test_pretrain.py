@@ -17,8 +17,8 @@ from mmjax import evaluation
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import files
 from mmjax.convert import layout
-from mmjax.data.datasets import questions
 from mmjax.convert import mapping
+from mmjax.data.datasets import questions
 from mmjax.models import mllm
 from mmjax.models import towers
 from mmjax.models import vit

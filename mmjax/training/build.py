@@ -249,9 +249,9 @@ def _kinds(text: str, field: str) -> tuple[str, ...]:
   kinds = tuple(k.strip() for k in text.split(",") if k.strip())
   unknown = [k for k in kinds if k not in questions.ALL_KINDS]
   if unknown:
-    valid = ([f"'{LEGIBLE}' or"] if field == "pretrain.kinds" else []) + [
-        ", ".join(questions.ALL_KINDS)]
-    raise ValueError(f"{field} has unknown question kinds {unknown}; valid: {' '.join(valid)}.")
+    legible = f"'{LEGIBLE}' or " if field == "pretrain.kinds" else ""
+    raise ValueError(f"{field} has unknown question kinds {unknown}; valid: {legible}"
+                     f"{', '.join(questions.ALL_KINDS)}.")
   return kinds
 
 
