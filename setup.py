@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
 # multi-GB CUDA torch.
 TEST_REQUIRES = [
     "pytest==9.2.0",
+    "pytest-xdist==3.8.0",  # Two workers: compiling and running overlap on a 2-core CPU.
     "hypothesis==6.170.15",
     "torch==2.13.0",
     "transformers==5.23.0",

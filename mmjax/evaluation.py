@@ -144,12 +144,20 @@ def _loss(c, model, params, tok, source, config, mesh) -> dict[str, float]:
   examples = min(c.data.eval_examples, len(source))
   rows = max(min(c.eval.batch_size, examples) // sharding.num_batch_shards(mesh), 1) * \
       sharding.num_batch_shards(mesh)
-  sub = [source[i] for i in range(examples)]
+  # The loader drops a last partial batch (static shapes), so the images are padded to whole
+  # batches with copies of the first, whose answer tokens are masked out: every evaluated image
+  # counts once, also when there are fewer of them than the mesh has batch shards.
+  padded = -(-examples // rows) * rows
+  sub = [source[i if i < examples else 0] for i in range(padded)]
   loader = pipeline.make_loader(sub, fmt, global_batch_size=rows, seed=0, shuffle=False,
                                 num_epochs=1)
+  local = rows // jax.process_count()
   step = jax.jit(lambda p, b: step_lib.eval_step(p, b, model=model))
   total, tokens = 0.0, 0.0
-  for host in loader:
+  for n, host in enumerate(loader):
+    first = n * rows + jax.process_index() * local  # make_loader's rows of this process.
+    real = np.arange(first, first + local) < examples
+    host["loss_mask"] = host["loss_mask"] * real[:, None].astype(host["loss_mask"].dtype)
     out = step(params, pipeline.to_global(step_lib.model_batch(host), mesh))
     total, tokens = total + float(out["loss_sum"]), tokens + float(out["tokens"])
   loss = total / max(tokens, 1.0)

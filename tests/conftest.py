@@ -1,9 +1,20 @@
 """Shared test setup: 8 simulated CPU devices (set before jax is imported) for sharding tests,
-and no skipped tests."""
+one compilation cache for the session, and no skipped tests."""
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
+# XLA on a CPU spends most of the train tests' time compiling, and many tests (and the train.py
+# processes they start) compile the same tiny programs: JAX's persistent cache, keyed by the
+# program, serves the repeats. One fresh directory per session, made by the process that starts
+# it and inherited by the rest (pytest-xdist's workers, train.py); a cache hit still counts as a
+# compilation in jax.monitoring, so the no-recompilation tests stay exact.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmjax-xla-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -22,6 +33,8 @@ def pytest_sessionfinish(session, exitstatus):
   if _skipped and exitstatus == 0:
     print(f"\n{len(_skipped)} skipped tests count as failures: {_skipped}")
     session.exitstatus = 1
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

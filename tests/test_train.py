@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -350,3 +351,30 @@ def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
   c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not an empty score.
   with pytest.raises(ValueError, match="refused all 16 evaluated images"):
     evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
+
+
+def test_eval_loss_counts_every_image_once(data_dir):
+  """Fewer images than the mesh has batch shards, and a last partial batch: the loss is still
+  that of every evaluated image's answer tokens, each counted once (one image at a time here)."""
+  c = tiny(data_dir, **{"eval.batch_size": 8})
+  mesh = loop.mesh_from_config(c)
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  model = mllm.MLLM(config)
+  source = build.data_source(c, c.data.eval_split)
+  fmt = build.formatter(c, c.train.task, config, tok)
+  spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
+  params = jax.jit(model.init)(jax.random.key(0), spec)["params"]
+  one = jax.jit(lambda p, b: step_lib.eval_step(nn.unbox(p), b, model=model))
+  rows = [one(params, step_lib.model_batch(b)) for b in pipeline.make_loader(
+      [source[i] for i in range(11)], fmt, global_batch_size=1, seed=0, shuffle=False,
+      num_epochs=1)]
+  params = nn.unbox(params)
+  for examples in (3, 11):  # Under one batch of 8; one batch and a partial one.
+    c.data.eval_examples = examples
+    with jax.set_mesh(mesh), sharding.axis_rules():
+      got = evaluation._loss(c, model, params, tok, source, config, mesh)
+    tokens = sum(float(r["tokens"]) for r in rows[:examples])
+    assert got["loss_tokens"] == tokens > 0
+    np.testing.assert_allclose(
+        got["loss"], sum(float(r["loss_sum"]) for r in rows[:examples]) / tokens, rtol=1e-5)
