@@ -325,6 +325,8 @@ def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_pat
   c.data.data_dir = data_dir
   c.train.log_every = 1
   c.train.batch_size = 8  # One row per simulated device.
+  # One stage, one compiled step: the stage switch is tested end to end (CI minutes).
+  c.train.align_fraction = 0.0
   c.data.eval_examples = 2
   c.eval.batch_size = 8
   loop.train(c, tmp_path)
