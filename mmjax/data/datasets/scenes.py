@@ -125,10 +125,12 @@ def _size(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, int]:
 def _texture(rng: np.random.Generator, name: str, base: tuple[int, int, int], width: int,
              height: int) -> np.ndarray:
   """A [H, W, 3] uint8 background: the base colour modulated by a texture of amplitude ±30."""
-  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  # A row and a column broadcast against each other: a texture costs one pass over the image.
+  y = np.arange(height, dtype=np.float32)[:, None]
+  x = np.arange(width, dtype=np.float32)[None, :]
   period = rng.uniform(0.04, 0.1) * max(width, height)
   if name == "plain":
-    pattern = np.zeros_like(x)
+    pattern = np.zeros((height, width), np.float32)
   elif name == "stripes":
     angle = rng.uniform(0, math.pi)
     pattern = np.sign(np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period))
