@@ -366,12 +366,11 @@ def test_eval_loss_counts_every_image_once(data_dir):
   source = build.data_source(c, c.data.eval_split)
   fmt = build.formatter(c, c.train.task, config, tok)
   spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
-  params = jax.jit(model.init)(jax.random.key(0), spec)["params"]
-  one = jax.jit(lambda p, b: step_lib.eval_step(nn.unbox(p), b, model=model))
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), spec)["params"])
+  one = jax.jit(lambda p, b: step_lib.eval_step(p, b, model=model))
   rows = [one(params, step_lib.model_batch(b)) for b in pipeline.make_loader(
       [source[i] for i in range(11)], fmt, global_batch_size=1, seed=0, shuffle=False,
       num_epochs=1)]
-  params = nn.unbox(params)
   for examples in (3, 11):  # Under one batch of 8; one batch and a partial one.
     c.data.eval_examples = examples
     with jax.set_mesh(mesh), sharding.axis_rules():
