@@ -5,11 +5,15 @@
 Writes WORKDIR/eval/<step>.json (accuracy by question family and kind, loss, perplexity,
 generation speed) and prints a table. The mesh may differ from training's (--config.mesh.*).
 """
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+from mmjax import xla_flags
 
-from mmjax import evaluation
+xla_flags.apply()  # Before jax is imported.
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mmjax import evaluation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)

@@ -8,12 +8,16 @@ itself (--distributed); elsewhere pass --coordinator_address, --num_processes an
 """
 import sys
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+from mmjax import xla_flags
 
-from mmjax.training import distributed
-from mmjax.training import loop
+xla_flags.apply()  # Before jax is imported.
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mmjax.training import distributed  # noqa: E402
+from mmjax.training import loop  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:args]).",
                                           lock_config=True)
