@@ -16,9 +16,9 @@ DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": "dot"}
 
 def with_defaults(flags: str) -> str:
   """`flags` (an XLA_FLAGS value) with every default flag it does not set appended."""
-  given = {f.split("=", 1)[0] for f in flags.split()}
-  return " ".join([flags.strip()] * bool(flags.strip()) +
-                  [f"{k}={v}" for k, v in DEFAULTS.items() if k not in given])
+  given = flags.split()
+  names = {f.split("=", 1)[0] for f in given}
+  return " ".join(given + [f"{k}={v}" for k, v in DEFAULTS.items() if k not in names])
 
 
 def apply() -> None:
