@@ -8,26 +8,30 @@ An entry may override config fields after '@', comma-separated, tuples '/'-separ
 tower frozen: '…@train.trainable=^(projector|llm)/'); `--name` picks the JSON file. Config
 arguments such as 'size=small,res=448' or 'patch=16' size `data.max_len` for the tower's tokens.
 """
-import argparse
-import functools
-import json
-import os
-import pathlib
-import platform
-import time
+from mmjax import xla_flags
 
-import jax
-import numpy as np
+xla_flags.apply()  # As train.py does: the step measured is the step trained.
 
-from mmjax import config_args
-from mmjax import sharding
-from mmjax.data import pipeline
-from mmjax.models import mllm
-from mmjax.training import build
-from mmjax.training import flops as flops_lib
-from mmjax.training import optim
-from mmjax.training import state as state_lib
-from mmjax.training import step as step_lib
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mmjax import config_args  # noqa: E402
+from mmjax import sharding  # noqa: E402
+from mmjax.data import pipeline  # noqa: E402
+from mmjax.models import mllm  # noqa: E402
+from mmjax.training import build  # noqa: E402
+from mmjax.training import flops as flops_lib  # noqa: E402
+from mmjax.training import optim  # noqa: E402
+from mmjax.training import state as state_lib  # noqa: E402
+from mmjax.training import step as step_lib  # noqa: E402
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
@@ -102,7 +106,8 @@ def main():
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.device_count()} "
-            f"{jax.devices()[0].platform} device(s)", "peak_flops": peak, "rows": rows}
+            f"{jax.devices()[0].platform} device(s)", "xla_flags": os.environ["XLA_FLAGS"],
+            "peak_flops": peak, "rows": rows}
   (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
   print(f"wrote {out / f'{args.name}.json'}")
 
