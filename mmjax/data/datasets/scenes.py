@@ -2,7 +2,9 @@
 
 A scene is a textured background of a named colour, a few large shapes (coarse content) and small
 details sized as a fraction of the image's long side, so that after downscaling the long side to
-224 px a detail is under 3 px — below legibility — while at full resolution it spans 6–13 px:
+224 px a detail is under 3 px — below a reader's legibility (not a probe's: told where a mark or
+a code is, an MLP reads much of it at 224 px; README, benchmarks/detail_legibility.py) — while at
+full resolution it spans 6–13 px:
   * a fine checkerboard: a square patch drawn as a checker of two complementary colours (red and
     cyan, green and magenta, or blue and yellow) whose period is 2.8 px when the long side is
     448 px. Every pair averages to the same grey, and at 224 px the period (1.4 px) is under the
