@@ -1,4 +1,4 @@
-"""Procedural scenes whose fine details only a high-resolution encoder can see.
+"""Procedural scenes whose fine details a 224-px view shrinks below 3 px.
 
 A scene is a textured background of a named colour, a few large shapes (coarse content) and small
 details sized as a fraction of the image's long side, so that after downscaling the long side to
