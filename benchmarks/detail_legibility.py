@@ -8,8 +8,9 @@ shift of up to a quarter of the crop, and an MLP reads the answer from the crop'
 (mark shape, code digit, checkerboard pair). The crop covers the same part of the image at every
 resolution (`--crop` px at the largest), so a detail is legible at a resolution when the probe
 beats the majority answer there: the dataset's promise is illegible at 224 px, legible at 448.
-Scenes are redrawn from the generator (`finedetail.example` is a pure function of the split and
-the example's index), matched to nothing else. Prints a table, writes JSON.
+Scenes are redrawn from the generator (an example is a pure function of the config, the split
+and its index, `finedetail.example`), so no generated dataset is needed. Prints a table, writes
+JSON.
 
   python benchmarks/detail_legibility.py --res 224,448 --out benchmarks/results
 """
