@@ -8,8 +8,8 @@ shift of up to a quarter of the crop, and an MLP reads the answer from the crop'
 (mark shape, code digit, checkerboard pair). The crop covers the same part of the image at every
 resolution (`--crop` px at the largest), so a detail is legible at a resolution when the probe
 beats the majority answer there: the dataset's promise is illegible at 224 px, legible at 448.
-Scenes are redrawn from the generator (an example is a pure function of the config, the split
-and its index, `finedetail.example`), so no generated dataset is needed. Prints a table, writes
+Scenes are redrawn from the generator (`finedetail.example_rng`, the stream an example is drawn
+from), so no generated dataset is needed. Prints a table, writes
 JSON.
 
   python benchmarks/detail_legibility.py --res 224,448 --out benchmarks/results
@@ -37,13 +37,16 @@ DETAILS = {
 }
 
 
+def _crop_side(crop: int, res: int, largest: int) -> int:
+  """The crop's side in a `res`-px view: `crop` px of the `largest` view, the same image area."""
+  return max(round(crop * res / largest), 1)
+
+
 def _crops(args) -> dict[str, dict[int, list]]:
   """{detail: {res: [(pixels, answer), ...]}} for one scene."""
   config_name, split, index, resolutions, crop = args
   config = finedetail.CONFIGS[config_name]
-  rng = np.random.default_rng(np.random.SeedSequence(
-      [config.seed, finedetail.SPLITS.index(split), index]))
-  image, scene = scenes.render(rng, config.scene)
+  image, scene = scenes.render(finedetail.example_rng(config, split, index), config.scene)
   shift = np.random.default_rng([index, finedetail.SPLITS.index(split)])
   side = max(scene.width, scene.height)
   left, top = (side - scene.width) // 2, (side - scene.height) // 2  # The policy's padding.
@@ -54,8 +57,7 @@ def _crops(args) -> dict[str, dict[int, list]]:
       # One shift per thing, in units of the largest view's pixels: every view cuts the same area.
       dx, dy = shift.integers(-(crop // 4), crop // 4 + 1, size=2)
       for r in resolutions:
-        scale = r / side
-        size = max(round(crop * r / max(resolutions)), 1)
+        scale, size = r / side, _crop_side(crop, r, max(resolutions))
         cx = ((thing.box[0] + thing.box[2]) / 2 + left) * scale + dx * r / max(resolutions)
         cy = ((thing.box[1] + thing.box[3]) / 2 + top) * scale + dy * r / max(resolutions)
         x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
@@ -117,10 +119,11 @@ def main():
   args = parser.parse_args()
   resolutions = sorted(int(r) for r in args.res.split(","))
   sizes = dict(zip(finedetail.SPLITS, finedetail.CONFIGS[args.config].sizes))
-  for split, wanted in (("train", args.train_images), ("validation", args.val_images)):
+  for flag, split, wanted in (("train_images", "train", args.train_images),
+                              ("val_images", "validation", args.val_images)):
     if wanted > sizes[split]:
-      raise ValueError(f"--{'train' if split == 'train' else 'val'}_images={wanted}: the "
-                       f"{args.config} config's {split} split has {sizes[split]} images.")
+      raise ValueError(f"--{flag}={wanted}: the {args.config} config's {split} split has "
+                       f"{sizes[split]} images.")
   tick = time.perf_counter()
   crops = {}
   with multiprocessing.Pool() as pool:
@@ -137,7 +140,7 @@ def main():
       result = probe(crops["train"][detail][r], crops["validation"][detail][r], args.steps,
                      args.seed)
       rows.append({"detail": detail, "res": r,
-                   "crop_px": max(round(args.crop * r / max(resolutions)), 1), **result})
+                   "crop_px": _crop_side(args.crop, r, max(resolutions)), **result})
   print(f"\n{'detail':<18}{'res':>5}{'crop px':>9}{'answers':>9}{'majority':>10}{'probe':>8}"
         f"{'train':>8}")
   for row in rows:

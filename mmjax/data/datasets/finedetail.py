@@ -40,10 +40,15 @@ CONFIGS = {
 }
 
 
+def example_rng(config: FineDetailConfig, split: str, index: int) -> np.random.Generator:
+  """The random stream example `index` of `split` is drawn from: its scene, then its questions'
+  phrasings (a scene redrawn elsewhere, e.g. for a probe, starts from it)."""
+  return np.random.default_rng(np.random.SeedSequence([config.seed, SPLITS.index(split), index]))
+
+
 def example(config: FineDetailConfig, split: str, index: int) -> tuple[str, dict]:
   """(key, features) of example `index` of `split`; a pure function of its arguments."""
-  seed = np.random.SeedSequence([config.seed, SPLITS.index(split), index])
-  rng = np.random.default_rng(seed)
+  rng = example_rng(config, split, index)
   image, scene = scenes.render(rng, config.scene)
   buffer = io.BytesIO()
   image.save(buffer, format="png", compress_level=1)  # Fast; PNG keeps the glyphs lossless.
