@@ -162,6 +162,27 @@ def test_eagle_and_leo_take_the_encoders_named():
         build.model_config(c, 300)
 
 
+def test_vit_stem_reaches_every_vit_and_native_towers_refuse_it():
+  """`model.vit_stem` builds every ViT of the towers that have one (the hMLP at CPU sizes, CLIP's
+  linear patch map at the papers' size); the packed native towers embed patches their own way."""
+  for tower in ("vit", "llava_hr", "internvl", "eagle"):
+    c = config_args.get_config(DEFAULT, f"size=tiny,tower={tower}")
+    tower_config = build.model_config(c, 300).tower
+    vits = [e.vit for e in tower_config.encoders if e.vit] if tower == "eagle" else [
+        tower_config.vit]
+    assert [v.stem for v in vits] == ["hmlp"], tower
+  big = config_args.get_config(DEFAULT, "size=7b")
+  assert build.model_config(big, 300).tower.vit.stem == "patch"
+  for tower in ("qwen2vl", "oryx"):
+    c = config_args.get_config(DEFAULT, f"size=tiny,tower={tower}")
+    assert c.model.vit_stem == "patch"
+    build.model_config(c, 300)
+    c.model.vit_stem = "hmlp"
+    with pytest.raises(ValueError, match=f"vit_stem='hmlp': the {tower} tower.*valid for it: "
+                       "'patch'"):
+      build.model_config(c, 300)
+
+
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_path):
   # Warm-up from 0 makes step 1 harmless; then lr 1e30 blows the parameters up.
   c = tiny(data_dir, steps=6, **{"train.align_fraction": 0.0, "train.lr": 1e30,

@@ -30,8 +30,8 @@ TOL = 1e-4
 
 
 def tiny_config(**overrides) -> vit.ViTConfig:
-  return vit.ViTConfig(image_size=28, patch_size=7, width=32, depth=4, num_heads=4, mlp_dim=64,
-                       **overrides)
+  return vit.ViTConfig(**{**dict(image_size=28, patch_size=7, width=32, depth=4, num_heads=4,
+                                 mlp_dim=64), **overrides})
 
 
 def random_params(config: vit.ViTConfig, seed: int = 0) -> dict:
@@ -364,3 +364,60 @@ def test_rejects_input_not_a_multiple_of_the_patch():
   params = jax.eval_shape(vit.ViT(config).init, jax.random.key(0), jnp.zeros((1, 28, 28, 3)))
   with pytest.raises(ValueError, match="30x28 pixels.*patch_size=7"):
     jax.eval_shape(vit.ViT(config).apply, params, jnp.zeros((1, 30, 28, 3)))
+
+
+def test_hmlp_stem_matches_the_papers_strided_convolutions():
+  """The hierarchical MLP stem equals Touvron et al.'s torch form: convolutions whose stride is
+  their kernel (4, then 2, 2), the activation between, a quarter of the width until the last;
+  the embedding (pre-norm off, no positions) is the stem's output."""
+  config = vit.ViTConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2,
+                         mlp_dim=32, act="gelu", use_cls=False, pre_norm=False,
+                         position_embedding="none", stem="hmlp")
+  params = random_params(config)
+  x = images(32, 48)  # A 2×3 patch grid.
+  embedded = vit.ViT(config).apply({"params": params}, x, method=vit.ViT.embed)
+  stem = params["stem"]
+  convs = []
+  for level, side in enumerate(config.stem_cells):
+    kernel = np.asarray(stem[f"level{level}"]["kernel"])  # [side, side, in, out]
+    conv = torch.nn.Conv2d(kernel.shape[2], kernel.shape[3], side, stride=side)
+    conv.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+    conv.bias.data = torch.from_numpy(np.asarray(stem[f"level{level}"]["bias"]).copy())
+    convs += [conv, torch.nn.GELU()]
+  with torch.no_grad():
+    out = torch.nn.Sequential(*convs[:-1])(torch.from_numpy(x).permute(0, 3, 1, 2))
+  expected = out.permute(0, 2, 3, 1).reshape(2, 6, 32).numpy()
+  assert config.stem_cells == (4, 2, 2)
+  assert [stem[f"level{i}"]["kernel"].shape[-1] for i in range(3)] == [8, 8, 32]
+  assert_close(np.asarray(embedded), expected, tol=1e-5)
+
+
+def test_hmlp_stem_embeds_each_patch_alone():
+  """Changing one patch's pixels changes that patch's token and no other (the cells never cross
+  a patch, so the stem fits tiles, crops and any grid)."""
+  config = tiny_config(image_size=32, patch_size=8, stem="hmlp", position_embedding="none",
+                       pre_norm=False, use_cls=False)
+  params = random_params(config)
+  x = images(32, 32, batch=1)
+  y = x.copy()
+  y[0, 8:16, 16:24] += 1.0  # Patch (1, 2) of the 4×4 grid.
+  embed = jax.jit(lambda v: vit.ViT(config).apply({"params": params}, v, method=vit.ViT.embed))
+  changed = np.abs(np.asarray(embed(y) - embed(x)))[0].max(-1) > 0
+  assert changed.tolist() == [i == 4 + 2 for i in range(16)]
+
+
+@pytest.mark.parametrize("patch,width", [(14, 32), (2, 32), (16, 30)])
+def test_hmlp_stem_rejects_shapes_it_cannot_build(patch, width):
+  with pytest.raises(ValueError, match=f"stem='hmlp'.*patch_size={patch}, width={width}"):
+    vit.ViTConfig(image_size=patch * 2, patch_size=patch, width=width, num_heads=2, stem="hmlp")
+
+
+def test_unknown_stem_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"stem 'conv'.*\('patch', 'hmlp'\)"):
+    tiny_config(stem="conv")
+
+
+def test_clip_converter_refuses_an_hmlp_stem():
+  with pytest.raises(ValueError, match="'stem': 'hmlp'"):
+    clip_vision.config_to_hf(tiny_config(image_size=32, patch_size=8, stem="hmlp"),
+                             "CLIPVisionModel")

@@ -74,7 +74,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
 
 def _check_clip(config: ViTConfig) -> None:
   """Raises unless `config` describes a ViT that `CLIPVisionModel` can hold."""
-  clip = {"use_cls": True, "patch_bias": False, "pre_norm": True, "position_embedding": "learned"}
+  clip = {"use_cls": True, "patch_bias": False, "pre_norm": True, "position_embedding": "learned",
+          "stem": "patch"}
   wrong = {k: getattr(config, k) for k, v in clip.items() if getattr(config, k) != v}
   if wrong:
     raise ValueError(f"ViTConfig fields {wrong} have no CLIPVisionModel equivalent; CLIP needs "

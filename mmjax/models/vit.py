@@ -5,6 +5,12 @@ and `__call__` separately, so it can modify the tokens between groups (LLaVA-HR 
 features after blocks 6/12/18). Position information comes from a learned table resampled
 bicubically to the input's patch grid; `position_embedding="none"` leaves positions to the
 attention (2D rotary embeddings) instead.
+
+Patches are embedded by one linear map (CLIP's patch convolution) or by a hierarchical MLP stem
+(`stem="hmlp"`, after Touvron et al. 2022, "Three things everyone should know about Vision
+Transformers"): linear maps of 4×4-pixel cells, then of 2×2 cells of those, with the activation
+between, each patch still embedded on its own. A ViT trained from scratch on a few thousand
+images needs it to see shapes (README: the default run's tower).
 """
 import dataclasses
 
@@ -18,6 +24,7 @@ from mmjax.models import layers
 from mmjax.models import stack
 
 POSITION_EMBEDDINGS = ("learned", "none")
+STEMS = ("patch", "hmlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,11 @@ class ViTConfig:
   patch_bias: bool = False  # CLIP's patch convolution has no bias; SigLIP's has one.
   pre_norm: bool = True  # CLIP's `pre_layrnorm` on the embeddings.
   position_embedding: str = "learned"
+  # "patch": one linear map of each patch (CLIP); "hmlp": the hierarchical MLP stem (module
+  # docstring) for a patch side of 4·2^k: levels of 4×4, then k of 2×2 cells, a quarter of the
+  # width wide until the last (the paper's), without the paper's norms (README: with LayerNorms
+  # there the default tower read shape count at 0.955 against 0.9975).
+  stem: str = "patch"
   layer_groups: tuple[int, ...] = ()  # Consecutive block groups; () = one group of all blocks.
   scan_layers: bool = False
   remat: bool = False
@@ -47,6 +59,14 @@ class ViTConfig:
     if self.position_embedding not in POSITION_EMBEDDINGS:
       raise ValueError(f"Unknown ViT position_embedding {self.position_embedding!r}; "
                        f"valid: {POSITION_EMBEDDINGS}.")
+    if self.stem not in STEMS:
+      raise ValueError(f"Unknown ViT stem {self.stem!r}; valid: {STEMS}.")
+    if self.stem == "hmlp" and (self.patch_size < 4 or self.patch_size & (self.patch_size - 1)
+                                or self.width % 4):
+      raise ValueError(f"ViT stem='hmlp' embeds 4×4-pixel cells, then 2×2 cells of those, at a "
+                       f"quarter of the width: it needs patch_size = 4·2^k (4, 8, 16, 32, …) and "
+                       f"a width divisible by 4; got patch_size={self.patch_size}, "
+                       f"width={self.width}.")
     if self.image_size % self.patch_size:
       raise ValueError(f"ViT image_size={self.image_size} is not a multiple of "
                        f"patch_size={self.patch_size}.")
@@ -62,6 +82,11 @@ class ViTConfig:
   @property
   def grid(self) -> int:
     return self.image_size // self.patch_size
+
+  @property
+  def stem_cells(self) -> tuple[int, ...]:
+    """The hMLP stem's cell side per level: 4, then 2 until the patch side (patch 32: 4,2,2,2)."""
+    return (4,) + (2,) * ((self.patch_size // 4).bit_length() - 1)
 
 
 def check_select_layer(config: ViTConfig, select_layer: int, name: str = "select_layer") -> None:
@@ -91,6 +116,29 @@ class ViTBlock(nn.Module):
     return x, (x, None)
 
 
+class HMLPStem(nn.Module):
+  """The hierarchical MLP stem: each level a linear map of non-overlapping cells (a convolution
+  whose stride is its kernel), the activation between levels; no cell crosses a patch."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B h w D"]:
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    x = images.astype(cfg.dtype)
+    cells = cfg.stem_cells
+    for level, side in enumerate(cells):
+      last = level == len(cells) - 1
+      b, h, w, c = x.shape
+      x = x.reshape(b, h // side, side, w // side, side, c).transpose(0, 1, 3, 2, 4, 5)
+      x = layers.dense(cfg.width if last else cfg.width // 4,
+                       ("conv_h", "conv_w", "conv_in", "embed" if last else "conv_out"),
+                       axis=(-3, -2, -1), name=f"level{level}", **kw)(x)
+      if not last:
+        x = layers.activation(cfg.act)(x)
+    return x
+
+
 class ViT(nn.Module):
   """Returns every layer's hidden states; LLaVA takes the penultimate one."""
   config: ViTConfig
@@ -98,10 +146,13 @@ class ViT(nn.Module):
   def setup(self):
     cfg = self.config
     channels = 3
-    self.patch_kernel = self.param(
-        "patch_kernel",
-        layers.partitioned(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "embed")),
-        (cfg.patch_size, cfg.patch_size, channels, cfg.width), cfg.param_dtype)
+    if cfg.stem == "hmlp":
+      self.stem = HMLPStem(cfg)
+    else:
+      self.patch_kernel = self.param(
+          "patch_kernel", layers.partitioned(nn.initializers.lecun_normal(),
+                                             ("conv_h", "conv_w", "conv_in", "embed")),
+          (cfg.patch_size, cfg.patch_size, channels, cfg.width), cfg.param_dtype)
     if cfg.patch_bias:
       self.patch_bias = self.param("patch_bias", layers.partitioned(nn.initializers.zeros, ("embed",)),
                                    (cfg.width,), cfg.param_dtype)
@@ -133,10 +184,13 @@ class ViT(nn.Module):
     b = images.shape[0]
     gh, gw = self.patch_grid(images)
     p = cfg.patch_size
-    patches = images.reshape(b, gh, p, gw, p, -1).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(b, gh * gw, -1).astype(cfg.dtype)
-    kernel = self.patch_kernel.reshape(-1, cfg.width).astype(cfg.dtype)
-    x = jnp.einsum("bnk,kd->bnd", patches, kernel)
+    if cfg.stem == "hmlp":
+      x = self.stem(images).reshape(b, gh * gw, cfg.width)
+    else:
+      patches = images.reshape(b, gh, p, gw, p, -1).transpose(0, 1, 3, 2, 4, 5)
+      patches = patches.reshape(b, gh * gw, -1).astype(cfg.dtype)
+      kernel = self.patch_kernel.reshape(-1, cfg.width).astype(cfg.dtype)
+      x = jnp.einsum("bnk,kd->bnd", patches, kernel)
     if cfg.patch_bias:
       x = x + self.patch_bias.astype(cfg.dtype)
     if cfg.use_cls:

@@ -44,7 +44,7 @@ def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
 def _vit(m: ml_collections.ConfigDict, image_size: int, common: dict) -> vit.ViTConfig:
   return vit.ViTConfig(image_size=image_size, patch_size=m.patch_size, width=m.vit_width,
                        depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
-                       act=m.vit_act, **common)
+                       act=m.vit_act, stem=m.vit_stem, **common)
 
 
 def _convnext(m: ml_collections.ConfigDict, common: dict) -> convnext.ConvNeXtConfig:
@@ -74,6 +74,9 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
   name = m.tower
   if name not in towers.TOWERS:
     raise ValueError(f"Unknown tower {name!r}; valid: {sorted(towers.TOWERS)}.")
+  if name in ("qwen2vl", "oryx") and m.vit_stem != "patch":
+    raise ValueError(f"model.vit_stem={m.vit_stem!r}: the {name} tower embeds packed patches with "
+                     "one linear map (its paper's); valid for it: 'patch'.")
   if name == "vit":
     return towers.ViTTowerConfig(_vit(m, m.image_size, common), select_layer=m.select_layer)
   if name == "llava_hr":
