@@ -8,12 +8,13 @@ fix it. Sized for a 2-core CPU by default;
 `size=7b` gives the papers' shapes (CLIP ViT-L/14, CLIP-ConvNeXt-L, a Vicuna-7B-shaped decoder)
 for accelerators. At every size the mixed towers give the LLM as many visual tokens as `vit`
 does (LEO, which interleaves two encoders, twice as many). Everything trains from scratch here
-(nothing can be downloaded). The default run first pre-trains its ViT with a classifier head on
-the dataset's questions (`pretrain.steps`, stage 0: the stand-in for CLIP), freezes it, and
-trains projector and LLM on the questions (LLaVA's stage 2; its projector-only caption stage
-needs a pre-trained LLM and is left out). Without stage 0 both stages train every parameter;
-starting from converted checkpoints (`train.init_params`), set the stages' `trainable` patterns
-to LLaVA's (`^projector/`, then `^(projector|llm)/`).
+(nothing can be downloaded), so at the CPU sizes the ViTs embed patches with a hierarchical MLP
+stem (`model.vit_stem`) rather than CLIP's linear map. The default run first pre-trains its ViT
+with a classifier head on the dataset's questions (`pretrain.steps`, stage 0: the stand-in for
+CLIP), freezes it, and trains projector and LLM on the questions (LLaVA's stage 2; its
+projector-only caption stage needs a pre-trained LLM and is left out). Without stage 0 both
+stages train every parameter; starting from converted checkpoints (`train.init_params`), set the
+stages' `trainable` patterns to LLaVA's (`^projector/`, then `^(projector|llm)/`).
 
   python train.py --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run
   python eval.py  --config configs/default.py:size=tiny,steps=50 --workdir /tmp/run

@@ -131,7 +131,8 @@ def test_a_tower_of_another_shape_is_refused(data_dir, pretrained):
 
 
 def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
-  """`python -m mmjax.convert` output plugs in as the tower's ViT (LLaVA's starting point)."""
+  """`python -m mmjax.convert` output plugs in as the tower's ViT (LLaVA's starting point), with
+  CLIP's linear patch stem; a CPU-size config's hMLP stem is refused, naming the fix."""
   c = tiny(data_dir)
   clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
       hidden_size=c.model.vit_width, intermediate_size=c.model.vit_mlp_dim,
@@ -140,6 +141,11 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
   hf_models.save(hf_models.perturb(clip), tmp_path / "hf")
   assert convert_main.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm")]) == 0
   c.train.init_params = f"tower/vit={tmp_path / 'mm'}"
+  assert c.model.vit_stem == "hmlp"
+  with pytest.raises(ValueError, match="missing .*stem/level0.*unexpected .*patch_kernel.*"
+                     "set model.vit_stem='patch'"):
+    build.initial_params(c.train.init_params, _factory(c).abstract.params)
+  c.model.vit_stem = "patch"
   factory = _factory(c)
   state = factory.create(jax.random.key(0),
                          build.initial_params(c.train.init_params, factory.abstract.params))

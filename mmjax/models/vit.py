@@ -131,8 +131,10 @@ class HMLPStem(nn.Module):
       last = level == len(cells) - 1
       b, h, w, c = x.shape
       x = x.reshape(b, h // side, side, w // side, side, c).transpose(0, 1, 3, 2, 4, 5)
+      # The image's 3 channels are never sharded (no mesh axis divides them).
       x = layers.dense(cfg.width if last else cfg.width // 4,
-                       ("conv_h", "conv_w", "conv_in", "embed" if last else "conv_out"),
+                       ("conv_h", "conv_w", "conv_in" if level else None,
+                        "embed" if last else "conv_out"),
                        axis=(-3, -2, -1), name=f"level{level}", **kw)(x)
       if not last:
         x = layers.activation(cfg.act)(x)

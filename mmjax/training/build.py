@@ -326,7 +326,8 @@ def initial_params(spec: str, abstract: dict[str, Any],
     if missing or shapes:
       raise ValueError(
           f"{field}: {file} does not fit {subtree!r}: missing {_names(missing)}, "
-          f"unexpected {_names(unexpected)}, shape (file, model) {dict(list(shapes.items())[:5])}.")
+          f"unexpected {_names(unexpected)}, shape (file, model) {dict(list(shapes.items())[:5])}."
+          + _stem_hint(missing, unexpected))
     if unexpected:  # E.g. a CLIP's post-norm, which LLaVA-HR's ViT (read between blocks) lacks.
       logging.warning("%s: %s holds parameters %r does not use: %s.", field, file, subtree,
                       _names(unexpected))
@@ -359,6 +360,16 @@ def _descend(tree: Any, keys: tuple[str, ...], missing: str, top: str) -> Any:
       raise ValueError(f"{missing} ({'/'.join(keys[:depth]) or top} holds {have}).")
     tree = tree[key]
   return tree
+
+
+def _stem_hint(missing: list[tuple[str, ...]], unexpected: list[tuple[str, ...]]) -> str:
+  """Advice when a file's ViT embeds patches by another stem than the model's (a converted
+  CLIP, linear, into a CPU-size config, whose ViTs have the hMLP stem; or the reverse)."""
+  for file_stem, model_stem in (("patch_kernel", "stem"), ("stem", "patch_kernel")):
+    if (any(file_stem in k for k in unexpected) and any(model_stem in k for k in missing)):
+      fits = "patch" if file_stem == "patch_kernel" else "hmlp"
+      return f" The file's ViT has the {fits!r} patch stem: set model.vit_stem={fits!r}."
+  return ""
 
 
 def _names(keys: list[tuple[str, ...]]) -> str:
