@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # shapes, the hierarchical MLP "hmlp" for the ViTs trained from scratch here, which with the
   # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (README). qwen2vl and
   # oryx embed packed patches with their own linear maps (Qwen2-VL's, SigLIP's): "patch" only.
-  c.model.vit_stem = "patch" if big or arg.tower in ("qwen2vl", "oryx") else "hmlp"
+  c.model.vit_stem = "patch" if big or arg.tower in build.LINEAR_PATCH_TOWERS else "hmlp"
   c.model.select_layer = -2  # ViT hidden state fed on (LLaVA: penultimate; not LLaVA-HR's).
   c.model.convnext_widths = size["convnext"][0]  # High-resolution ConvNeXt stage widths.
   c.model.convnext_depths = size["convnext"][1]  # …and blocks per stage.

@@ -69,12 +69,17 @@ def _mixed_encoders(m: ml_collections.ConfigDict, common: dict) -> tuple[towers.
   return tuple(specs[n]() for n in names)
 
 
+# Towers that embed packed patches with one linear map of their own (Qwen2-VL's, SigLIP's), not
+# through a ViT's stem: `model.vit_stem` must be "patch" for them.
+LINEAR_PATCH_TOWERS = ("qwen2vl", "oryx")
+
+
 def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> towers.TowerConfig:
   """The tower named by `model.tower`, from the flat `model` fields (see configs/default.py)."""
   name = m.tower
   if name not in towers.TOWERS:
     raise ValueError(f"Unknown tower {name!r}; valid: {sorted(towers.TOWERS)}.")
-  if name in ("qwen2vl", "oryx") and m.vit_stem != "patch":
+  if name in LINEAR_PATCH_TOWERS and m.vit_stem != "patch":
     raise ValueError(f"model.vit_stem={m.vit_stem!r}: the {name} tower embeds packed patches with "
                      "one linear map (its paper's); valid for it: 'patch'.")
   if name == "vit":
@@ -365,9 +370,9 @@ def _descend(tree: Any, keys: tuple[str, ...], missing: str, top: str) -> Any:
 def _stem_hint(missing: list[tuple[str, ...]], unexpected: list[tuple[str, ...]]) -> str:
   """Advice when a file's ViT embeds patches by another stem than the model's (a converted
   CLIP, linear, into a CPU-size config, whose ViTs have the hMLP stem; or the reverse)."""
-  for file_stem, model_stem in (("patch_kernel", "stem"), ("stem", "patch_kernel")):
-    if (any(file_stem in k for k in unexpected) and any(model_stem in k for k in missing)):
-      fits = "patch" if file_stem == "patch_kernel" else "hmlp"
+  for in_file, in_model, fits in (("patch_kernel", "stem", "patch"),
+                                  ("stem", "patch_kernel", "hmlp")):
+    if any(in_file in k for k in unexpected) and any(in_model in k for k in missing):
       return f" The file's ViT has the {fits!r} patch stem: set model.vit_stem={fits!r}."
   return ""
 
