@@ -1,13 +1,14 @@
 """Is each fine detail legible at a resolution, given where it is? A crop probe.
 
 The learnability curves (`dataset_learnability.py`) ask a model to find a detail and read it; this
-asks only the second half. Every fine detail of a scene (the marks, the boxes' codes, the
-checkerboard) is cut out of the image's fixed-resolution view (`pipeline.FixedResolution`,
-padded to a square as LLaVA-1.5 does) at each resolution, centred on the detail with a random
-shift of up to a quarter of the crop, and an MLP reads the answer from the crop's pixels alone
-(mark shape, code digit, checkerboard pair). The crop covers the same part of the image at every
-resolution (`--crop` px at the largest), so a detail is legible at a resolution when the probe
-beats the majority answer there: the dataset's promise is illegible at 224 px, legible at 448.
+asks only the second half. Every detail of a scene (the marks, the boxes' codes, the grey
+panel's hidden figures and the grey card's hidden digit) is cut out of
+the image's fixed-resolution view (`pipeline.FixedResolution`, padded to a square as LLaVA-1.5
+does) at each resolution, centred on the detail with a small random shift, and an MLP reads the
+answer from the crop's pixels alone (mark shape, code digit, the figures' pair, number and
+shape, the hidden digit). The crop covers the same part of the image at every resolution
+(`Detail.crop` px at 448 px), so a detail is legible at a resolution when the probe beats
+the majority answer there: the fine ladder's promise is illegible at 224 px, legible at 448.
 Scenes are redrawn from the generator (`finedetail.example_rng`, the stream an example is drawn
 from), so no generated dataset is needed. Prints a table, writes
 JSON.
@@ -15,10 +16,12 @@ JSON.
   python benchmarks/detail_legibility.py --res 224,448 --out benchmarks/results
 """
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import pathlib
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,41 +32,60 @@ from mmjax.data import pipeline
 from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import scenes
 
-# The details read, each as (the scene things it is read from, the answer of one thing).
+
+
+@dataclasses.dataclass(frozen=True)
+class Detail:
+  kind: str  # The scene things it is read from.
+  answer: Callable[[scenes.Thing, scenes.Scene], str]  # The answer of one thing.
+  crop: int  # Crop side in pixels of a REFERENCE-px view (scaled at the others).
+
+
+# A mark or a code fits a 16-px crop at 448 px (dataset 3.0.0's fine rungs, now the small objects
+# of the position questions); the grey panel or card (at most 0.3 of the long side, 134 px at
+# 448) a 136-px one. A crop's centre is shifted from the thing's by up to a quarter of the crop,
+# at most MAX_SHIFT.
 DETAILS = {
-    "mark_shape": ("mark", lambda t: t.shape),
-    "box_code": ("box", lambda t: t.code),
-    "pattern_colours": ("pattern", lambda t: t.colour),
+    "mark_shape": Detail("mark", lambda t, s: t.shape, 16),
+    "box_code": Detail("box", lambda t, s: t.code, 16),
+    "pattern_colours": Detail("panel", lambda t, s: t.colour, 136),
+    "pattern_count": Detail("panel", lambda t, s: str(len(s.of_kind("figure"))), 136),
+    "pattern_shape": Detail("panel", lambda t, s: s.of_kind("figure")[0].shape, 136),
+    "pattern_code": Detail("card", lambda t, s: t.code, 136),
 }
+REFERENCE = 448  # The view whose pixels crop sides and shifts are given in.
+MAX_SHIFT = 8  # Pixels of the REFERENCE view a crop's centre moves by at most.
 
 
-def _crop_side(crop: int, res: int, largest: int) -> int:
-  """The crop's side in a `res`-px view: `crop` px of the `largest` view, the same image area."""
-  return max(round(crop * res / largest), 1)
+def _crop_side(crop: int, res: int) -> int:
+  """The crop's side in a `res`-px view: `crop` px of the REFERENCE view, the same image area."""
+  return max(round(crop * res / REFERENCE), 1)
 
 
 def _crops(args) -> dict[str, dict[int, list]]:
   """{detail: {res: [(pixels, answer), ...]}} for one scene."""
-  config_name, split, index, resolutions, crop = args
+  config_name, split, index, resolutions, details = args
   config = finedetail.CONFIGS[config_name]
   image, scene = scenes.render(finedetail.example_rng(config, split, index), config.scene)
   shift = np.random.default_rng([index, finedetail.SPLITS.index(split)])
   side = max(scene.width, scene.height)
   left, top = (side - scene.width) // 2, (side - scene.height) // 2  # The policy's padding.
   views = {r: pipeline.FixedResolution((r,))(np.asarray(image))["images"] for r in resolutions}
-  out = {d: {r: [] for r in resolutions} for d in DETAILS}
-  for detail, (kind, answer) in DETAILS.items():
-    for thing in scene.of_kind(kind):
-      # One shift per thing, in units of the largest view's pixels: every view cuts the same area.
-      dx, dy = shift.integers(-(crop // 4), crop // 4 + 1, size=2)
+  out = {d: {r: [] for r in resolutions} for d in details}
+  for name in details:
+    detail = DETAILS[name]
+    for thing in scene.of_kind(detail.kind):
+      # One shift per thing, in the REFERENCE view's pixels: every view cuts the same area.
+      reach = min(detail.crop // 4, MAX_SHIFT)
+      dx, dy = shift.integers(-reach, reach + 1, size=2)
       for r in resolutions:
-        scale, size = r / side, _crop_side(crop, r, max(resolutions))
-        cx = ((thing.box[0] + thing.box[2]) / 2 + left) * scale + dx * r / max(resolutions)
-        cy = ((thing.box[1] + thing.box[3]) / 2 + top) * scale + dy * r / max(resolutions)
+        scale, size = r / side, _crop_side(detail.crop, r)
+        cx = ((thing.box[0] + thing.box[2]) / 2 + left) * scale + dx * r / REFERENCE
+        cy = ((thing.box[1] + thing.box[3]) / 2 + top) * scale + dy * r / REFERENCE
         x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
         if 0 <= x0 and 0 <= y0 and x0 + size <= r and y0 + size <= r:
-          out[detail][r].append((views[r][y0:y0 + size, x0:x0 + size].reshape(-1),
-                                 answer(thing)))
+          out[name][r].append((views[r][y0:y0 + size, x0:x0 + size].reshape(-1),
+                               detail.answer(thing, scene)))
   return out
 
 
@@ -109,8 +131,8 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="small", choices=sorted(finedetail.CONFIGS))
   parser.add_argument("--res", default="224,448", help="View sides, comma-separated.")
-  parser.add_argument("--crop", type=int, default=16,
-                      help="Crop side in pixels of the largest view (scaled at the others).")
+  parser.add_argument("--details", default=",".join(DETAILS),
+                      help=f"Comma-separated details to read, of {', '.join(DETAILS)}.")
   parser.add_argument("--train_images", type=int, default=3000)
   parser.add_argument("--val_images", type=int, default=400)
   parser.add_argument("--steps", type=int, default=3000, help="Probe updates of 256 crops.")
@@ -118,6 +140,11 @@ def main():
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args()
   resolutions = sorted(int(r) for r in args.res.split(","))
+  details = [d.strip() for d in args.details.split(",") if d.strip()]
+  unknown = [d for d in details if d not in DETAILS]
+  if unknown or not details:
+    raise ValueError(f"--details={args.details!r}: unknown {unknown}; valid: "
+                     f"{', '.join(DETAILS)}.")
   sizes = dict(zip(finedetail.SPLITS, finedetail.CONFIGS[args.config].sizes))
   for flag, split, wanted in (("train_images", "train", args.train_images),
                               ("val_images", "validation", args.val_images)):
@@ -128,19 +155,19 @@ def main():
   crops = {}
   with multiprocessing.Pool() as pool:
     for split, n in (("train", args.train_images), ("validation", args.val_images)):
-      scenes_crops = pool.map(_crops, [(args.config, split, i, resolutions, args.crop)
+      scenes_crops = pool.map(_crops, [(args.config, split, i, resolutions, details)
                                        for i in range(n)], chunksize=32)
       crops[split] = {d: {r: [c for s in scenes_crops for c in s[d][r]] for r in resolutions}
-                      for d in DETAILS}
+                      for d in details}
   print(f"crops of {args.train_images} + {args.val_images} scenes: "
         f"{time.perf_counter() - tick:.0f} s")
   rows = []
-  for detail in DETAILS:
+  for detail in details:
     for r in resolutions:
       result = probe(crops["train"][detail][r], crops["validation"][detail][r], args.steps,
                      args.seed)
       rows.append({"detail": detail, "res": r,
-                   "crop_px": _crop_side(args.crop, r, max(resolutions)), **result})
+                   "crop_px": _crop_side(DETAILS[detail].crop, r), **result})
   print(f"\n{'detail':<18}{'res':>5}{'crop px':>9}{'answers':>9}{'majority':>10}{'probe':>8}"
         f"{'train':>8}")
   for row in rows:
@@ -149,7 +176,7 @@ def main():
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / "detail_legibility.json").write_text(json.dumps(
-      {"config": args.config, "crop": args.crop, "steps": args.steps, "seed": args.seed,
+      {"config": args.config, "steps": args.steps, "seed": args.seed,
        "train_images": args.train_images, "val_images": args.val_images, "rows": rows},
       indent=1) + "\n")
   print(f"wrote {out / 'detail_legibility.json'}")

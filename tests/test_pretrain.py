@@ -221,12 +221,12 @@ def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default
     return build.question_kinds(c, "pretrain.kinds")
 
   assert kinds("size=small") == questions.KINDS["coarse"]
-  assert kinds("size=small", "box_code,texture,mark_position") == ("texture",)
+  assert kinds("size=small", "pattern_code,texture,mark_position") == ("texture",)
   assert kinds("size=small", "pattern_colours") == ("pattern_colours",)
   for arg in ("size=small,res=448", "size=small,tower=llava_hr", "size=small,tower=mini_gemini",
               "size=small,tower=qwen2vl", "size=small,tower=internvl"):  # Native / tiles: more.
     assert kinds(arg) == (), arg
-    assert kinds(arg, "box_code,texture") == ("box_code", "texture"), arg
+    assert kinds(arg, "pattern_code,texture") == ("pattern_code", "texture"), arg
   c = config_args.get_config(DEFAULT, "size=small")
   c.pretrain.kinds = "legibel"
   with pytest.raises(ValueError, match=r"pretrain.kinds has unknown question kinds \['legibel'\]; "

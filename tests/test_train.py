@@ -140,9 +140,9 @@ def test_config_typos_fail_listing_valid_keys():
   with pytest.raises(FileNotFoundError, match="no_such.py"):
     config_args.get_config(ROOT / "configs" / "no_such.py")
   c = config_args.get_config(DEFAULT, "size=tiny")
-  c.data.kinds = "pattern_colours, mark_shap"
-  with pytest.raises(ValueError, match=r"unknown question kinds \['mark_shap'\]; valid: "
-                     r"pattern_colours, mark_shape"):
+  c.data.kinds = "pattern_colours, pattern_shap"
+  with pytest.raises(ValueError, match=r"unknown question kinds \['pattern_shap'\]; valid: "
+                     r"pattern_colours, pattern_shape"):
     build.question_kinds(c)
 
 

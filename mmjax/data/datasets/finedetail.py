@@ -71,13 +71,18 @@ def _example_star(args):
 
 class FineDetail(tfds.core.GeneratorBasedBuilder):
   """Procedural scenes with fine-detail, coarse and position questions."""
-  VERSION = tfds.core.Version("3.0.0")
+  VERSION = tfds.core.Version("4.0.0")
   RELEASE_NOTES = {
       "1.0.0": "First release.",
       "2.0.0": "Learnable ladder: one mark shape per scene at equal ink area, marks contrasting "
                "with the background, distinct large shapes, less clutter.",
       "3.0.0": "First rung of the ladder: a large square checkered in two complementary colours "
                "at a period only a high-resolution view holds (pattern_colours).",
+      "4.0.0": "The ladder as content hidden in those checks on grey, plain grey at 224 px: "
+               "1-3 figures of one shape on a grey panel (pattern_colours: their pair; "
+               "pattern_count; pattern_shape) and a digit on a grey card (pattern_code). The "
+               "checkered square, mark_shape, mark_count and box_code retired (a probe reads "
+               "marks and codes at 224 px once told where they are).",
   }
   BUILDER_CONFIGS = list(CONFIGS.values())
   DEFAULT_CONFIG_NAME = "small"

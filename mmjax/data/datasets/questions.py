@@ -1,7 +1,9 @@
 """Questions and dense captions about a `Scene`, in three families.
 
-* fine: needs the small details — the difficulty ladder mark_shape (what shape the small marks
-  are) → mark_count (how many there are) → box_code (read a digit);
+* fine: needs a high-resolution view — the difficulty ladder over figures hidden in fine checks
+  on a grey panel and a digit hidden the same way on a grey card: pattern_colours (which pair of
+  colours the figures' checks are) → pattern_count (how many figures) → pattern_shape (what
+  shape they are) → pattern_code (which digit the card hides); at 224 px all of it is grey;
 * coarse: answerable from a thumbnail (background colour, texture, orientation, number and
   colours of the large shapes);
 * position: where a detail is, on a 3×3 grid of regions.
@@ -17,7 +19,7 @@ from mmjax.data.datasets.scenes import Scene
 
 FAMILIES = ("fine", "coarse", "position")
 KINDS = {
-    "fine": ("pattern_colours", "mark_shape", "mark_count", "box_code"),
+    "fine": ("pattern_colours", "pattern_count", "pattern_shape", "pattern_code"),
     "coarse": ("background_colour", "texture", "orientation", "shape_count", "shape_colour"),
     "position": ("box_position", "mark_position"),
 }
@@ -25,6 +27,7 @@ NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 ALL_KINDS = tuple(k for family in FAMILIES for k in KINDS[family])
 # The words that pick a question's target (its colour, shape or region), for classifier heads.
 TARGET_WORDS = tuple(dict.fromkeys(scenes.COLOURS) | dict.fromkeys(scenes.MARK_SHAPES)
+                     | dict.fromkeys(scenes.FIGURE_SHAPES)
                      | dict.fromkeys(scenes.SHAPES) | dict.fromkeys(scenes.REGIONS))
 
 
@@ -72,38 +75,35 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
   out: list[QA] = []
   w, h = scene.width, scene.height
   marks, boxes, shapes = scene.of_kind("mark"), scene.of_kind("box"), scene.of_kind("shape")
-  for pattern in scene.of_kind("pattern"):
+  figures = scene.of_kind("figure")
+  if figures:  # The figures of a panel share their pair and shape.
     out.append(QA("fine", "pattern_colours", _pick(rng, (
-        "What two colours make up the checkered square?",
-        "Which two colours form the fine checkerboard?",
-        "The finely checkered patch: which colours is it made of?")), pattern.colour))
-
-  if marks:  # All marks of a scene share their colour and shape.
+        "What two colours make up the fine checks on the grey panel?",
+        "Which two colours are the figures on the grey panel checkered in?",
+        "The finely checkered figures on the grey panel: which colours are they made of?")),
+        figures[0].colour))
+    out.append(QA("fine", "pattern_shape", _pick(rng, (
+        "What shape is drawn in fine checks on the grey panel?",
+        "The grey panel hides finely checkered figures: what shape are they?",
+        "Which shape do the finely checkered figures on the grey panel have?")),
+        figures[0].shape))
+    out.append(QA("fine", "pattern_count", _pick(rng, (
+        "How many finely checkered figures does the grey panel hold?",
+        "Count the figures drawn in fine checks on the grey panel.",
+        "What is the number of finely checkered figures on the grey panel?")), str(len(figures))))
+  for card in scene.of_kind("card"):
+    out.append(QA("fine", "pattern_code", _pick(rng, (
+        "What digit is written in fine checks on the grey card?",
+        "Read the finely checkered digit on the grey card.",
+        "Which digit does the grey card show in fine checks?")), card.code))
+  if len(marks) == 1:
     colour, shape = marks[0].colour, marks[0].shape
-    if len(marks) == 1:
-      phrasings = (f"What shape is the small {colour} mark?",
-                   f"Which shape is the tiny {colour} mark?",
-                   f"The small {colour} mark: what shape is it?")
-    else:
-      phrasings = (f"What shape are the small {colour} marks?",
-                   f"Which shape do the tiny {colour} marks have?",
-                   f"The small {colour} marks: what shape are they?")
-    out.append(QA("fine", "mark_shape", _pick(rng, phrasings), shape))
-    out.append(QA("fine", "mark_count", _pick(rng, (
-        f"How many small {colour} marks are there?",
-        f"Count the tiny {colour} marks in the image.",
-        f"What is the number of small {colour} marks?")), str(len(marks))))
-    if len(marks) == 1:
-      out.append(QA("position", "mark_position", _pick(rng, (
-          f"Where is the small {colour} {shape}?",
-          f"In which part of the image is the tiny {colour} {shape}?")),
-          marks[0].region(w, h)))
+    out.append(QA("position", "mark_position", _pick(rng, (
+        f"Where is the small {colour} {shape}?",
+        f"In which part of the image is the tiny {colour} {shape}?")),
+        marks[0].region(w, h)))
   if boxes:
     box = boxes[int(rng.integers(len(boxes)))]
-    out.append(QA("fine", "box_code", _pick(rng, (
-        f"What code is written in the {box.colour} box?",
-        f"Read the code inside the {box.colour} box.",
-        f"Which code does the box with the {box.colour} border show?")), box.code))
     out.append(QA("position", "box_position", _pick(rng, (
         f"Where is the {box.colour} box?",
         f"In which part of the image is the box with the {box.colour} border?")),
@@ -148,8 +148,14 @@ def caption(scene: Scene) -> str:
                  ".")
   else:
     parts.append("No large shapes.")
-  for pattern in scene.of_kind("pattern"):
-    parts.append(f"A finely checkered {pattern.colour} square at the {pattern.region(w, h)}.")
+  figures = scene.of_kind("figure")
+  for panel in scene.of_kind("panel"):
+    shape = figures[0].shape if len(figures) == 1 else _plural(figures[0].shape)
+    parts.append(f"A grey panel at the {panel.region(w, h)} hides {NUMBERS[len(figures)]} "
+                 f"{shape} in fine {panel.colour} checks.")
+  for card in scene.of_kind("card"):
+    parts.append(f"A grey card at the {card.region(w, h)} hides the digit {card.code} in fine "
+                 f"{card.colour} checks.")
   for box in scene.of_kind("box"):
     parts.append(f"{_a(box.colour).capitalize()} box at the {box.region(w, h)} reads {box.code}.")
   marks = scene.of_kind("mark")

@@ -1,35 +1,38 @@
-"""Procedural scenes whose fine details a 224-px view shrinks below 3 px.
+"""Procedural scenes whose fine content only a high-resolution view holds.
 
-A scene is a textured background of a named colour, a few large shapes (coarse content) and small
-details sized as a fraction of the image's long side, so that after downscaling the long side to
-224 px a detail is under 3 px — below a reader's legibility (not a probe's: told where a mark or
-a code is, an MLP reads much of it at 224 px; README, benchmarks/detail_legibility.py) — while at
-full resolution it spans 6–13 px:
-  * a fine checkerboard: a square patch drawn as a checker of two complementary colours (red and
-    cyan, green and magenta, or blue and yellow) whose period is 2.8 px when the long side is
-    448 px. Every pair averages to the same grey, and at 224 px the period (1.4 px) is under the
-    2 px a view can hold, so the low-resolution view shows a plain grey square whatever the pair;
-    the pattern is large, so learning it needs no search for a needle,
-  * small marks: one to three copies of one mark (circle / square / triangle / cross) in one
-    colour that stands out from the background, drawn at equal ink area so that a blurred blob's
-    brightness does not give its shape away,
-  * labelled boxes: a white box with a coloured border holding a short code in small type.
-Clutter is kept low (no texture looks like a mark; large shapes differ in kind and colour) so the
-fine details are learnable from scratch at CPU budgets: see benchmarks/dataset_learnability.py.
+A scene is a textured background of a named colour, a few large shapes (coarse content), fine
+content drawn in checks too fine for a 224-px view, and small objects to locate:
+  * a grey panel hiding one to three figures of one shape (circle / triangle / cross) drawn in
+    checks of two complementary colours (red and cyan, green and magenta, or blue and yellow)
+    whose period is 2.8 px when the long side is 448 px. Every pair averages to the panel's
+    grey, and at 224 px the period (1.4 px) is under the 2 px a view can hold, so the
+    low-resolution view shows a plain grey square whatever the pair, shape and number;
+  * a grey card hiding a digit, drawn the same way in checks of another pair (orange and azure);
+    the panel (a quarter of the long side, each figure a tenth) and the card are large, so
+    reading them needs no search for a needle: what it needs is resolution;
+  * small marks (one to three copies of one mark in a colour that stands out from the
+    background) and labelled boxes (a white box with a coloured border holding a digit in small
+    type), under 3 px at 224 px, for the position questions and the captions. (Told where a mark
+    or a code is, an MLP reads much of it at 224 px: README, benchmarks/detail_legibility.py.)
+Clutter is kept low (no texture looks like a mark; large shapes differ in kind and colour).
 Everything drawn is recorded in a `Scene`, from which questions and dense captions are made.
 """
 import dataclasses
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-# Complementary pairs of the fine checkerboard: each averages to (127.5, 127.5, 127.5).
+# Complementary pairs of the hidden figures' fine checks: each averages to (127.5, 127.5, 127.5).
 PATTERN_PAIRS = {
     "red and cyan": ((255, 0, 0), (0, 255, 255)),
     "green and magenta": ((0, 255, 0), (255, 0, 255)),
     "blue and yellow": ((0, 0, 255), (255, 255, 0)),
 }
+# The pair of the hidden digit's checks, of the same grey and none of the figures': a detector of
+# the figures' checks does not count the digit's as a figure.
+DIGIT_PAIR = "orange and azure"
+CHECK_PAIRS = PATTERN_PAIRS | {DIGIT_PAIR: ((255, 128, 0), (0, 127, 255))}
 COLOURS = {  # Saturated colours of shapes, marks and box borders.
     "red": (215, 35, 35), "green": (30, 160, 60), "blue": (35, 75, 215),
     "yellow": (240, 200, 30), "purple": (140, 55, 185), "orange": (245, 125, 25),
@@ -42,9 +45,17 @@ TEXTURES = ("plain", "stripes", "checks", "waves", "noise")
 SHAPES = ("circle", "square", "triangle")
 # Circle and square are left out: at equal area and a few pixels across they differ by a pixel.
 MARK_SHAPES = ("circle", "triangle", "cross")
-# Each mark's extent as a fraction of the detail size, so that every mark has the ink area of the
-# triangle (half its box): a blurred mark's brightness says nothing about its shape.
-MARK_EXTENT = {"circle": 0.80, "triangle": 1.0, "cross": 0.95}
+# A mark's or a hidden figure's extent as a fraction of its size, so that every shape has the ink
+# area of the triangle (half its box): a blurred mark's brightness says nothing about its shape,
+# and the hidden figures' checks cover an area proportional to their number whatever the shape.
+EXTENT = {"circle": 0.80, "triangle": 1.0, "cross": 0.95}
+# Hidden figures and digits: drawn in fine checks on a panel of the checks' own grey, so at 224 px
+# the panel is plain grey, while at 448 px the figures' outlines show.
+FIGURE_SHAPES = ("circle", "triangle", "cross")
+CARD_ASPECT = 0.75  # A hidden-digit card's width over its height.
+DIGIT_FRAC = 0.7  # A hidden digit's height as a fraction of its card's.
+DIGIT_STROKE = 0.08  # The outline added to the digit's strokes, as a fraction of its height.
+SS = 4  # Supersampling of checkered pictures: each pixel is the average of SS×SS samples.
 MARK_CONTRAST = 120  # Least RGB distance between the marks' colour and the background's.
 CODE_ALPHABET = "0123456789"
 REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom",
@@ -59,8 +70,16 @@ class SceneSpec:
   long_side: tuple[int, int] = (512, 1024)  # Range of the image's long side.
   max_aspect: float = 3.0  # Aspect ratios from 1:max_aspect to max_aspect:1 (log-uniform).
   detail_frac: float = 0.013  # Detail (glyph / mark) height as a fraction of the long side.
-  pattern_frac: float = 2.8 / 448  # Checkerboard period (two cells) as a fraction of the long side.
+  pattern_frac: float = 2.8 / 448  # Checks' period (two cells) as a fraction of the long side.
   num_shapes: tuple[int, int] = (1, 3)  # Range of the number of large shapes.
+  # Ranges of a hidden-figure panel's side and of a hidden-digit card's height, as fractions of
+  # the long side (at most 0.9 of the short one).
+  panel_frac: tuple[float, float] = (0.24, 0.3)
+  card_frac: tuple[float, float] = (0.2, 0.26)
+  # A hidden figure's size (the triangle's side; `EXTENT`) as a fraction of the long side: one
+  # size for all, so that the figures' checks cover an area proportional to their number.
+  figure_frac: float = 0.1
+  num_figures: tuple[int, int] = (1, 3)  # Range of the number of figures hidden in the panel.
   num_marks: tuple[int, int] = (1, 3)  # Range of the number of small marks.
   num_boxes: tuple[int, int] = (1, 2)  # Range of the number of labelled boxes.
   code_length: int = 1  # Characters per box code.
@@ -71,9 +90,16 @@ class SceneSpec:
                        f"{self.detail_frac * LOW_RES:.2f} px high at {LOW_RES} px: they must "
                        f"stay under {LEGIBLE_PX} px (detail_frac < {LEGIBLE_PX / LOW_RES:.4f}).")
     if not 2.0 / 448 < self.pattern_frac <= 1.5 / LOW_RES:
-      raise ValueError(f"pattern_frac={self.pattern_frac} must give a checkerboard period over "
+      raise ValueError(f"pattern_frac={self.pattern_frac} must give a period of the checks over "
                        f"2 px at 448 px (visible) and at most 1.5 px at {LOW_RES} px (averaged "
                        f"away): {2.0 / 448:.5f} < pattern_frac <= {1.5 / LOW_RES:.5f}.")
+    if not 0 < self.figure_frac < min(self.panel_frac[0], 0.9 / self.max_aspect) / 2:
+      raise ValueError(f"figure_frac={self.figure_frac} must be under half the smallest panel "
+                       f"side ({min(self.panel_frac[0], 0.9 / self.max_aspect) / 2:.3f} of the "
+                       f"long side), so that each figure fits a quarter of its panel.")
+    if not 1 <= self.num_figures[0] <= self.num_figures[1] <= 4:
+      raise ValueError(f"num_figures={self.num_figures}: the panel has four quarters, one "
+                       f"figure each (1 <= low <= high <= 4).")
     if self.num_boxes[1] > len(COLOURS) or self.num_shapes[1] > len(SHAPES):
       raise ValueError(f"num_boxes ≤ {len(COLOURS)} (box colours) and num_shapes ≤ {len(SHAPES)} "
                        f"(large shapes differ in kind) are required.")
@@ -88,11 +114,11 @@ class SceneSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Thing:
-  kind: str  # "shape", "mark", "box" or "pattern".
-  shape: str  # circle / square / triangle / cross ("box" for boxes).
-  colour: str  # A COLOURS name (a PATTERN_PAIRS name for the pattern).
+  kind: str  # "shape", "mark", "box", "panel", "figure" or "card".
+  shape: str  # circle / square / triangle / cross ("box" for boxes and cards).
+  colour: str  # A COLOURS name (a CHECK_PAIRS name for the checkered kinds).
   box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels.
-  code: str = ""  # Boxes only.
+  code: str = ""  # Boxes and cards only.
 
   def region(self, width: int, height: int) -> str:
     cx, cy = (self.box[0] + self.box[2]) / 2 / width, (self.box[1] + self.box[3]) / 2 / height
@@ -174,16 +200,64 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
     draw.rectangle((x0 + t, y0, x1 - 1 - t, y1 - 1), fill=fill)
 
 
-def checkerboard(size: int, period: float, pair: str) -> np.ndarray:
-  """A size×size uint8 checker of the pair's two colours, `period` px per two cells, each pixel
-  the exact area average of the ideal pattern over it (4×4 supersampling), so a period that is
-  not a whole number of pixels stays regular instead of beating into coarse stripes."""
-  ss = 4
-  centres = (np.arange(size * ss) + 0.5) / ss / (period / 2)
-  second = (np.floor(centres)[:, None] + np.floor(centres)[None, :]) % 2
-  share = second.reshape(size, ss, size, ss).mean(axis=(1, 3))[..., None]
-  a, b = (np.asarray(c, np.float64) for c in PATTERN_PAIRS[pair])
-  return np.round(a * (1 - share) + b * share).astype(np.uint8)
+def _swing(n: int, period: float) -> np.ndarray:
+  """[n] the mean over each pixel of a ±1 wave that flips every half `period` (SS samples)."""
+  flips = np.floor((np.arange(n * SS) + 0.5) / SS / (period / 2))
+  return (1 - 2 * (flips % 2)).reshape(n, SS).mean(axis=1)
+
+
+def checkered(amplitude: np.ndarray, period: float, pair: str) -> np.ndarray:
+  """A [H, W, 3] uint8 image from a [H, W] amplitude in [0, 1]: the pair's mean grey plus
+  `amplitude` times a checker of the pair's two colours, `period` px per two cells. The checker
+  is the exact area average of the ideal pattern over each pixel (a product of two ±1 waves, so
+  it averages row by column), so a period that is not a whole number of pixels stays regular
+  instead of beating into coarse stripes; the amplitude is taken as constant over a pixel, which
+  it is for a plain square and nearly so for a mask blurred over a period (`_hidden`)."""
+  h, w = amplitude.shape
+  swing = (amplitude * np.outer(_swing(h, period), _swing(w, period)))[..., None]
+  a, b = (np.asarray(c, np.float64) for c in CHECK_PAIRS[pair])
+  return np.round((a + b) / 2 + swing * (a - b) / 2).astype(np.uint8)
+
+
+def _hidden(mask: Image.Image, period: float, pair: str) -> np.ndarray:
+  """`checkered` inside a mask drawn at SS× the resolution, its checks fading in over about a
+  period across the mask's edge: a hard edge would cut cells in two, and the halves left over
+  would trace the figure at 224 px (±20 levels, where the interior stays within ±10)."""
+  size = (mask.width // SS, mask.height // SS)
+  soft = mask.resize(size, Image.BOX).filter(ImageFilter.GaussianBlur(period / 2))
+  return checkered(np.asarray(soft, np.float64) / 255, period, pair)
+
+
+def _figures_mask(rng: np.random.Generator, side: int, figure: int, shape: str,
+                  count: int) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+  """The SS× mask of a side×side panel holding `count` figures of one shape, `figure` px wide,
+  each in its own quarter of the panel (a quarter chosen at random, the figure shifted in it at
+  random), and the figures' boxes in the panel's pixels."""
+  mask = Image.new("L", (side * SS, side * SS))
+  draw = ImageDraw.Draw(mask)
+  half, size = side * SS // 2, figure * SS
+  boxes = []
+  for quarter in rng.permutation(4)[:count]:
+    x0 = (quarter % 2) * half + int(rng.integers(0, half - size + 1))
+    y0 = (quarter // 2) * half + int(rng.integers(0, half - size + 1))
+    _draw_shape(draw, shape, (x0, y0, x0 + size, y0 + size), 255)
+    boxes.append((x0 // SS, y0 // SS, (x0 + size) // SS, (y0 + size) // SS))
+  return mask, boxes
+
+
+def _digit_mask(rng: np.random.Generator, width: int, height: int, digit: str) -> Image.Image:
+  """The SS× mask of a width×height card with one bold digit, DIGIT_FRAC of its height."""
+  # Pillow's bundled font draws digits about 0.67 of its size high; the stroke thickens them.
+  font = ImageFont.load_default(size=max(int(DIGIT_FRAC * height * SS / 0.67), 4))
+  stroke = max(int(round(DIGIT_STROKE * DIGIT_FRAC * height * SS)), 1)
+  mask = Image.new("L", (width * SS, height * SS))
+  left, top, right, bottom = font.getbbox(digit, stroke_width=stroke)
+  slack_x, slack_y = width * SS - (right - left), height * SS - (bottom - top)
+  x = int(rng.integers(slack_x // 4, max(3 * slack_x // 4, slack_x // 4 + 1))) - left
+  y = int(rng.integers(slack_y // 4, max(3 * slack_y // 4, slack_y // 4 + 1))) - top
+  ImageDraw.Draw(mask).text((x, y), digit, font=font, fill=255, stroke_width=stroke,
+                            stroke_fill=255)
+  return mask
 
 
 def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scene]:
@@ -211,14 +285,30 @@ def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scen
     things.append(Thing("shape", shape, colour, box))
     taken.append(box)
 
-  # The fine checkerboard: large, so finding it is easy; its colours are what needs resolution.
-  pair = str(rng.choice(list(PATTERN_PAIRS)))
-  size = int(rng.uniform(0.14, 0.2) * short)
-  box = _free_box(rng, taken, width, height, size, size, margin=int(0.02 * short))
+  # A panel hiding 1–3 figures of one shape in checks of one pair, and a card hiding a digit in
+  # checks of the card's own pair: the panel's pair, shape and count need resolution and no
+  # search, and the card's checks never add to the panel's.
+  period = spec.pattern_frac * max(width, height)
+  side = min(int(rng.uniform(*spec.panel_frac) * max(width, height)), int(0.9 * short))
+  pair, shape = str(rng.choice(list(PATTERN_PAIRS))), str(rng.choice(FIGURE_SHAPES))
+  count = int(rng.integers(spec.num_figures[0], spec.num_figures[1] + 1))
+  box = _free_box(rng, taken, width, height, side, side, margin=int(0.02 * short))
   if box is not None:
-    image.paste(Image.fromarray(checkerboard(size, spec.pattern_frac * max(width, height), pair)),
-                box[:2])
-    things.append(Thing("pattern", "square", pair, box))
+    figure = int(round(spec.figure_frac * max(width, height) * EXTENT[shape]))
+    mask, figures = _figures_mask(rng, side, figure, shape, count)
+    image.paste(Image.fromarray(_hidden(mask, period, pair)), box[:2])
+    things.append(Thing("panel", "square", pair, box))
+    things.extend(Thing("figure", shape, pair, (box[0] + f[0], box[1] + f[1], box[0] + f[2],
+                                                box[1] + f[3])) for f in figures)
+    taken.append(box)
+  digit = str(rng.choice(list(CODE_ALPHABET)))
+  card_h = min(int(rng.uniform(*spec.card_frac) * max(width, height)), int(0.9 * short))
+  card_w = int(CARD_ASPECT * card_h)
+  box = _free_box(rng, taken, width, height, card_w, card_h, margin=int(0.02 * short))
+  if box is not None:
+    hidden = _hidden(_digit_mask(rng, card_w, card_h, digit), period, DIGIT_PAIR)
+    image.paste(Image.fromarray(hidden), box[:2])
+    things.append(Thing("card", "box", DIGIT_PAIR, box, digit))
     taken.append(box)
 
   # The font size whose digits are `detail` px high (Pillow's bundled font: digit height ≈ 0.67
@@ -246,7 +336,7 @@ def render(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, Scen
   visible = [c for c, rgb in COLOURS.items()
              if np.linalg.norm(np.subtract(rgb, BACKGROUNDS[background])) >= MARK_CONTRAST]
   mark_colour, shape = str(rng.choice(visible)), str(rng.choice(MARK_SHAPES))
-  size = max(int(round(detail * MARK_EXTENT[shape])), 2)
+  size = max(int(round(detail * EXTENT[shape])), 2)
   for _ in range(int(rng.integers(spec.num_marks[0], spec.num_marks[1] + 1))):
     box = _free_box(rng, taken, width, height, size, size, margin=int(2 * detail))
     if box is None:
