@@ -142,7 +142,7 @@ def test_config_typos_fail_listing_valid_keys():
   c = config_args.get_config(DEFAULT, "size=tiny")
   c.data.kinds = "pattern_colours, pattern_shap"
   with pytest.raises(ValueError, match=r"unknown question kinds \['pattern_shap'\]; valid: "
-                     r"pattern_colours, pattern_shape"):
+                     r"pattern_colours, pattern_count, pattern_shape"):
     build.question_kinds(c)
 
 
