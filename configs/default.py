@@ -48,8 +48,10 @@ SIZES = {
 TOWERS = ("vit", "llava_hr", "mini_gemini", "eagle", "leo", "qwen2vl", "internvl", "onevision",
           "xcomposer", "oryx")
 # The papers' resolutions at size=7b, per tower: (ViT side, tower input side).
+# EAGLE's "clip-448" runs at 336 in the authors' code (its tower's input_image_size), its 24×24
+# map interpolated to the 32×32 grid of the 1024-px ConvNeXt.
 PAPER_RESOLUTIONS = {"vit": (336, 336), "llava_hr": (448, 1024), "mini_gemini": (336, 768),
-                     "eagle": (448, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
+                     "eagle": (336, 1024), "leo": (448, 1024), "qwen2vl": (336, 336),
                      "internvl": (448, 448),
                      # SigLIP's 384-px crops with patch 14 read 378 px (27 × 27 patches).
                      "onevision": (378, 378), "xcomposer": (336, 336),
@@ -109,6 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mixed towers: the ViT's side (a bilinear downsample of the input); oryx: the low view's side.
   c.model.low_res = low
   c.model.patch_size = patch
+  # llava_hr: the side (px) its ViT's position table is laid out for, when it differs from the
+  # ViT's input (0: the same): at 7b CLIP-336's table, resampled to the 448-px input as the
+  # authors do, so a converted CLIP-L/14-336 loads as it is.
+  c.model.vit_table = 336 if big and arg.tower == "llava_hr" else 0
   c.model.vit_width = vit_width
   c.model.vit_depth = vit_depth
   c.model.vit_heads = vit_heads
@@ -120,7 +126,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (README). qwen2vl and
   # oryx embed packed patches with their own linear maps (Qwen2-VL's, SigLIP's): "patch" only.
   c.model.vit_stem = "patch" if big or arg.tower in build.LINEAR_PATCH_TOWERS else "hmlp"
-  c.model.select_layer = -2  # ViT hidden state fed on (LLaVA: penultimate; not LLaVA-HR's).
+  # ViT hidden state fed on: LLaVA's penultimate; the last in EAGLE's and LEO's code (LLaVA-HR
+  # always runs every block).
+  c.model.select_layer = -1 if arg.tower in ("eagle", "leo") else -2
   c.model.convnext_widths = size["convnext"][0]  # High-resolution ConvNeXt stage widths.
   c.model.convnext_depths = size["convnext"][1]  # …and blocks per stage.
   c.model.convnext_layer_scale = 1e-6 if big else 1.0  # Initial layer scale (HF: 1e-6).
@@ -132,8 +140,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.adapter_gate = "scalar"  # LLaVA-HR gate: "scalar" (author code) or "channel" (paper).
   c.model.adapter_after = ()  # LLaVA-HR: ViT blocks followed by an adapter; (): depth/4·{1,2,3}.
   c.model.mgm_hd = False  # Mini-Gemini HD: global view + 2×2 crops (5× the tokens).
-  # EAGLE / LEO token grid side: the ViT's grid (LEO pixel-unshuffles to it, 16 in the paper).
-  c.model.grid = low // patch // (2 if arg.tower == "leo" and big else 1)
+  # EAGLE / LEO token grid side: the ViT's grid (LEO pixel-unshuffles to it, 16 in the paper);
+  # EAGLE at 7b: 32, the 1024-px ConvNeXt's.
+  c.model.grid = (high // 32 if arg.tower == "eagle" and big
+                  else low // patch // (2 if arg.tower == "leo" and big else 1))
   c.model.fusion = "channel"  # EAGLE: "channel" concat or "sequence" append.
   # "linear", "mlp<N>x_gelu", or "identity" (LEO projects per encoder inside its tower).
   # qwen2vl: the patch merger maps to the LLM width; its patch budget per image equals the

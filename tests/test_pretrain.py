@@ -1,4 +1,5 @@
 """Tower pre-training and starting a run from saved parameters (`train.init_params`)."""
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -324,7 +325,7 @@ def test_a_vit_loads_into_llava_hrs_split_vit_and_computes_the_same_states(data_
   c.model.vit_depth = 4
   c.train.init_params = f"tower/vit={tmp_path / 'vit.safetensors'}#vit"
   factory = _factory(c)
-  split = factory.model.config.tower.grouped_vit
+  split = factory.model.config.tower.tower_vit
   assert split.groups == (1, 1, 1, 1)
   params = build.initial_params(c.train.init_params, factory.abstract.params)["tower"]["vit"]
   assert "blocks_3" in params and "blocks_1" not in source
@@ -335,6 +336,8 @@ def test_a_vit_loads_into_llava_hrs_split_vit_and_computes_the_same_states(data_
   assert "post_norm" not in params and "post_norm" not in source
   ours = vit.ViT(split).apply({"params": params}, images, method="hidden_states")
   plain_vit = build.model_config(plain, build.tokenizer(plain).vocab_size).tower.vit
+  # LLaVA-HR's ViT drops the class token before the blocks (the authors' CLIP); the same here.
+  plain_vit = dataclasses.replace(plain_vit, cls_in_blocks=False)
   expected = vit.ViT(plain_vit).apply({"params": source}, images, method="hidden_states")
   np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=1e-6)
 

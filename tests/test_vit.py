@@ -115,22 +115,32 @@ def test_matches_hf_clip_vision_model(checkpoints, act):
 
 
 @pytest.mark.parametrize("mode", interpolate.MODES)
-@pytest.mark.parametrize("align_corners", (False, True))
-def test_resize_matches_torch(mode, align_corners):
+@pytest.mark.parametrize("align_corners,antialias", [(False, False), (True, False), (False, True)])
+def test_resize_matches_torch(mode, align_corners, antialias):
+  """Every mode torch offers for these kernels; antialias=True (LLaVA-HR's and EAGLE's position
+  tables) uses another cubic and drops taps outside the input, growing as well as shrinking."""
   rng = np.random.default_rng(0)
   for (h, w), size in [((4, 4), (9, 7)), ((9, 7), (4, 6)), ((24, 24), (32, 16)),
                        ((5, 6), (1, 3)), ((1, 2), (3, 5)), ((6, 6), (6, 6))]:
     x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode=mode,
-        align_corners=align_corners).permute(0, 2, 3, 1).numpy()
-    actual = np.asarray(interpolate.resize(jnp.asarray(x), size, mode, align_corners))
+        align_corners=align_corners, antialias=antialias).permute(0, 2, 3, 1).numpy()
+    actual = np.asarray(interpolate.resize(jnp.asarray(x), size, mode, align_corners, antialias))
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0, err_msg=f"{(h, w)}→{size}")
+
+
+def test_antialiased_cubic_differs_from_the_plain_one_when_growing():
+  plain = interpolate.interpolation_matrix(24, 32, "bicubic")
+  smooth = interpolate.interpolation_matrix(24, 32, "bicubic", antialias=True)
+  assert np.abs(plain - smooth).max() > 1e-2
 
 
 def test_interpolation_rejects_unknown_mode():
   with pytest.raises(ValueError, match="nearest.*bicubic"):
     interpolate.interpolation_matrix(4, 8, "nearest")
+  with pytest.raises(ValueError, match="align_corners=False only"):
+    interpolate.interpolation_matrix(4, 8, "bilinear", align_corners=True, antialias=True)
 
 
 # --- Converter. ---

@@ -5,9 +5,9 @@ low-resolution ViT between its blocks (METHODS §2.1, the authors' `S2FStitchAli
   f_h(G) = 1×1 conv (zero init) ∘ GELU ∘ 1×1 conv, on the ConvNeXt map, then aligned to the
            ViT grid (bilinear upsampling with align_corners=True when it is smaller, average
            pooling with kernel = stride = ratio when it is larger)
-  F ← F + f_l(F);  g = tanh(W2 GELU(W1 mean_tokens[F, f_h]));  out = F + tanh(g) · f_h
-(the authors' module ends its gate MLP with a tanh and applies another in the forward pass; both
-are kept, so the effective gate lies in (−tanh 1, tanh 1)).
+  F ← F + f_l(F);  g = W2 GELU(W1 mean_tokens[F, f_h]);  out = F + tanh(g) · f_h
+(one tanh, as in the authors' `fast_feat + slow_feat_align * gate.tanh()`, luogen1996/LLaVA-HR
+@1212ffb, `multipath_encoder_wapper.py`; the gate MLP ends without an activation).
 
 The gate is one scalar per image in the authors' code (default) or one per channel (the paper's
 W2 ∈ R^{d×d/2}). Both zero inits make the adapter the identity when it is created, so a
@@ -96,7 +96,7 @@ class MRAdapter(nn.Module):
     g = layers.dense(d // 2, ("vision_embed", "mlp"), name="gate_in", **kw)(pooled)
     g = nn.gelu(g, approximate=False)
     g = layers.dense(1 if cfg.gate == "scalar" else d, ("mlp", None), name="gate_out", **kw)(g)
-    gate = jnp.tanh(jnp.tanh(g))
+    gate = jnp.tanh(g)
     if not self.is_initializing():  # Sown for inspection; `init` must return parameters only.
       self.sow("intermediates", "gate", gate)
     out = x + gate[:, None, None, :] * f_h

@@ -38,9 +38,17 @@ class ViTConfig:
   act: str = "quick_gelu"  # OpenAI CLIP uses quick_gelu; most others exact gelu.
   norm_eps: float = 1e-5
   use_cls: bool = True  # Prepend a learned class token.
+  # False: the class token (with its position) is added by the embeddings and dropped before
+  # pre_norm and the blocks, which see patch tokens only — LLaVA-HR's and EAGLE's CLIP
+  # (`pre_layrnorm(embeddings(y)[:, 1:])`). Its parameters stay, so a CLIP checkpoint loads.
+  cls_in_blocks: bool = True
   patch_bias: bool = False  # CLIP's patch convolution has no bias; SigLIP's has one.
   pre_norm: bool = True  # CLIP's `pre_layrnorm` on the embeddings.
   position_embedding: str = "learned"
+  # How the learned table is resampled to another patch grid: torch's bicubic (False: HF CLIP's
+  # `interpolate_pos_encoding`) or its antialiased bicubic (True: LLaVA-HR's and EAGLE's
+  # `resample_pos_embed`, which differs even when growing the table).
+  pos_antialias: bool = False
   # "patch": one linear map of each patch (CLIP); "hmlp": the hierarchical MLP stem (module
   # docstring) for a patch side of 4·2^k: levels of 4×4, then k of 2×2 cells, a quarter of the
   # width wide until the last (the paper's), without the paper's norms (README: with LayerNorms
@@ -82,6 +90,11 @@ class ViTConfig:
   @property
   def grid(self) -> int:
     return self.image_size // self.patch_size
+
+  @property
+  def prefix_tokens(self) -> int:
+    """Class tokens ahead of the patch tokens in the blocks' sequences (0 or 1)."""
+    return int(self.use_cls and self.cls_in_blocks)
 
   @property
   def stem_cells(self) -> tuple[int, ...]:
@@ -181,7 +194,7 @@ class ViT(nn.Module):
     return h // p, w // p
 
   def embed(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N D"]:
-    """Patch embedding, class token and positions. N = (cls) + h*w tokens, row-major."""
+    """Patch embedding, class token and positions. N = prefix_tokens + h*w tokens, row-major."""
     cfg = self.config
     b = images.shape[0]
     gh, gw = self.patch_grid(images)
@@ -200,6 +213,8 @@ class ViT(nn.Module):
       x = jnp.concatenate([cls, x], axis=1)
     if cfg.position_embedding == "learned":
       x = x + self.positions((gh, gw)).astype(cfg.dtype)[None]
+    if cfg.use_cls and not cfg.cls_in_blocks:
+      x = x[:, 1:]
     if cfg.pre_norm:
       x = self.pre_norm(x)
     return layers.constrain(x, ("batch", "length", "embed"))
@@ -210,7 +225,8 @@ class ViT(nn.Module):
     table = self.pos_embedding
     n_cls = int(cfg.use_cls)
     patch = table[n_cls:].reshape(1, cfg.grid, cfg.grid, cfg.width)
-    patch = interpolate.resize(patch, grid, "bicubic").reshape(-1, cfg.width)
+    patch = interpolate.resize(patch, grid, "bicubic", antialias=cfg.pos_antialias)
+    patch = patch.reshape(-1, cfg.width)
     return jnp.concatenate([table[:n_cls], patch], axis=0)
 
   def run_group(self, x: Float[Array, "B N D"], group: int
@@ -234,5 +250,5 @@ class ViT(nn.Module):
     """Returns `hidden_states` [depth+1, B, N, D] and `pooled` (post-norm class token, or
     post-norm mean token without one): CLIPVisionModel's outputs."""
     hidden = self.hidden_states(images)
-    pooled = hidden[-1, :, 0] if self.config.use_cls else hidden[-1].mean(axis=1)
+    pooled = hidden[-1, :, 0] if self.config.prefix_tokens else hidden[-1].mean(axis=1)
     return {"hidden_states": hidden, "pooled": self.post_norm(pooled)}

@@ -86,7 +86,8 @@ def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> 
     return towers.ViTTowerConfig(_vit(m, m.image_size, common), select_layer=m.select_layer)
   if name == "llava_hr":
     return towers.LLaVAHRTowerConfig(
-        vit=_vit(m, m.low_res, common), convnext=_convnext(m, common), image_size=m.image_size,
+        vit=_vit(m, m.vit_table or m.low_res, common), convnext=_convnext(m, common),
+        image_size=m.image_size, vit_input=m.low_res,
         adapter=mr_adapter.MRAdapterConfig(gate=m.adapter_gate),
         adapter_after=tuple(m.adapter_after))
   if name == "mini_gemini":

@@ -2,6 +2,14 @@
 (align_corners=True) to one token grid and the channels are concatenated — the fusion EAGLE
 found as good as the complex ones. `fusion="sequence"` is the compared alternative: each
 encoder's tokens, linearly projected to a common width, appended one encoder after another.
+
+Channel fusion is exact to the authors' code (NVlabs/EAGLE @fef95f1, `eagle/model/
+multimodal_encoder/multi_backbone_channel_concatenation_encoder.py` and `hr_clip_encoder.py`;
+tests/test_tower_references.py): each encoder's input is the tower's image resized bilinearly
+with align_corners=True; a ViT is their `HRCLIPVisionTower` — the class token dropped before
+`pre_layrnorm` and the blocks, the position table resampled with antialiased bicubic, every block
+run (the config's `select`, -1 in the authors' code); a map already on the grid is kept as it is.
+Sequence fusion is not in the authors' code; it follows the paper's description.
 """
 import dataclasses
 
@@ -42,6 +50,14 @@ class EagleTowerConfig:
     del height, width
     return self.grid ** 2 * (len(self.encoders) if self.fusion == "sequence" else 1)
 
+  @property
+  def encoder_specs(self) -> tuple[encoders_lib.EncoderSpec, ...]:
+    """The encoders as the authors run them: each ViT as their HR-CLIP tower."""
+    return tuple(
+        dataclasses.replace(spec, vit=dataclasses.replace(spec.vit, cls_in_blocks=False,
+                                                          pos_antialias=True))
+        if spec.vit is not None else spec for spec in self.encoders)
+
 
 class EagleTower(nn.Module):
   config: EagleTowerConfig
@@ -51,7 +67,7 @@ class EagleTower(nn.Module):
     cfg = self.config
     b = images.shape[0]
     tokens = []
-    for i, spec in enumerate(cfg.encoders):
+    for i, spec in enumerate(cfg.encoder_specs):
       x = encoders_lib.Encoder(spec, name=f"encoder_{i}")(images)
       x = interpolate.resize(x, (cfg.grid, cfg.grid), "bilinear", align_corners=True)
       x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])

@@ -1,7 +1,8 @@
 """One vision encoder inside a tower: which network, at which input side, which features.
 
 Towers that mix encoders (EAGLE, LEO) hold a tuple of `EncoderSpec`s; each encoder sees the
-tower's input image bilinearly resized to its own side and returns a channels-last map.
+tower's input image bilinearly resized to its own side (align_corners=True, as EAGLE's
+`MultiBackboneChannelConcatenationVisionTower` resizes it) and returns a channels-last map.
 """
 import dataclasses
 
@@ -13,10 +14,12 @@ from mmjax.models import interpolate
 from mmjax.models import vit as vit_lib
 
 
-def resize_images(images: Float[Array, "B H W 3"], side: int) -> Float[Array, "B S S 3"]:
-  """A square bilinear resize as the reference towers make their low-resolution views
-  (`F.interpolate(..., mode="bilinear", align_corners=False)`, no antialiasing)."""
-  return interpolate.resize(images, (side, side), "bilinear")
+def resize_images(images: Float[Array, "B H W 3"], side: int,
+                  align_corners: bool) -> Float[Array, "B S S 3"]:
+  """A square bilinear resize of normalised pixels, as the reference towers make their views
+  (`F.interpolate(..., mode="bilinear")`, no antialiasing): with align_corners=True in LLaVA-HR
+  and EAGLE, False in Mini-Gemini — each tower names the authors' choice."""
+  return interpolate.resize(images, (side, side), "bilinear", align_corners)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +66,9 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B h w C"]:
     spec = self.spec
-    x = resize_images(images, spec.image_size)
+    x = resize_images(images, spec.image_size, align_corners=True)
     if spec.vit is not None:
       hidden = vit_lib.ViT(spec.vit, name="vit").hidden_states(x)[spec.select]
-      hidden = hidden[:, int(spec.vit.use_cls):]
+      hidden = hidden[:, spec.vit.prefix_tokens:]
       return hidden.reshape(hidden.shape[0], spec.grid, spec.grid, hidden.shape[-1])
     return convnext_lib.ConvNeXt(spec.convnext, name="convnext")(x)[spec.select]

@@ -61,7 +61,7 @@ class InternVLTower(nn.Module):
     cfg = self.config
     b, t = tiles.shape[:2]
     hidden = ViT(cfg.vit, name="vit").hidden_states(tiles.reshape(b * t, *tiles.shape[2:]))
-    x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
+    x = hidden[cfg.select_layer][:, cfg.vit.prefix_tokens:]
     g = cfg.vit.grid
     x = pixel_unshuffle(x.reshape(b * t, g, g, -1), 2)
     x = layers.layer_norm(name="norm", axis_name="vision_embed", dtype=cfg.vit.dtype,

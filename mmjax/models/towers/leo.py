@@ -2,6 +2,15 @@
 through its own projector (LayerNorm → Linear → GELU → Linear, "post-adaptation"); the encoders'
 tokens are then interleaved one by one (encoder 0, encoder 1, encoder 0, …), as the authors'
 code does. The tokens leave in the LLM's width, so the model's own projector is `identity`.
+
+Exact to the authors' code (Mozhgan91/LEO @d2787c6, `leo_chat/leo/model/leo_chat/
+modeling_leo_chat.py` and `leo_chat/leo/model/projector/modeling_projector.py`;
+tests/test_tower_references.py) for what follows the encoders: a ViT's map (its class token
+dropped, the last hidden state by default) is unshuffled in InternVL's (dy, dx, c) order, a
+convolutional map — the slot of LEO's SAM, whose channels-first neck output the authors unshuffle
+with torch's `pixel_unshuffle` — in (c, dy, dx) order; each has its own projector; tokens
+alternate one by one. LEO's encoders are InternViT and SAM, each with its own image processor;
+here they are the ViT and ConvNeXt of `EncoderSpec`, each fed the tower's input resized.
 """
 import dataclasses
 
@@ -49,7 +58,8 @@ class LEOTower(nn.Module):
     for i, spec in enumerate(cfg.encoders):
       kw = spec.dtypes
       x = encoders_lib.Encoder(spec, name=f"encoder_{i}")(images)
-      x = pixel_unshuffle.pixel_unshuffle(x, spec.grid // cfg.grid)
+      x = pixel_unshuffle.pixel_unshuffle(x, spec.grid // cfg.grid,
+                                          channel_major=spec.convnext is not None)
       x = x.reshape(b, cfg.grid * cfg.grid, x.shape[-1])
       x = layers.layer_norm(name=f"project_{i}_norm", axis_name="conv_in", **kw)(x)
       x = layers.dense(cfg.out_width, ("conv_in", "embed"), name=f"project_{i}_in", **kw)(x)

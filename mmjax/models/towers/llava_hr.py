@@ -1,8 +1,16 @@
 """LLaVA-HR's tower (METHODS §2.1): a high-resolution ConvNeXt injects its last-stage map into a
 low-resolution ViT through MR-adapters between ViT blocks; the tokens into the LLM are the ViT's.
 
-  image [S] ──ConvNeXt──────────────────────── G (last stage) ──────┐
-     └─bilinear→ [vit.image_size] ─ViT blocks─ MR(·, G) ─ … ─ F ─ Linear(F) + Linear(align(G))
+  image [S] ──ConvNeXt──────────────────────────── G (last stage) ──────┐
+     └─bilinear→ [vit_side] ─ViT blocks─ MR(·, G) ─ … ─ F ─ Linear(F) + Linear(align(G))
+
+Exact to the authors' `MultiPathCLIPVisionTower.forward` (luogen1996/LLaVA-HR @1212ffb,
+`llava_hr/model/multimodal_encoder/multipath_encoder_wapper.py`; tests/test_tower_references.py):
+the ViT's input is the high-resolution image resized bilinearly with align_corners=True; the
+class token is dropped right after the CLIP embeddings, before `pre_layrnorm` and every block;
+the position table is resampled with torch's antialiased bicubic (their patched CLIP
+embeddings) when the ViT's input is larger than the table; every block runs and no post-norm
+follows; the final features are `Linear(F) + Linear(align(G))` on the raw last-stage map.
 """
 import dataclasses
 
@@ -18,9 +26,13 @@ from mmjax.models.towers import encoders
 
 @dataclasses.dataclass(frozen=True)
 class LLaVAHRTowerConfig:
-  vit: vit_lib.ViTConfig = vit_lib.ViTConfig(image_size=448)  # Low-res branch (CLIP ViT-L/14).
+  # Low-res branch (CLIP ViT-L/14); vit.image_size is its position table's side.
+  vit: vit_lib.ViTConfig = vit_lib.ViTConfig(image_size=448)
   convnext: convnext_lib.ConvNeXtConfig = convnext_lib.ConvNeXtConfig()  # High-res branch.
-  image_size: int = 1024  # The tower's input side S (the ConvNeXt's); the ViT's is vit.image_size.
+  image_size: int = 1024  # The tower's input side S (the ConvNeXt's).
+  # The ViT's input side; 0: vit.image_size. The authors use max(S / 32 · 14, 336) with CLIP-336's
+  # table (vit.image_size=336) resampled to it: 448 for S = 1024 (configs/default.py, size=7b).
+  vit_input: int = 0
   adapter: mr_adapter.MRAdapterConfig = mr_adapter.MRAdapterConfig()
   adapter_after: tuple[int, ...] = ()  # ViT blocks (1-based) followed by an adapter; () → the
   # authors' placement, after blocks depth/4 · {1, 2, 3}.
@@ -34,10 +46,15 @@ class LLaVAHRTowerConfig:
     if self.vit.layer_groups:
       raise ValueError("LLaVA-HR sets the ViT's layer_groups from adapter_after; leave them "
                        "empty.")
-    if self.image_size % 32 or self.image_size < self.vit.image_size:
+    if not self.vit.use_cls or self.vit.position_embedding != "learned":
+      raise ValueError("LLaVA-HR's ViT is a CLIP: it needs use_cls=True and learned positions.")
+    if self.vit_side % self.vit.patch_size:
+      raise ValueError(f"vit_input={self.vit_side} is not a multiple of the ViT's "
+                       f"patch_size={self.vit.patch_size}.")
+    if self.image_size % 32 or self.image_size < self.vit_side:
       raise ValueError(f"image_size={self.image_size} must be a multiple of 32 (the ConvNeXt "
-                       f"stride) and at least the ViT's {self.vit.image_size}.")
-    mr_adapter.check_alignment(self.high_grid, self.vit.grid)
+                       f"stride) and at least the ViT's input side {self.vit_side}.")
+    mr_adapter.check_alignment(self.high_grid, self.low_grid)
 
   @property
   def adapter_positions(self) -> tuple[int, ...]:
@@ -46,22 +63,32 @@ class LLaVAHRTowerConfig:
     return tuple(self.vit.depth // 4 * i for i in (1, 2, 3) if self.vit.depth // 4 * i > 0)
 
   @property
-  def grouped_vit(self) -> vit_lib.ViTConfig:
-    """The ViT split into block groups at the adapters."""
+  def vit_side(self) -> int:
+    return self.vit_input or self.vit.image_size
+
+  @property
+  def tower_vit(self) -> vit_lib.ViTConfig:
+    """The authors' CLIP: split into block groups at the adapters, the class token dropped
+    before the blocks, the position table resampled with antialiasing."""
     edges = (0,) + self.adapter_positions + (self.vit.depth,)
-    return dataclasses.replace(self.vit, layer_groups=tuple(b - a for a, b in zip(edges, edges[1:])))
+    return dataclasses.replace(self.vit, cls_in_blocks=False, pos_antialias=True,
+                               layer_groups=tuple(b - a for a, b in zip(edges, edges[1:])))
 
   @property
   def high_grid(self) -> int:
     return self.image_size // 32
 
   @property
+  def low_grid(self) -> int:
+    return self.vit_side // self.vit.patch_size
+
+  @property
   def width(self) -> int:
     return self.vit.width
 
   def num_tokens(self, height: int, width: int) -> int:
-    del height, width  # The ViT always sees vit.image_size.
-    return self.vit.grid ** 2
+    del height, width  # The ViT always sees vit_side.
+    return self.low_grid ** 2
 
 
 class LLaVAHRTower(nn.Module):
@@ -73,21 +100,17 @@ class LLaVAHRTower(nn.Module):
     if images.shape[1:3] != (cfg.image_size, cfg.image_size):
       raise ValueError(f"LLaVA-HR expects {cfg.image_size}x{cfg.image_size} images, got "
                        f"{images.shape[1]}x{images.shape[2]}.")
-    vit_cfg = cfg.grouped_vit
+    vit_cfg = cfg.tower_vit
     kw = dict(dtype=vit_cfg.dtype, param_dtype=vit_cfg.param_dtype)
     high = convnext_lib.ConvNeXt(cfg.convnext, name="convnext")(images)[-1]
     vit = vit_lib.ViT(vit_cfg, name="vit")
-    x = vit.embed(encoders.resize_images(images, vit_cfg.image_size))
-    n_cls = int(vit_cfg.use_cls)
-    grid = (vit_cfg.grid, vit_cfg.grid)
+    x = vit.embed(encoders.resize_images(images, cfg.vit_side, align_corners=True))
+    grid = (cfg.low_grid, cfg.low_grid)
     for g in range(len(vit_cfg.groups)):
       x, _ = vit.run_group(x, g)
       if g < len(vit_cfg.groups) - 1:
-        adapted = mr_adapter.MRAdapter(cfg.adapter, name=f"adapter_{g}", **kw)(
-            x[:, n_cls:], grid, high)
-        x = x.at[:, n_cls:].set(adapted)
-    tokens = layers.dense(vit_cfg.width, ("vision_embed", "embed"), name="vit_out", **kw)(
-        x[:, n_cls:])
+        x = mr_adapter.MRAdapter(cfg.adapter, name=f"adapter_{g}", **kw)(x, grid, high)
+    tokens = layers.dense(vit_cfg.width, ("vision_embed", "embed"), name="vit_out", **kw)(x)
     aligned = mr_adapter.align_to_grid(high, grid).reshape(x.shape[0], -1, high.shape[-1])
     tokens = tokens + layers.dense(vit_cfg.width, ("conv_in", "embed"), name="convnext_out",
                                    **kw)(aligned)

@@ -4,6 +4,12 @@ high-resolution ConvNeXt map (all stages upsampled to stride 4 and concatenated)
 MGM-HD (`hd=True`): the low-resolution views are a global view plus a 2×2 grid of crops of the
 image at twice the ViT's side, and the high-resolution map is split the same way (the global
 view's is the whole map bilinearly halved); tokens are ordered [global, crops row-major].
+
+Exact to the authors' code (dvlab-research/MGM @769820c: `mgm/model/mgm_arch.py`'s
+`encode_images` and `unified_resampler`, the views made as in `mgm/train/train.py`;
+tests/test_tower_references.py): every view is a bilinear resize with align_corners=False of the
+normalised high-resolution image, the HD global view a resize of the 2×-side image rather than
+of the original; the ViT's penultimate hidden state, class token dropped after the blocks.
 """
 import dataclasses
 
@@ -77,18 +83,20 @@ class MiniGeminiTower(nn.Module):
 
     low_side = cfg.vit.image_size
     if cfg.hd:
-      views = [encoders.resize_images(images, low_side),
-               _crops(encoders.resize_images(images, HD_GRID * low_side), HD_GRID)]
+      # The crops and the global view both come from the image at twice the ViT's side.
+      doubled = encoders.resize_images(images, HD_GRID * low_side, align_corners=False)
+      views = [encoders.resize_images(doubled, low_side, align_corners=False),
+               _crops(doubled, HD_GRID)]
       highs = [interpolate.resize(high, (side // HD_GRID,) * 2, "bilinear"), _crops(high, HD_GRID)]
     else:
-      views, highs = [encoders.resize_images(images, low_side)], [high]
+      views, highs = [encoders.resize_images(images, low_side, align_corners=False)], [high]
     vit = vit_lib.ViT(cfg.vit, name="vit")
     mining = patch_mining.PatchInfoMining(dtype=cfg.vit.dtype, param_dtype=cfg.vit.param_dtype,
                                           name="mining")
     grid = (cfg.vit.grid, cfg.vit.grid)
     tokens = []
     for view, view_high in zip(views, highs):
-      x = vit.hidden_states(view)[cfg.select_layer][:, int(cfg.vit.use_cls):]
+      x = vit.hidden_states(view)[cfg.select_layer][:, cfg.vit.prefix_tokens:]
       x = mining(x, grid, view_high)
       tokens.append(x.reshape(b, -1, x.shape[-1]))
     return layers.constrain(jnp.concatenate(tokens, axis=1), ("batch", "length", "embed"))

@@ -62,7 +62,7 @@ class OneVisionTower(nn.Module):
     cfg = self.config
     b, k = crops.shape[:2]
     hidden = ViT(cfg.vit, name="vit").hidden_states(crops.reshape(b * k, *crops.shape[2:]))
-    x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
+    x = hidden[cfg.select_layer][:, cfg.vit.prefix_tokens:]
     x = connectors.Projector(cfg.projector, cfg.out_width, dtype=cfg.vit.dtype,
                              param_dtype=cfg.vit.param_dtype, name="projector")(x)
     x = x.reshape(b, k * cfg.grid ** 2, cfg.out_width)

@@ -30,7 +30,7 @@ class ViTTowerConfig:
 
   def num_tokens(self, height: int, width: int) -> int:
     p = self.vit.patch_size
-    keep_cls = self.select_feature == "cls_patch" and self.vit.use_cls
+    keep_cls = self.select_feature == "cls_patch" and self.vit.prefix_tokens
     return (height // p) * (width // p) + int(keep_cls)
 
 
@@ -41,6 +41,6 @@ class ViTTower(nn.Module):
   def __call__(self, images: Float[Array, "B H W 3"]) -> Float[Array, "B N C"]:
     cfg = self.config
     hidden = ViT(cfg.vit, name="vit").hidden_states(images)[cfg.select_layer]
-    if cfg.select_feature == "patch" and cfg.vit.use_cls:
+    if cfg.select_feature == "patch" and cfg.vit.prefix_tokens:
       hidden = hidden[:, 1:]
     return hidden

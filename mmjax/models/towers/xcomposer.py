@@ -55,7 +55,7 @@ class XComposerTower(nn.Module):
     cfg = self.config
     b, k = crops.shape[:2]
     hidden = ViT(cfg.vit, name="vit").hidden_states(crops.reshape(b * k, *crops.shape[2:]))
-    x = hidden[cfg.select_layer][:, int(cfg.vit.use_cls):]
+    x = hidden[cfg.select_layer][:, cfg.vit.prefix_tokens:]
     g = cfg.vit.grid
     x = pixel_unshuffle(x.reshape(b * k, g, g, -1), 2).reshape(b, k * cfg.grid ** 2, cfg.width)
     init = layers.partitioned(nn.initializers.zeros, ("vision_embed",))
