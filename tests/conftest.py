@@ -28,10 +28,18 @@ def pytest_runtest_logreport(report):
     _skipped.append(report.nodeid)
 
 
+def pytest_collectreport(report):
+  """A module that skips itself (`pytest.importorskip`, `pytest.skip(allow_module_level=True)`)
+  is reported here, not as skipped tests; pytest-xdist forwards these reports to the controller."""
+  if report.skipped:
+    _skipped.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
-  """A skipped test is not a pass: parity and fidelity tests must run everywhere, CI included."""
+  """A skipped test or module is not a pass: parity and fidelity tests must run everywhere, CI
+  included (tests/test_skip_guard.py)."""
   if _skipped and exitstatus == 0:
-    print(f"\n{len(_skipped)} skipped tests count as failures: {_skipped}")
+    print(f"\n{len(_skipped)} skipped tests or modules count as failures: {_skipped}")
     session.exitstatus = 1
   if _OWN_CACHE:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)

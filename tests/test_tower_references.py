@@ -7,14 +7,12 @@ transcribed), every weight moved off its initial value and converted to mmjax wi
 (zero-initialised ones included) and loaded into the torch modules. float32, ≤ 1e-4, two input
 sizes per tower where the tower allows.
 """
-import dataclasses
 import math
 import types
 
 import flax.linen as nn
 from flax import traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -509,3 +507,123 @@ def test_leo_equals_the_authors_fusion(encoders, image_size):
                               lambda pixels: _convnext_stages(encoders.convnext, pixels)[1],
                               x_vit, x, 0.5, image_size // 8 // 2)
   _check(_run(module, p, images), expected)
+
+
+# --- Oryx. ---
+
+
+class _OryxBlock(torch.nn.Module):
+  """Oryx-mllm/Oryx @f8c8bc3, `oryx/model/multimodal_encoder/oryx_vit.py`, `Block` and
+  `Attention` (timm 0.9.16's `Mlp`, exact GELU; no layer scale, no drop path), with one mmjax
+  block's weights (fused qkv: [q | k | v], each head-major). The authors' flash-attention over
+  one image's tokens is exact attention: `scaled_dot_product_attention` with the same scale."""
+
+  def __init__(self, p: dict, num_heads: int):
+    super().__init__()
+    dim = p["ln1"]["scale"].shape[0]
+    self.num_heads, self.head_dim = num_heads, dim // num_heads
+    self.scale = self.head_dim ** -0.5
+    self.norm1, self.norm2 = _layer_norm(p["ln1"], 1e-6), _layer_norm(p["ln2"], 1e-6)
+    attn = p["attn"]
+    self.qkv = _linear({"kernel": np.concatenate([np.asarray(attn[n]["kernel"]).reshape(dim, dim)
+                                                  for n in "qkv"], 1),
+                        "bias": np.concatenate([np.asarray(attn[n]["bias"]).ravel()
+                                                for n in "qkv"])})
+    self.proj = _linear({"kernel": np.asarray(attn["o"]["kernel"]).reshape(dim, dim),
+                         "bias": attn["o"]["bias"]})
+    self.fc1, self.fc2 = _linear(p["mlp"]["fc1"]), _linear(p["mlp"]["fc2"])
+
+  def attn(self, x):
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # B, heads, N, head_dim
+    return self.proj(x.transpose(1, 2).reshape(B, N, -1))
+
+  def forward(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def _oryx_vit(pixels, patch_kernel, patch_bias, pos_embed, blocks, patch):
+  """`forward_features_list` (same file) for one view: padded to the patch, patch convolution,
+  the position table bilinearly resized to the view's grid (`rescale_positional_embedding`),
+  every block, no final norm."""
+  _, _, h, w = pixels.shape
+  pad_h, pad_w = (patch - h % patch) % patch, (patch - w % patch) % patch
+  x = F.pad(pixels, (0, pad_w, 0, pad_h))
+  h, w = x.shape[2] // patch, x.shape[3] // patch
+  x = F.conv2d(x, patch_kernel, patch_bias, stride=patch).flatten(2).transpose(1, 2)
+  side = int(pos_embed.shape[1] ** 0.5)
+  if (h, w) == (side, side):
+    pos = pos_embed
+  else:
+    pe_2d = pos_embed[0].T.contiguous().view(1, -1, side, side)
+    pe_2d = F.interpolate(pe_2d, (h, w), mode="bilinear", align_corners=False).view(-1, h * w)
+    pos = pe_2d.T.contiguous()[None]
+  x = x + pos
+  for blk in blocks:
+    x = blk(x)
+  return x, (h, w)
+
+
+def _oryx_projector_reference(low, low_size, high, high_size, proj, newline, sep, begin, end):
+  """`SimpleMlp(twoview=True).forward` for an image (`oryx/model/multimodal_projector/
+  builder.py`, same commit): each view's tokens through the MLP, a newline after every row, the
+  separator between the views, begin and end around them."""
+  views = []
+  for x, (h, w) in ((low, low_size), (high, high_size)):
+    x = proj(x.reshape(1, h, w, -1))
+    x = torch.cat([x, newline.reshape(1, 1, 1, -1).expand(1, h, 1, -1)], dim=2)
+    views.append(x.reshape(1, -1, x.shape[-1]))
+  return torch.cat([begin[None, None], views[0], sep[None, None], views[1], end[None, None]],
+                   dim=1)[0]
+
+
+def test_oryx_tower_equals_the_authors_vit_and_projector():
+  """Two images of different sizes packed into one row each (a native view shrunk, one padded):
+  each equals the authors' ViT on each view alone, the compressor for
+  images (2x, test_towers.py) and the two-view projector's layout."""
+  from mmjax.data import pipeline
+  from mmjax.data import resolution
+  from mmjax.models import vit
+  rng = np.random.default_rng(0)
+  cfg_vit = vit.ViTConfig(image_size=8, patch_size=8, width=16, depth=2, num_heads=2,
+                          mlp_dim=32, act="gelu", norm_eps=1e-6, use_cls=False, pre_norm=False,
+                          position_embedding="none")
+  policy = pipeline.OryxViews(patch=8, multiple=16, low_base=32, max_res=64, table=6)
+  config = towers.OryxTowerConfig(vit=cfg_vit, table=6, mid=4, out_width=12,
+                                  max_patches=policy.max_patches, budget=policy.budget)
+  images = [rng.integers(0, 256, (50, 90, 3), np.uint8),  # Native view shrunk (area > 64²).
+            rng.integers(0, 256, (40, 56, 3), np.uint8)]  # Native view padded to 48 × 64.
+  rows = [policy(im) for im in images]
+  batch = [np.stack([r[k] for r in rows]) for k in config.INPUTS]
+  module = towers.tower_for(config)
+  p = _params(module, batch, None)
+  out = np.asarray(_run(module, p, *batch))
+  assert out.shape == (2, policy.budget, 12)
+  kernel = _t(np.asarray(p["patch_embed"]["kernel"]).T.reshape(16, 3, 8, 8))
+  bias = _t(p["patch_embed"]["bias"])
+  table = _t(p["pos_embed"])[None]
+  blocks = [_OryxBlock(p["blocks"][f"layers_{i}"], 2) for i in range(2)]
+  proj = torch.nn.Sequential(_linear(p["projector"]["linear_0"]), torch.nn.GELU(),
+                             _linear(p["projector"]["linear_1"]))
+  special = _t(p["special_tokens"])
+  sizes_seen = set()
+  for b, image in enumerate(images):
+    feats, sizes = [], []
+    with torch.no_grad():
+      for view in resolution.oryx_views(image, 16, 32, 64):
+        pixels = _t((view.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(2, 0, 1)[None]
+        x, size = _oryx_vit(pixels, kernel, bias, table, blocks, 8)
+        feats.append(2 * x[0])  # The dynamic compressor for images (test_towers.py).
+        sizes.append(size)
+      expected = _oryx_projector_reference(feats[0], sizes[0], feats[1], sizes[1], proj,
+                                           *special)
+    sizes_seen |= set(sizes)
+    length = len(expected)
+    assert length == policy.num_tokens(image)
+    np.testing.assert_allclose(out[b, :length], expected.numpy(), atol=TOL, err_msg=str(b))
+    assert not np.any(out[b, length:])
+  # Three view grids (both low views are 2×4), none the table's 6×6: every view resizes it.
+  assert sizes_seen == {(2, 4), (4, 10), (6, 8)}
