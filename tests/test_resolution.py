@@ -190,6 +190,7 @@ def _xcomposer_layout_reference(features, rows, cols, glb_gn, sub_gn):
 
 def test_xcomposer_canvas_equals_hd_transform():
   rng = np.random.default_rng(4)
+  compared = 0
   for hd_num in (1, 4, 25):
     for h, w in [s for s in SIZES if max(s) <= 3000 and min(s) >= 2][:40] + [(336, 336)]:
       (new_h, new_w), canvas = resolution.xcomposer_hd_size(h, w, hd_num, 336)
@@ -202,6 +203,10 @@ def test_xcomposer_canvas_equals_hd_transform():
         if min(new_h, new_w) > 1:  # The reference resizes a 1:>336 image to 0 px and fails.
           np.testing.assert_array_equal(ours, _hd_transform_reference(image, hd_num, 336),
                                         str((h, w)))
+          compared += 1
+  # (hd_num, size) pairs compared pixel by pixel, of 3 × 41: the rest are larger than 600² or
+  # 1:>336 images, whose geometry alone is checked.
+  assert compared == 114
   with pytest.raises(ValueError, match="hd_num"):
     resolution.xcomposer_hd_size(10, 10, 0)
 
@@ -240,11 +245,14 @@ def test_crops_and_tiles_pixel_exact():
   got = got_ocr2.GotOcr2ImageProcessorPil()
   for h, w in [(300, 700), (901, 260), (384, 384), (50, 1700)]:
     image = rng.integers(0, 256, (h, w, 3), np.uint8)
-    expected = onevision.get_image_patches(
-        image.transpose(2, 0, 1), LLAVA_NEXT_PINPOINTS, size=(336, 336), patch_size=336,
-        resample=PILImageResampling.BICUBIC)
-    np.testing.assert_array_equal(resolution.anyres_crops(image, LLAVA_NEXT_PINPOINTS, 336),
-                                  np.stack(expected).transpose(0, 2, 3, 1))
+    # LLaVA-NeXT's five 336-px canvases and OneVision's 36 of 384-px crops.
+    for pinpoints, crop in ((LLAVA_NEXT_PINPOINTS, 336),
+                            (list(resolution.ONEVISION_PINPOINTS), 384)):
+      expected = onevision.get_image_patches(
+          image.transpose(2, 0, 1), pinpoints, size=(crop, crop), patch_size=crop,
+          resample=PILImageResampling.BICUBIC)
+      np.testing.assert_array_equal(resolution.anyres_crops(image, pinpoints, crop),
+                                    np.stack(expected).transpose(0, 2, 3, 1), str((h, w, crop)))
     expected = got.crop_image_to_patches(image.transpose(2, 0, 1), 1, 12, True,
                                          SizeDict(height=448, width=448),
                                          PILImageResampling.BICUBIC)
@@ -312,12 +320,11 @@ def test_oryx_views_equal_the_authors_preprocessing():
   rng = np.random.default_rng(7)
   sizes = [s for s in SIZES if max(s) <= 2500] + [(10, 20), (31, 700), (700, 31), (1536, 1536),
                                                   (1537, 1536), (2000, 1200), (64, 64)]
-  pixels = 0
+  compared = 0
   for h, w in sizes:
     low_h, low_w, _ = resolution.oryx_size(*resolution._oryx_min_side(h, w), 32, 384)
     image = rng.integers(0, 256, (h, w, 3), np.uint8)
-    if pixels < 60 and max(h, w) <= 2500:  # Pixels for some (sizes for all, below).
-      pixels += 1
+    if compared < 60 and max(h, w) <= 2500:  # Pixels for some (sizes for all, below).
       low, high = resolution.oryx_views(image)
       assert low.shape[:2] == (low_h, low_w) and low_h % 32 == low_w % 32 == 0
       assert high.shape[0] % 32 == high.shape[1] % 32 == 0
@@ -328,7 +335,8 @@ def test_oryx_views_equal_the_authors_preprocessing():
       ref_low, ref_high = _oryx_views_reference(image)
       np.testing.assert_array_equal(low, ref_low, str((h, w)))
       np.testing.assert_array_equal(high, ref_high, str((h, w)))
-  assert pixels == 60
+      compared += 1
+  assert compared == 60  # Images compared pixel by pixel with the reference.
   # The geometry of every size: the native view keeps or pads small images, shrinks large ones.
   for h, w in SIZES:
     mh, mw = resolution._oryx_min_side(h, w)
