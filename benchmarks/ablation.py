@@ -23,11 +23,11 @@ first (once per seed, or once for all with `--shared_encoders_seed S`), and ever
 ViT and ConvNeXt start from its encoders (`pretrain_tower --encoders_from`): the papers' footing
 (one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to find the
 fine detail from scratch. The encoders stay frozen while a run's fusion pre-trains, or train with
-it under `--train_shared_encoders`. Measured (README): on frozen shared encoders Mini-Gemini's
+it under `--train_shared_encoders`. Measured (docs/results): on frozen shared encoders Mini-Gemini's
 mining read the checkerboard for the classifier head but not for the MLLM (chance), while
 started from them and trained with them it did on three seeds. `--set pretrain.kinds=K` keeps
 the towers' pre-training on the kinds K (one fine rung) while `data.kinds` has the MLLM learn,
-and eval.py ask, more (the coarse family beside it; README: both families in one command, where
+and eval.py ask, more (the coarse family beside it; docs/results: both families in one command, where
 `data.tokenizer=bpe:1024` keeps a six-question row at 301 tokens). On an accelerator, `--jobs N`
 runs N (tower, seed) pairs at once and `--set` overrides config fields of every run (e.g. `--set
 train.batch_size=32`).

@@ -77,9 +77,9 @@ def mrope_sections(head_dim: int) -> tuple[int, int, int]:
 ARGUMENTS = dict(size="small", steps=900, tower="vit", res=0, patch=0, pretrain=-1)
 # Tower pre-training steps (stage 0) by (size, tower) unless `pretrain=` says; 0 elsewhere.
 # LLaVA starts from a pre-trained CLIP, and a tower trained from scratch through the language
-# loss learns only colour here (README); the mixed towers' pre-training takes hours on a CPU,
+# loss learns only colour here (docs/results); the mixed towers' pre-training takes hours on a CPU,
 # so the ablation harness runs it, or `pretrain=`. With 1,000 steps on the coarse kinds the
-# default run's tower reads them as well as with 1,500 on every kind (README), and the MLLM
+# default run's tower reads them as well as with 1,500 on every kind (docs/results), and the MLLM
 # gets the minutes.
 PRETRAIN_STEPS = {("small", "vit"): 1000}
 
@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vit_act = "quick_gelu" if big and not oryx else "gelu"
   # The ViT's patch embedding (mmjax.models.vit.STEMS): CLIP's linear "patch" for the papers'
   # shapes, the hierarchical MLP "hmlp" for the ViTs trained from scratch here, which with the
-  # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (README). qwen2vl and
+  # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (docs/results). qwen2vl and
   # oryx embed packed patches with their own linear maps (Qwen2-VL's, SigLIP's): "patch" only.
   c.model.vit_stem = "patch" if big or arg.tower in build.LINEAR_PATCH_TOWERS else "hmlp"
   # ViT hidden state fed on: LLaVA's penultimate; the last in EAGLE's and LEO's code (LLaVA-HR
@@ -237,7 +237,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # coarse kinds for a tower that sees one view of at most the dataset's 224 px, whose fine and
   # position content is illegible there by construction (learning it anyway costs the coarse
   # kinds: shape count 0.82 after 1,500 steps on every kind, 0.95 after 1,000 on the coarse
-  # ones; README); data.kinds for a tower that sees more (a larger view, tiles, crops, native
+  # ones; docs/results); data.kinds for a tower that sees more (a larger view, tiles, crops, native
   # resolution), or when none of them is coarse.
   c.pretrain.kinds = build.LEGIBLE
 
@@ -247,7 +247,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # Micro-batches per update (the batch must split evenly).
   # Share of the steps in stage 1 (alignment on captions); 0 after stage 0: with an LLM trained
   # from scratch, the projector alone on captions leaves the MLLM worse than no stage 1 (coarse
-  # 0.45 against 0.67 on the default run, README).
+  # 0.45 against 0.67 on the default run, docs/results).
   c.train.align_fraction = 0.0 if c.pretrain.steps else 0.2
   c.train.align_task = "caption"  # Stage 1 data: dense captions.
   # Regex over parameter paths; LLaVA: "^projector/" (the default after stage 0).

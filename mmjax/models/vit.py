@@ -10,7 +10,7 @@ Patches are embedded by one linear map (CLIP's patch convolution) or by a hierar
 (`stem="hmlp"`, after Touvron et al. 2022, "Three things everyone should know about Vision
 Transformers"): linear maps of 4×4-pixel cells, then of 2×2 cells of those, with the activation
 between, each patch still embedded on its own. A ViT trained from scratch on a few thousand
-images needs it to see shapes (README: the default run's tower).
+images needs it to see shapes (docs/results: the default run's tower).
 """
 import dataclasses
 
@@ -51,7 +51,7 @@ class ViTConfig:
   pos_antialias: bool = False
   # "patch": one linear map of each patch (CLIP); "hmlp": the hierarchical MLP stem (module
   # docstring) for a patch side of 4·2^k: levels of 4×4, then k of 2×2 cells, a quarter of the
-  # width wide until the last (the paper's), without the paper's norms (README: with LayerNorms
+  # width wide until the last (the paper's), without the paper's norms (docs/results: with LayerNorms
   # there the default tower read shape count at 0.955 against 0.995–1.00).
   stem: str = "patch"
   layer_groups: tuple[int, ...] = ()  # Consecutive block groups; () = one group of all blocks.

@@ -2,7 +2,7 @@
 
 LLaVA starts from a CLIP encoder pre-trained on 400M image-text pairs; nothing can be downloaded
 here, and a tower trained from scratch through the LLM's language loss learns only colour
-statistics (README: coarse questions stay at the majority answer except the background colour,
+statistics (docs/results: coarse questions stay at the majority answer except the background colour,
 over 1,000 steps of batch 32 and three learning rates). This is the stand-in for that
 pre-training: the tower, fed exactly the views the MLLM will see (the config's resolution
 policy), with a small classifier head that reads every question of the image as its kind and
@@ -17,7 +17,7 @@ parameters are kept: `train.py --config.train.init_params=tower=WORKDIR` starts 
 Writes WORKDIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
 WORKDIR/pretrain.json (validation accuracy per question kind along the way, and why it stopped).
 With `--until`, a tower stops once it has learned its questions: from scratch, the same number
-of steps leaves one seed's tower at 0.65 where the others reach 0.97 and 1.0 (README, the
+of steps leaves one seed's tower at 0.65 where the others reach 0.97 and 1.0 (docs/results, the
 three-seed ablation), and the MLLM on the weak tower stays at chance.
 """
 import inspect
@@ -174,7 +174,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders.
   `encoders_from` (a tower file) says this for every encoder at once: each ViT and ConvNeXt in
   the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`), or
-  trains with the fusion under `train_encoders` (README: Mini-Gemini's mining trained on frozen
+  trains with the fusion under `train_encoders` (docs/results: Mini-Gemini's mining trained on frozen
   encoders read the rung for the head but not for the MLLM; started from them, it did)."""
   if encoders_from and (init_params or frozen):
     raise ValueError(f"encoders_from={encoders_from!r} sets init_params and frozen itself; "

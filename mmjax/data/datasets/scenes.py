@@ -13,7 +13,7 @@ content drawn in checks too fine for a 224-px view, and small objects to locate:
   * small marks (one to three copies of one mark in a colour that stands out from the
     background) and labelled boxes (a white box with a coloured border holding a digit in small
     type), under 3 px at 224 px, for the position questions and the captions. (Told where a mark
-    or a code is, an MLP reads much of it at 224 px: README, benchmarks/detail_legibility.py.)
+    or a code is, an MLP reads much of it at 224 px: docs/results, benchmarks/detail_legibility.py.)
 Clutter is kept low (no texture looks like a mark; large shapes differ in kind and colour).
 Everything drawn is recorded in a `Scene`, from which questions and dense captions are made.
 """
