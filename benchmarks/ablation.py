@@ -27,8 +27,8 @@ it under `--train_shared_encoders`. Measured (docs/results): on frozen shared en
 mining read the checkerboard for the classifier head but not for the MLLM (chance), while
 started from them and trained with them it did on three seeds. `--set pretrain.kinds=K` keeps
 the towers' pre-training on the kinds K (one fine rung) while `data.kinds` has the MLLM learn,
-and eval.py ask, more (the coarse family beside it; docs/results: both families in one command, where
-`data.tokenizer=bpe:1024` keeps a six-question row at 301 tokens). On an accelerator, `--jobs N`
+and eval.py ask, more (the coarse family beside it; docs/results: both families in one command,
+where `data.tokenizer=bpe:1024` keeps a six-question row at 301 tokens). On an accelerator, `--jobs N`
 runs N (tower, seed) pairs at once and `--set` overrides config fields of every run (e.g. `--set
 train.batch_size=32`).
 """

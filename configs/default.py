@@ -123,8 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vit_act = "quick_gelu" if big and not oryx else "gelu"
   # The ViT's patch embedding (mmjax.models.vit.STEMS): CLIP's linear "patch" for the papers'
   # shapes, the hierarchical MLP "hmlp" for the ViTs trained from scratch here, which with the
-  # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (docs/results). qwen2vl and
-  # oryx embed packed patches with their own linear maps (Qwen2-VL's, SigLIP's): "patch" only.
+  # linear one read shape count at 0.95 and texture at 0.92 after stage 0 (docs/results).
+  # qwen2vl and oryx embed packed patches with their own linear maps (Qwen2-VL's, SigLIP's): "patch" only.
   c.model.vit_stem = "patch" if big or arg.tower in build.LINEAR_PATCH_TOWERS else "hmlp"
   # ViT hidden state fed on: LLaVA's penultimate; the last in EAGLE's and LEO's code (LLaVA-HR
   # always runs every block).

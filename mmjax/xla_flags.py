@@ -5,7 +5,8 @@ anything imports jax. A flag already in `XLA_FLAGS` is left as the user set it.
 
   --xla_cpu_experimental_ynn_fusion_type=dot: YNNPACK fuses only the dots on CPU (by default it
       also takes elementwise and reduction fusions). The default config's train step is 7 %
-      faster with it on a 2-core CPU (0.571 s against 0.613, docs/results); other backends ignore it.
+      faster with it on a 2-core CPU (0.571 s against 0.613, docs/results); other backends ignore
+      it.
       The flag belongs to the pinned jaxlib: an XLA that does not know a flag refuses to start.
 """
 import os

@@ -467,7 +467,8 @@ def _leo_pixel_unshuffle(x, scale_factor=0.5):
   n, w, h, c = x.size()
   x = x.view(n, w, int(h * scale_factor), int(c / scale_factor))
   x = x.permute(0, 2, 1, 3).contiguous()
-  x = x.view(n, int(h * scale_factor), int(w * scale_factor), int(c / (scale_factor * scale_factor)))
+  x = x.view(n, int(h * scale_factor), int(w * scale_factor),
+             int(c / (scale_factor * scale_factor)))
   return x.permute(0, 2, 1, 3).contiguous()
 
 

@@ -4,8 +4,8 @@ The byte tokenizer spends a token per character: a six-question conversation abo
 dataset image is about 400 text tokens beside its 196 visual ones, and the LLM's step time
 follows the row's length. A BPE learned from the training split's questions, answers and
 captions (Hugging Face `tokenizers`; byte-level, so any text still encodes and decodes exactly)
-carries the same conversation in about 170, as a real LLM's tokenizer would (docs/results). Its special
-tokens are LLaMA's (`<unk>`, the padding, as LLaVA pads; `<s>`; `</s>`) and ChatML's, so every
+carries the same conversation in about 170, as a real LLM's tokenizer would (docs/results). Its
+special tokens are LLaMA's (`<unk>`, the padding, as LLaVA pads; `<s>`; `</s>`) and ChatML's, so every
 chat template finds its own. Learned once per dataset and vocabulary size, and cached beside the
 dataset; the same text gives the same file.
 """

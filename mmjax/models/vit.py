@@ -51,8 +51,8 @@ class ViTConfig:
   pos_antialias: bool = False
   # "patch": one linear map of each patch (CLIP); "hmlp": the hierarchical MLP stem (module
   # docstring) for a patch side of 4·2^k: levels of 4×4, then k of 2×2 cells, a quarter of the
-  # width wide until the last (the paper's), without the paper's norms (docs/results: with LayerNorms
-  # there the default tower read shape count at 0.955 against 0.995–1.00).
+  # width wide until the last (the paper's), without the paper's norms (docs/results: with
+  # LayerNorms there the default tower read shape count at 0.955 against 0.995–1.00).
   stem: str = "patch"
   layer_groups: tuple[int, ...] = ()  # Consecutive block groups; () = one group of all blocks.
   scan_layers: bool = False

@@ -174,8 +174,8 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders.
   `encoders_from` (a tower file) says this for every encoder at once: each ViT and ConvNeXt in
   the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`), or
-  trains with the fusion under `train_encoders` (docs/results: Mini-Gemini's mining trained on frozen
-  encoders read the rung for the head but not for the MLLM; started from them, it did)."""
+  trains with the fusion under `train_encoders` (docs/results: Mini-Gemini's mining trained on
+  frozen encoders read the rung for the head but not for the MLLM; started from them, it did)."""
   if encoders_from and (init_params or frozen):
     raise ValueError(f"encoders_from={encoders_from!r} sets init_params and frozen itself; "
                      f"got also init_params={init_params!r}, frozen={frozen!r}.")
