@@ -102,6 +102,12 @@ class ViTConfig:
     return (4,) + (2,) * ((self.patch_size // 4).bit_length() - 1)
 
 
+def hr_clip(config: ViTConfig) -> ViTConfig:
+  """The CLIP that LLaVA-HR's and EAGLE's authors run (their patched `CLIPVisionEmbeddings`):
+  the class token dropped before the blocks, the position table resampled with antialiasing."""
+  return dataclasses.replace(config, cls_in_blocks=False, pos_antialias=True)
+
+
 def check_select_layer(config: ViTConfig, select_layer: int, name: str = "select_layer") -> None:
   """Raises unless `select_layer` indexes one of the ViT's depth + 1 hidden states."""
   if not -(config.depth + 1) <= select_layer <= config.depth:

@@ -19,6 +19,7 @@ from jaxtyping import Array, Float
 
 from mmjax.models import interpolate
 from mmjax.models import layers
+from mmjax.models import vit as vit_lib
 from mmjax.models.towers import encoders as encoders_lib
 
 FUSIONS = ("channel", "sequence")
@@ -53,10 +54,8 @@ class EagleTowerConfig:
   @property
   def encoder_specs(self) -> tuple[encoders_lib.EncoderSpec, ...]:
     """The encoders as the authors run them: each ViT as their HR-CLIP tower."""
-    return tuple(
-        dataclasses.replace(spec, vit=dataclasses.replace(spec.vit, cls_in_blocks=False,
-                                                          pos_antialias=True))
-        if spec.vit is not None else spec for spec in self.encoders)
+    return tuple(dataclasses.replace(spec, vit=vit_lib.hr_clip(spec.vit))
+                 if spec.vit is not None else spec for spec in self.encoders)
 
 
 class EagleTower(nn.Module):

@@ -71,7 +71,7 @@ class LLaVAHRTowerConfig:
     """The authors' CLIP: split into block groups at the adapters, the class token dropped
     before the blocks, the position table resampled with antialiasing."""
     edges = (0,) + self.adapter_positions + (self.vit.depth,)
-    return dataclasses.replace(self.vit, cls_in_blocks=False, pos_antialias=True,
+    return dataclasses.replace(vit_lib.hr_clip(self.vit),
                                layer_groups=tuple(b - a for a, b in zip(edges, edges[1:])))
 
   @property
