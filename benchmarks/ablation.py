@@ -11,7 +11,7 @@ time; visual tokens; peak memory), JSON and a PNG of the loss curves and accurac
 
 A tower entry is a config name, optionally with its argument and field overrides:
 `llava15:res=448,patch=32` is LLaVA-1.5's ViT at 448 px with 32-px patches (196 tokens),
-`internvl15:res=448@model.max_num=1@data.max_len=467` InternVL's tiling with a single 448-px tile
+`internvl15:res=448@model.tower.max_num=1@data.max_len=467` InternVL's tiling with a single 448-px tile
 (a fixed resolution, pixel-unshuffled to 196 tokens). Entries are separated by ';' (or by ',' when
 none has an argument); `--config_arg patch=16` goes to every config.
 

@@ -37,7 +37,7 @@ def main():
   args = parser.parse_args()
   path, _, arg = args.config.partition(":")
   c = config_args.get_config(path, arg)
-  widths, side = c.model.convnext_widths, c.model.image_size
+  widths, side = c.model.tower.convnext.widths, c.model.tower.image_size
   # (name, input side, input channels, output channels, patch side) of every patch convolution.
   layers = [("stem", side, 3, widths[0], convnext.STEM_PATCH)]
   for s in range(1, len(widths)):

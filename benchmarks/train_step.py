@@ -3,10 +3,11 @@ and MFU against the `jnp.dot` peak measured in the same process. Prints a table,
 
   python benchmarks/train_step.py --sizes 'size=tiny;size=small;size=base' --steps 5
 
-An entry may override config fields after '@', comma-separated, tuples '/'-separated (e.g.
-'size=small,tower=llava_hr@model.convnext_widths=16/32/64/128', or LLaVA's stage 2 with the
+An entry is '[METHOD:]ARGS' (configs/METHOD.py, default.py when absent) and may override config
+fields after '@', comma-separated, tuples '/'-separated (e.g.
+'llava_hr:size=small@model.tower.convnext.widths=16/32/64/128', or LLaVA's stage 2 with the
 tower frozen: '…@train.trainable=^(projector|llm)/'); `--name` picks the JSON file. Config
-arguments such as 'size=small,res=448' or 'patch=16' size `data.max_len` for the tower's tokens.
+arguments such as 'size=small,res=448' or 'patch=16' size the rows for the tower's tokens.
 """
 from mmjax import xla_flags
 
@@ -33,19 +34,23 @@ from mmjax.training import optim  # noqa: E402
 from mmjax.training import state as state_lib  # noqa: E402
 from mmjax.training import step as step_lib  # noqa: E402
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def measure(entry: str, data_dir: str | None, steps: int, peak: float) -> dict:
   arg, _, overrides = entry.partition("@")
-  c = config_args.get_config(DEFAULT_CONFIG, arg)
+  method, _, arg = arg.rpartition(":")
+  c = config_args.get_config(CONFIGS / f"{method or 'default'}.py", arg)
   c.data.data_dir = data_dir
   for item in filter(None, overrides.split(",")):
     key, value = item.split("=", 1)
-    section, field = key.split(".")
-    current = c[section][field]
-    c[section][field] = (tuple(int(v) for v in value.split("/")) if isinstance(current, tuple)
-                         else type(current)(value))
+    *path, field = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    current = node[field]
+    node[field] = (tuple(int(v) for v in value.split("/")) if isinstance(current, tuple)
+                   else type(current)(value))
   tok = build.tokenizer(c)
   config = build.model_config(c, tok.vocab_size)
   model = mllm.MLLM(config)
@@ -78,7 +83,7 @@ def measure(entry: str, data_dir: str | None, steps: int, peak: float) -> dict:
   step_flops = flops_lib.compiled_flops(compiled)
   tokens = float(np.sum(host["segment_ids"] > 0))
   return {"config": entry, "parameters": state_lib.count(params),
-          "batch": c.train.batch_size, "max_len": c.data.max_len,
+          "batch": c.train.batch_size, "max_len": build.max_len(c, config),
           "compile_seconds": compile_seconds, "step_seconds": seconds,
           "tokens_per_sec": tokens / seconds, "flops_per_step": step_flops,
           "mfu": step_flops / seconds / peak}
@@ -88,7 +93,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", default="size=tiny;size=small;size=base",
-                      help="configs/default.py argument strings, ';'-separated.")
+                      help="'[METHOD:]ARGS[@OVERRIDES]' entries, ';'-separated.")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--out", default="benchmarks/results")

@@ -44,7 +44,7 @@ def choose(name: str, value: str, options: dict[str, Any]) -> Any:
   return options[value]
 
 
-def _load(path: str | os.PathLike):
+def load_module(path: str | os.PathLike):
   path = pathlib.Path(path)
   spec = importlib.util.spec_from_file_location(f"mmjax_config_{path.stem}", path)
   if spec is None or not path.is_file():
@@ -56,7 +56,7 @@ def _load(path: str | os.PathLike):
 
 def get_config(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
   """A config file's `get_config(arg)`, as `--config path:arg` loads it (for scripts and tests)."""
-  return _load(path).get_config(arg)
+  return load_module(path).get_config(arg)
 
 
 def with_fixed(path: str | os.PathLike, arg: str | None, **fixed: Any
@@ -64,6 +64,6 @@ def with_fixed(path: str | os.PathLike, arg: str | None, **fixed: Any
   """The config file at `path` with some of its `ARGUMENTS` fixed: a method config
   (configs/llava_hr.py is configs/default.py with `tower=llava_hr`) takes the rest, checked here
   so an error lists only those."""
-  module = _load(path)
+  module = load_module(path)
   a = parse(arg, **{k: v for k, v in module.ARGUMENTS.items() if k not in fixed})
   return module.get_config(",".join(f"{k}={v}" for k, v in {**a, **fixed}.items()))

@@ -58,14 +58,14 @@ def _ask(c, tok, source, config) -> _Asked:
   """The prompts and views of every question of the first `eval_examples` images. Raises if a
   reference answer is longer than `eval.max_new_tokens` (exact match would count it wrong
   whatever the model says) — before any checkpoint is read."""
-  policy = build.policy(c)
+  policy = build.policy(c, config)
   kinds = build.question_kinds(c)
   asked = _Asked([], [], [], [], [], [])
   for i in range(min(c.data.eval_examples, len(source))):
     record = source[i]
     try:
       view = policy(record["image"])
-      n_tokens = pipeline.image_tokens(policy, record["image"], build.num_image_tokens(config, c))
+      n_tokens = int(config.visual_tokens({k: v[None] for k, v in view.items()})[0])
     except pipeline.ImageRefused:  # Dropped and counted, as the training pipeline does.
       asked.refused.append(i)
       continue
@@ -83,14 +83,14 @@ def _ask(c, tok, source, config) -> _Asked:
       prompt = tokenizer_lib.encode_prompt(c.data.template, turn, tok, num_images=1,
                                            num_image_tokens=n_tokens)
       asked.prompts.append(prompt)
-      if getattr(policy, "mrope", False):
+      if policy.mrope:
         asked.positions.append(pipeline.mrope_row(prompt, len(prompt), tok.image_id,
                                                   view["image_grid"], policy.merge_size))
       asked.views.append(view)
       asked.truth.append((family.decode(), kind.decode(), answer.decode()))
   if not asked.image_tokens:
     raise ValueError(f"The resolution policy refused all {len(asked.refused)} evaluated images of "
-                     f"{c.data.eval_split} ({c.model.tower}); nothing to evaluate.")
+                     f"{c.data.eval_split} ({c.model.tower.name}); nothing to evaluate.")
   return asked
 
 
@@ -133,7 +133,7 @@ def _accuracy(c, model, params, tok, asked: _Asked, config) -> dict[str, Any]:
           "questions": {k: len(v) for k, v in sorted(by_family.items())},
           # What the dynamic policies trade accuracy against: visual tokens an image costs.
           "visual_tokens_per_image": float(np.mean(asked.image_tokens)),
-          "visual_token_budget": build.num_image_tokens(config, c),
+          "visual_token_budget": config.max_visual_tokens,
           "refused_images": asked.refused,
           "generated_tokens_per_sec": generated / max(seconds, 1e-9)}
 

@@ -21,7 +21,6 @@ import numpy as np
 from mmjax import config_args
 from mmjax import sharding
 from mmjax.models import mllm
-from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import flops as flops_lib
 from mmjax.training import optim
@@ -34,13 +33,13 @@ def example_batch(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, rows: i
   """Zeros shaped like a model batch of `rows` sequences: the tower's visual tokens (at most, for
   a native-resolution tower) plus `text_len` text tokens (numpy zeros are not touched, so not
   really allocated)."""
-  length = build.num_image_tokens(config, c) + text_len
+  length = config.max_visual_tokens + text_len
   batch = {k: np.zeros((rows, length), np.int32)
            for k in ("tokens", "segment_ids", "targets", "loss_mask")}
   batch["positions"] = np.zeros((rows, length) + ((3,) if config.llm.mrope_sections else ()),
                                 np.int32)
-  blank = build.policy(c).blank()
-  for key in towers.inputs(config.tower):
+  blank = build.policy(c, config).blank()
+  for key in config.tower.INPUTS:
     batch[key] = np.zeros((rows,) + blank[key].shape, blank[key].dtype)
   return batch
 
@@ -76,8 +75,9 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
   per_device["peak_bytes"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                               - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   return {
-      "tower": c.model.tower, "image_size": c.model.image_size,
-      "visual_tokens": build.num_image_tokens(config, c),
+      "tower": c.model.tower.name, "views": {k: list(v.shape) for k, v in
+                                             build.policy(c, config).blank().items()},
+      "visual_tokens": config.max_visual_tokens,
       "sequence": spec["tokens"].shape[1], "rows": rows, "mesh": dict(mesh.shape),
       "parameters": state_lib.count(params),
       "parameters_by_module": {name: state_lib.count(tree) for name, tree in params.items()},

@@ -21,7 +21,6 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from mmjax.models import llm as llm_lib
 from mmjax.models import mllm as mllm_lib
-from mmjax.models import towers
 
 ModelConfig = mllm_lib.MLLMConfig | llm_lib.LLMConfig
 
@@ -235,21 +234,6 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
   return Generation(final["tokens"], final["lengths"], final["step"])
 
 
-def _visual_tokens(config: mllm_lib.MLLMConfig, views: dict[str, np.ndarray], row: int) -> int:
-  """Visual tokens the tower gives row `row` of `views` (a dynamic-resolution policy's views)."""
-  if "oryx_kind" in views:
-    return int(np.sum(views["oryx_kind"][row] != 0))
-  if "patch_segments" in views:
-    return int(np.sum(views["patch_segments"][row] != 0)) // config.tower.vit.merge_size ** 2
-  if "tile_mask" in views:
-    return int(np.sum(views["tile_mask"][row])) * config.tower.tokens_per_tile
-  if "anyres_kind" in views:
-    return config.tower.grid ** 2 + int(np.sum(views["anyres_kind"][row] != 0))
-  if "hd_kind" in views:
-    return int(np.sum(views["hd_kind"][row] != 0))
-  return config.tower.num_tokens(*views["images"].shape[1:3])
-
-
 def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
                    views: dict[str, np.ndarray] | None) -> None:
   """Raises ValueError unless every id is a vocabulary id or an image placeholder, and every
@@ -259,17 +243,16 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
   if views is not None:
     if image_id is None:
       raise ValueError("images were given to a text-only decoder; pass images=None.")
-    wanted = towers.inputs(config.tower)
+    wanted = config.tower.INPUTS
     if not set(wanted) <= set(views):
       raise ValueError(f"This tower reads {list(wanted)}; got views {sorted(views)}.")
-    if isinstance(config.tower, towers.InternVLTowerConfig) and "tile_mask" not in views:
-      raise ValueError("An InternVL tower's views need `tile_mask` (which tiles are used).")
     for key, value in views.items():
       if value.shape[0] != len(prompts):
         raise ValueError(f"{key} has {value.shape[0]} rows for {len(prompts)} prompts.")
     if "images" in views and (views["images"].ndim != 4 or views["images"].shape[-1] != 3):
       raise ValueError(f"images must be [B={len(prompts)}, H, W, 3], got "
                        f"{views['images'].shape}.")
+    visual = config.visual_tokens(views)
   for i, prompt in enumerate(prompts):
     prompt = np.asarray(prompt)
     placeholders = int(np.sum(prompt == image_id)) if image_id is not None else 0
@@ -282,7 +265,7 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
     if views is None:
       raise ValueError(f"prompts[{i}] holds {placeholders} image placeholders but images is "
                        "None.")
-    expected = _visual_tokens(config, views, i)
+    expected = int(visual[i])
     if placeholders != expected:
       raise ValueError(f"prompts[{i}] holds {placeholders} image placeholders; its image gives "
                        f"{expected} visual tokens.")
@@ -325,7 +308,7 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
   if mrope != (positions is not None):
     raise ValueError("An M-RoPE model needs the prompts' positions, and only it takes them.")
   if views is not None:
-    batch.update({k: np.asarray(views[k]) for k in towers.inputs(model.config.tower)})
+    batch.update({k: np.asarray(views[k]) for k in model.config.tower.INPUTS})
   out = decode(model.config, variables, batch, rng, max_new_tokens=max_new_tokens,
                eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
   return np.asarray(out.tokens), np.asarray(out.lengths)

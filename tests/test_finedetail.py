@@ -197,7 +197,7 @@ def test_pixel_aspect_bounds_the_drawn_sizes_and_oryx_covers_it():
   assert max(aspects) <= spec.pixel_aspect
   # The small train split holds an 862×287 image (3.0035): Oryx's pre-training once refused it.
   assert spec.max_aspect < 862 / 287 <= spec.pixel_aspect
-  default = config_args.get_config(
-      pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py", "tower=oryx")
-  assert all(c.scene.pixel_aspect <= default.model.max_aspect
+  oryx = config_args.get_config(
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "oryx.py")
+  assert all(c.scene.pixel_aspect <= oryx.model.tower.max_aspect
              for c in finedetail.CONFIGS.values())

@@ -115,7 +115,8 @@ def test_projectors(kind, depth, rng):
 
 def test_invalid_configs_are_rejected():
   with pytest.raises(ValueError, match="mlp<N>x_gelu"):
-    mllm.MLLMConfig(tower=TINY.tower, llm=TINY.llm, projector="mlp_gelu")
+    mllm.MLLMConfig(tower=TINY.tower, llm=TINY.llm,
+                    connector=connectors.ProjectorConfig("mlp_gelu"))
   with pytest.raises(ValueError, match="inside the vocabulary"):
     mllm.MLLMConfig(tower=TINY.tower, llm=TINY.llm, image_token_id=3)
   with pytest.raises(ValueError, match="select_feature"):

@@ -30,6 +30,7 @@ from mmjax.training import pretrain_tower
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 from tests import hf_models
+from tests import method_configs
 
 DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
@@ -42,7 +43,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, tower="vit"):
-  c = config_args.get_config(DEFAULT, f"size=tiny,steps=2,tower={tower}")
+  c = method_configs.get(tower, "size=tiny,steps=2")
   c.data.data_dir = data_dir
   c.data.eval_examples = 8
   return c
@@ -125,7 +126,7 @@ def test_another_towers_vit_starts_from_a_part_of_the_file(data_dir, pretrained)
 
 def test_a_tower_of_another_shape_is_refused(data_dir, pretrained):
   c = tiny(data_dir)
-  c.model.vit_width = 48
+  c.model.tower.vit.width = 48
   c.train.init_params = f"tower={pretrained[0]}"
   with pytest.raises(ValueError, match=r"shape \(file, model\)"):
     build.initial_params(c.train.init_params, _factory(c).abstract.params)
@@ -135,18 +136,19 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
   """`python -m mmjax.convert` output plugs in as the tower's ViT (LLaVA's starting point), with
   CLIP's linear patch stem; a CPU-size config's hMLP stem is refused, naming the fix."""
   c = tiny(data_dir)
+  v = c.model.tower.vit
   clip = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
-      hidden_size=c.model.vit_width, intermediate_size=c.model.vit_mlp_dim,
-      num_hidden_layers=c.model.vit_depth, num_attention_heads=c.model.vit_heads,
-      image_size=c.model.image_size, patch_size=c.model.patch_size, hidden_act="gelu"))
+      hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
+      num_attention_heads=v.num_heads, image_size=v.image_size, patch_size=v.patch_size,
+      hidden_act="gelu"))
   hf_models.save(hf_models.perturb(clip), tmp_path / "hf")
   assert convert_main.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm")]) == 0
   c.train.init_params = f"tower/vit={tmp_path / 'mm'}"
-  assert c.model.vit_stem == "hmlp"
+  assert v.stem == "hmlp"
   with pytest.raises(ValueError, match="missing .*stem/level0.*unexpected .*patch_kernel.*"
-                     "set model.vit_stem='patch'"):
+                     r"stem='patch' \(e.g. model.tower.vit.stem\)"):
     build.initial_params(c.train.init_params, _factory(c).abstract.params)
-  c.model.vit_stem = "patch"
+  v.stem = "patch"
   factory = _factory(c)
   state = factory.create(jax.random.key(0),
                          build.initial_params(c.train.init_params, factory.abstract.params))
@@ -217,15 +219,16 @@ def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default
   tower that sees one view of no more leaves it out, unless nothing else is asked; a tower that
   sees more (a larger view; native resolution or tiles of that side) learns every kind asked."""
   def kinds(arg, data_kinds=""):
-    c = config_args.get_config(DEFAULT, arg)
+    tower, _, arg = arg.rpartition(":")
+    c = method_configs.get(tower or "vit", arg)
     c.data.kinds = data_kinds
     return build.question_kinds(c, "pretrain.kinds")
 
   assert kinds("size=small") == questions.KINDS["coarse"]
   assert kinds("size=small", "pattern_code,texture,mark_position") == ("texture",)
   assert kinds("size=small", "pattern_colours") == ("pattern_colours",)
-  for arg in ("size=small,res=448", "size=small,tower=llava_hr", "size=small,tower=mini_gemini",
-              "size=small,tower=qwen2vl", "size=small,tower=internvl"):  # Native / tiles: more.
+  for arg in ("size=small,res=448", "llava_hr:size=small", "mini_gemini:size=small",
+              "qwen2vl:size=small", "internvl:size=small"):  # Native / tiles: more.
     assert kinds(arg) == (), arg
     assert kinds(arg, "pattern_code,texture") == ("pattern_code", "texture"), arg
   c = config_args.get_config(DEFAULT, "size=small")
@@ -250,10 +253,10 @@ def test_batches_prepared_on_threads_or_from_cached_views_are_the_same_batches(d
 
 def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path):
   c = tiny(data_dir, tower="oryx")
-  c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
+  c.model.tower.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
   source = build.data_source(c, "train")
-  tokens = build.num_image_tokens(build.model_config(c, 1), c)
-  split = pretrain_tower._Questions(source, build.policy(c), tokens)
+  config = build.model_config(c, 1)
+  split = pretrain_tower._Questions(source, build.policy(c, config), config.max_visual_tokens)
   wide = np.asarray([max(source[i]["height"], source[i]["width"]) /
                      min(source[i]["height"], source[i]["width"]) > 1.3 for i in split.images])
   assert wide.any() and not wide.all()
@@ -262,7 +265,7 @@ def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path)
   assert b["mask"][refused].sum() == 0 and b["mask"][~refused].sum() > 0
   assert b["valid"][wide].sum() == 0 and b["valid"][~wide].sum() > 0
   assert split.refused == set(split.images[wide].tolist())
-  c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not a silent run.
+  c.model.tower.max_aspect = 1.0001  # Now every image is refused: a clear error, not a silent run.
   with pytest.raises(ValueError, match="question could be asked: the resolution policy refused"):
     pretrain_tower.pretrain(c, tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1)
 
@@ -307,8 +310,9 @@ def test_the_command_line_exits_zero_and_writes_the_tower(data_dir, tmp_path):
 
 def _tower_file(c, path):
   """A freshly initialised tower's parameters, saved as pretrain_tower writes them."""
-  module = towers.tower_for(build.model_config(c, build.tokenizer(c).vocab_size).tower)
-  images = np.zeros((1, c.model.image_size, c.model.image_size, 3), np.float32)
+  config = build.model_config(c, build.tokenizer(c).vocab_size).tower
+  module = towers.tower_for(config)
+  images = config.policy("pad").blank()["images"][None]
   tower = jax.tree.map(np.asarray, nn.unbox(jax.jit(module.init)(jax.random.key(1),
                                                                  images)["params"]))
   files.save_params(path, tower)
@@ -319,10 +323,10 @@ def test_a_vit_loads_into_llava_hrs_split_vit_and_computes_the_same_states(data_
   """LLaVA-HR splits its ViT into block groups at the adapters; a plain ViT's blocks are
   renumbered into them on loading, so the split ViT computes the plain one's hidden states."""
   plain = tiny(data_dir)
-  plain.model.vit_depth = 4
+  plain.model.tower.vit.depth = 4
   source = _tower_file(plain, tmp_path / "vit.safetensors")["vit"]
   c = tiny(data_dir, tower="llava_hr")
-  c.model.vit_depth = 4
+  c.model.tower.vit.depth = 4
   c.train.init_params = f"tower/vit={tmp_path / 'vit.safetensors'}#vit"
   factory = _factory(c)
   split = factory.model.config.tower.tower_vit
@@ -347,10 +351,10 @@ def test_a_fusion_trains_on_loaded_frozen_encoders(data_dir, tmp_path):
   plain ViT tower) and the ConvNeXt (of another LLaVA-HR tower) keep their loaded values, the
   adapters' zero-initialised outputs move."""
   plain = tiny(data_dir)
-  plain.model.vit_depth = 4
+  plain.model.tower.vit.depth = 4
   vit_source = _tower_file(plain, tmp_path / "vit.safetensors")["vit"]
   c = tiny(data_dir, tower="llava_hr")
-  c.model.vit_depth = 4
+  c.model.tower.vit.depth = 4
   convnext_source = _tower_file(c, tmp_path / "hr.safetensors")["convnext"]
   pretrain_tower.pretrain(
       c, tmp_path / "run", steps=2, lr=1e-2, batch=4, eval_every=2, frozen="^tower/(vit|convnext)/",
@@ -369,10 +373,10 @@ def test_a_mini_gemini_fusion_trains_on_the_encoders_of_a_llava_hr_tower(data_di
   """`encoders_from`: every ViT and ConvNeXt of the tower starts from the file's and stays
   fixed (LLaVA-HR's split ViT regrouped into Mini-Gemini's plain one), the mining trains."""
   hr = tiny(data_dir, tower="llava_hr")
-  hr.model.vit_depth = 4
+  hr.model.tower.vit.depth = 4
   source = _tower_file(hr, tmp_path / "hr.safetensors")
   c = tiny(data_dir, tower="mini_gemini")
-  c.model.vit_depth = 4
+  c.model.tower.vit.depth = 4
   pretrain_tower.pretrain(c, tmp_path / "mg", steps=2, batch=4, lr=1e-2, eval_every=2,
                           encoders_from=str(tmp_path / "hr.safetensors"))
   trained = files.load_params(tmp_path / "mg" / files.PARAMS_FILE)
@@ -393,11 +397,11 @@ def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir,
   that is nothing but the shared encoders (LLaVA-1.5's ViT) is written as loaded, in either
   mode; `finished` keeps a run only under the settings it ran with."""
   hr = tiny(data_dir, tower="llava_hr")
-  hr.model.vit_depth = 4
+  hr.model.tower.vit.depth = 4
   source = _tower_file(hr, tmp_path / "hr.safetensors")
   shared = str(tmp_path / "hr.safetensors")
   c = tiny(data_dir, tower="mini_gemini")
-  c.model.vit_depth = 4
+  c.model.tower.vit.depth = 4
   settings = {"steps": 2, "batch": 4, "lr": 1e-2, "encoders_from": shared,
               "train_encoders": True}
   pretrain_tower.pretrain(c, tmp_path / "mg", eval_every=2, **settings)
@@ -414,7 +418,7 @@ def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir,
   (tmp_path / "mg" / "pretrain.json").write_text(json.dumps(record))
   assert pretrain_tower.finished(tmp_path / "mg", {**settings, "train_encoders": False})
   plain = tiny(data_dir)
-  plain.model.vit_depth = 4
+  plain.model.tower.vit.depth = 4
   for train_encoders in (False, True):
     workdir = tmp_path / f"plain_{train_encoders}"
     assert pretrain_tower.pretrain(plain, workdir, steps=2, batch=4, lr=1e-2, eval_every=2,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax import sampling
+from mmjax.models import connectors
 from mmjax.models import llm
 from mmjax.models import mllm
 from mmjax.models import towers
@@ -265,7 +266,7 @@ def test_mrope_native_generation_equals_full_recomputation():
           max_patches=32),
       llm=llm.LLMConfig(vocab_size=61, width=32, depth=2, num_heads=4, num_kv_heads=2,
                         mlp_dim=48, mrope_sections=(1, 1, 2)),
-      projector="identity", image_token_id=IMAGE)
+      connector=connectors.ProjectorConfig("identity"), image_token_id=IMAGE)
   rng = np.random.default_rng(1)
   natives = [patches_lib.patchify(rng.normal(size=s).astype(np.float32), 4, 2)
              for s in [(16, 16, 3), (8, 24, 3)]]

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import config_args
 from mmjax import sharding
 from mmjax.models import towers
 from mmjax.training import build
+from tests import method_configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MESHES = [(2, 2, 2), (1, 1, 8)]
@@ -23,13 +23,13 @@ SHAPES = [(64, 64), (40, 90), (90, 40), (128, 96), (33, 47), (100, 100), (70, 12
 
 
 def _tower(name: str):
-  c = config_args.get_config(ROOT / "configs" / "default.py", f"size=tiny,tower={name}")
-  c.model.vit_width, c.model.vit_heads, c.model.vit_mlp_dim = 32, 8, 64
+  c = method_configs.get(name, "size=tiny")
+  c.model.tower.vit.width, c.model.tower.vit.num_heads, c.model.tower.vit.mlp_dim = 32, 8, 64
   config = build.model_config(c, 64).tower
-  policy = build.policy(c)
+  policy = config.policy(c.data.aspect)
   rng = np.random.default_rng(0)
   rows = [policy(rng.integers(0, 256, (*shape, 3), np.uint8)) for shape in SHAPES]
-  inputs = [np.stack([row[k] for row in rows]) for k in towers.inputs(config)]
+  inputs = [np.stack([row[k] for row in rows]) for k in config.INPUTS]
   return towers.tower_for(config), inputs
 
 

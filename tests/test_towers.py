@@ -347,7 +347,7 @@ def test_oryx_7b_tower_shapes_without_allocating():
                              "size=7b")
   config = build.model_config(c, 32000).tower
   module = towers.tower_for(config)
-  inputs = build.oryx_views(c.model).blank()
+  inputs = config.policy(c.data.aspect).blank()
   spec = [jax.ShapeDtypeStruct((1, *inputs[k].shape), inputs[k].dtype) for k in config.INPUTS]
   variables = jax.eval_shape(module.init, jax.random.key(0), *spec)
   sharding.check_names(variables)

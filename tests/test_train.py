@@ -26,6 +26,7 @@ from mmjax.training import loop
 from mmjax.training import optim
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
+from tests import method_configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "default.py"
@@ -47,8 +48,11 @@ def data_dir(tmp_path_factory):
 def tiny(data_dir, steps=4, **overrides):
   c = config_args.get_config(DEFAULT, f"size=tiny,steps={steps}")
   for key, value in {**OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
-    section, name = key.split(".")
-    setattr(c[section], name, value)
+    *path, name = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    setattr(node, name, value)
   return c
 
 
@@ -130,11 +134,17 @@ def test_config_typos_fail_listing_valid_keys():
   with pytest.raises(AttributeError, match="Did you mean \"lr\""):
     c.train.lrr = 1.0
   with pytest.raises(ValueError,
-                     match=r"valid: \['patch', 'pretrain', 'res', 'size', 'steps', 'tower'\]"):
+                     match=r"valid: \['patch', 'pretrain', 'res', 'size', 'steps'\]"):
     config_args.get_config(DEFAULT, "sise=tiny")
-  with pytest.raises(ValueError, match=r"valid: \['eagle', 'internvl', 'leo', 'llava_hr', "
-                     r"'mini_gemini', 'onevision', 'oryx', 'qwen2vl', 'vit', 'xcomposer'\]"):
-    config_args.get_config(DEFAULT, "tower=resnet")
+  c.model.tower.name = "resnet"
+  with pytest.raises(ValueError, match=r"Unknown tower 'resnet'; valid: \['eagle', 'internvl', "
+                     r"'leo', 'llava_hr', 'mini_gemini', 'onevision', 'oryx', 'qwen2vl', 'vit', "
+                     r"'xcomposer'\]"):
+    build.model_config(c, 300)
+  c = config_args.get_config(DEFAULT, "size=tiny")
+  c.model.connector.name = "qformer"
+  with pytest.raises(ValueError, match=r"Unknown connector 'qformer'; valid: \[.*'mlp'"):
+    build.model_config(c, 300)
   with pytest.raises(ValueError, match=r"valid: \['7b', 'base', 'small', 'tiny'\]"):
     config_args.get_config(DEFAULT, "size=huge")
   with pytest.raises(FileNotFoundError, match="no_such.py"):
@@ -152,21 +162,22 @@ def test_eagle_and_leo_take_the_encoders_named():
     c = config_args.get_config(ROOT / "configs" / f"{tower}.py", "size=tiny")
     both = build.model_config(c, 300).tower.encoders
     assert [e.convnext is None for e in both] == [True, False]
-    c.model.encoders = "convnext"
+    c.model.tower.encoders = "convnext"
     (alone,) = build.model_config(c, 300).tower.encoders
     assert alone == both[1]
     for bad in ("convnext,convnext", "vit,sam", ""):
-      c.model.encoders = bad
+      c.model.tower.encoders = bad
       with pytest.raises(ValueError, match=r"must name distinct encoders from \['convnext', "
                          r"'vit'\]"):
         build.model_config(c, 300)
 
 
 def test_vit_stem_reaches_every_vit_and_native_towers_refuse_it():
-  """`model.vit_stem` builds every ViT of the towers that have one (the hMLP at CPU sizes, CLIP's
-  linear patch map at the papers' size); the packed native towers embed patches their own way."""
+  """`vit.stem` builds every ViT of the towers that have one (the hMLP at CPU sizes, CLIP's
+  linear patch map at the papers' size); the packed native towers embed patches their own way
+  and have no such field."""
   for tower in ("vit", "llava_hr", "internvl", "eagle"):
-    c = config_args.get_config(DEFAULT, f"size=tiny,tower={tower}")
+    c = method_configs.get(tower, "size=tiny")
     tower_config = build.model_config(c, 300).tower
     vits = [e.vit for e in tower_config.encoders if e.vit] if tower == "eagle" else [
         tower_config.vit]
@@ -174,13 +185,10 @@ def test_vit_stem_reaches_every_vit_and_native_towers_refuse_it():
   big = config_args.get_config(DEFAULT, "size=7b")
   assert build.model_config(big, 300).tower.vit.stem == "patch"
   for tower in ("qwen2vl", "oryx"):
-    c = config_args.get_config(DEFAULT, f"size=tiny,tower={tower}")
-    assert c.model.vit_stem == "patch"
+    c = method_configs.get(tower, "size=tiny")
     build.model_config(c, 300)
-    c.model.vit_stem = "hmlp"
-    with pytest.raises(ValueError, match=f"vit_stem='hmlp': the {tower} tower.*valid for it: "
-                       "'patch'"):
-      build.model_config(c, 300)
+    with pytest.raises(AttributeError, match="stem"):
+      c.model.tower.vit.stem = "hmlp"
 
 
 def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_path):
@@ -324,18 +332,19 @@ def test_config_arguments_resize_the_budgets_and_keep_the_text_room(method):
   (256 tokens minus the 49 of a 224-px ViT at patch 32) beside the tower's visual tokens."""
   for arg in ("", ",patch=16", ",res=448"):
     c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=small" + arg)
-    tokens = build.num_image_tokens(build.model_config(c, 300), c)
-    assert c.data.max_len - tokens == 256 - 49, arg
+    config = build.model_config(c, 300)
+    tokens = config.max_visual_tokens
+    assert build.max_len(c, config) - tokens == 256 - 49, arg
     if arg == ",patch=16":
-      assert c.model.patch_size == 16
+      assert c.model.tower.vit.patch_size == 16
       if method in ("llava15", "qwen2vl", "internvl15"):  # 224 px at patch 16: 14 × 14.
         assert tokens == 196
 
 
 def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
   loop.train(tiny(data_dir, steps=2), tmp_path)
-  with pytest.raises(ValueError, match="llm_width"):
-    loop.train(tiny(data_dir, steps=4, **{"model.llm_width": 128}), tmp_path)
+  with pytest.raises(ValueError, match=r"model\.llm\.width.*\(64, 128\)"):
+    loop.train(tiny(data_dir, steps=4, **{"model.llm.width": 128}), tmp_path)
 
 
 @pytest.mark.parametrize("method", ["llava15", "llava_hr", "mini_gemini", "eagle", "leo",
@@ -355,7 +364,7 @@ def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_pat
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
   config = json.loads((tmp_path / "config.json").read_text())
-  assert config["model"]["tower"] == c.model.tower
+  assert config["model"]["tower"] == c.model.tower.to_dict()
   result = evaluation.evaluate(c, tmp_path)
   assert sum(result["questions"].values()) > 0 and np.isfinite(result["loss"])
 
@@ -363,7 +372,7 @@ def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_pat
 def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
   c = config_args.get_config(ROOT / "configs" / "oryx.py", "size=tiny")
   c.data.data_dir, c.data.eval_examples = data_dir, 16
-  c.model.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
+  c.model.tower.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
   tok = build.tokenizer(c)
   source = build.data_source(c, c.data.eval_split)
   asked = evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
@@ -371,7 +380,7 @@ def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
           min(source[i]["height"], source[i]["width"]) > 1.3]
   assert 0 < len(wide) < 16 and asked.refused == wide
   assert len(asked.image_tokens) == 16 - len(wide)
-  c.model.max_aspect = 1.0001  # Now every image is refused: a clear error, not an empty score.
+  c.model.tower.max_aspect = 1.0001  # Now every image is refused: a clear error, not an empty score.
   with pytest.raises(ValueError, match="refused all 16 evaluated images"):
     evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
 

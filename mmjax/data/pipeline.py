@@ -59,6 +59,8 @@ class FixedResolution:
   mean: tuple[float, float, float] = CLIP_MEAN
   std: tuple[float, float, float] = CLIP_STD
 
+  mrope = False  # Text positions are 1D (NativeResolution's are M-RoPE's).
+
   def __post_init__(self):
     if self.aspect not in ASPECTS:
       raise ValueError(f"Unknown aspect {self.aspect!r}; valid: {ASPECTS}.")
@@ -84,6 +86,10 @@ class FixedResolution:
 
   def blank(self) -> dict[str, np.ndarray]:
     return {key: np.zeros((s, s, 3), np.float32) for key, s in zip(self.keys, self.sizes)}
+
+  def num_tokens(self, image: np.ndarray) -> None:
+    del image
+    return None  # Every image gives the tower's fixed count.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +174,7 @@ class InternVLTiles:
   mean: tuple[float, float, float] = IMAGENET_MEAN
   std: tuple[float, float, float] = IMAGENET_STD
 
+  mrope = False
   keys = ("tiles", "tile_mask")
 
   @property
@@ -210,6 +217,7 @@ class AnyResCrops:
   mean: tuple[float, float, float] = CLIP_MEAN
   std: tuple[float, float, float] = CLIP_STD
 
+  mrope = False
   keys = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
 
   def __post_init__(self):
@@ -271,6 +279,7 @@ class HDCrops:
   mean: tuple[float, float, float] = CLIP_MEAN
   std: tuple[float, float, float] = CLIP_STD
 
+  mrope = False
   keys = ("hd_crops", "hd_index", "hd_kind")
 
   @property
@@ -329,6 +338,7 @@ class OryxViews:
   mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
   std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
+  mrope = False
   keys = ("patches", "patch_segments", "pos_index", "pos_weight", "oryx_index", "oryx_kind")
 
   def __post_init__(self):
@@ -366,7 +376,7 @@ class OryxViews:
     if max(h, w) / min(h, w) > self.max_aspect:
       raise ImageRefused(f"Image of {h}x{w} has an aspect ratio over max_aspect="
                        f"{self.max_aspect}; the Oryx policy's static budget assumes at most "
-                       "that (raise model.max_aspect).")
+                       "that (raise model.tower.max_aspect).")
 
   def num_tokens(self, image: np.ndarray) -> int:
     self._check(image)
@@ -407,8 +417,9 @@ class OryxViews:
 
 def image_tokens(policy: Any, image: np.ndarray, fixed: int) -> int:
   """Visual tokens of `image` under `policy`: its own count for a policy whose count depends on
-  the image (native resolution), else the tower's `fixed` count."""
-  return policy.num_tokens(image) if hasattr(policy, "num_tokens") else fixed
+  the image (native resolution, tiles, crops), else the tower's `fixed` count."""
+  count = policy.num_tokens(image)
+  return fixed if count is None else count
 
 
 def _text(value: Any) -> str:
@@ -443,21 +454,28 @@ class FormatExample(grain.transforms.RandomMap):
 
   def __init__(self, *, task: str, template: str, tokenizer: tokenizer_lib.Tokenizer,
                num_image_tokens: int, max_len: int, policy: Callable[[np.ndarray], dict],
-               max_questions: int | None = None, kinds: tuple[str, ...] = ()):
+               max_questions: int | None = None, kinds: tuple[str, ...] = (),
+               visual_tokens: Callable[[int], int] | None = None):
+    """`num_image_tokens`: the placeholders of the largest image; `visual_tokens` maps the
+    tower's tokens of an image to the decoder's (the connector's count; None: the same)."""
     if task not in TASKS:
       raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
     tokenizer_lib.get_template(template)
     self.task, self.template, self.tokenizer = task, template, tokenizer
     self.num_image_tokens, self.max_len, self.policy = num_image_tokens, max_len, policy
     self.max_questions, self.kinds = max_questions, tuple(kinds)
+    self.visual_tokens = visual_tokens
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
     row = {"dropped": np.int32(0), "truncated": np.int32(0), "has_image": np.int32(has_image)}
     try:
       views = self.policy(record["image"]) if has_image else self.policy.blank()
-      num_image_tokens = (image_tokens(self.policy, record["image"], self.num_image_tokens)
-                          if has_image else self.num_image_tokens)
+      num_image_tokens = self.num_image_tokens
+      if has_image and self.policy.num_tokens(record["image"]) is not None:
+        num_image_tokens = self.policy.num_tokens(record["image"])
+        if self.visual_tokens is not None:
+          num_image_tokens = self.visual_tokens(num_image_tokens)
       encoded = tokenizer_lib.encode_conversation(
           self.template, conversation_of(record, self.task, rng, self.max_questions, self.kinds),
           self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
@@ -470,7 +488,7 @@ class FormatExample(grain.transforms.RandomMap):
     row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
                                           image_id=self.tokenizer.image_id))
     row.update(views)
-    if getattr(self.policy, "mrope", False):
+    if self.policy.mrope:
       row["positions"] = mrope_row(ids, self.max_len, self.tokenizer.image_id,
                                    row["image_grid"], self.policy.merge_size)
     return row

@@ -21,6 +21,23 @@ MLP_RATIO = 4  # Hidden width of the block MLP relative to the stage width.
 _DW_KERNEL = 7  # Depthwise kernel size; HF pads by 3 on every side, keeping the map size.
 
 
+# Named sizes: the CPU sizes trained from scratch here and CLIP-ConvNeXt-L. Configs expand one
+# into their `convnext` block (configs/common.py).
+VARIANTS = {
+    "tiny": dict(widths=(8, 16, 16, 32), depths=(1, 1, 1, 1)),
+    "small": dict(widths=(24, 48, 96, 128), depths=(1, 1, 1, 1)),
+    "base": dict(widths=(48, 96, 192, 256), depths=(1, 1, 3, 1)),
+    "L": dict(widths=(192, 384, 768, 1536), depths=(3, 3, 27, 3)),
+}
+
+
+def variant(name: str) -> dict[str, tuple[int, ...]]:
+  """The fields of a named size (`VARIANTS`)."""
+  if name not in VARIANTS:
+    raise ValueError(f"Unknown ConvNeXt variant {name!r}; valid: {sorted(VARIANTS)}.")
+  return dict(VARIANTS[name])
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvNeXtConfig:
   widths: tuple[int, ...] = (192, 384, 768, 1536)  # Channels of each stage (CLIP-ConvNeXt-L).
@@ -262,3 +279,11 @@ class ConvNeXt(nn.Module):
     if self.is_initializing():
       self.pool(x)  # Creates `final_norm`'s parameters; callers apply `pool` when they need it.
     return maps
+
+
+def from_block(block, common: dict) -> "ConvNeXtConfig":
+  """The ConvNeXtConfig of a config block holding its fields (e.g. `c.model.tower.convnext`),
+  with the model's shared dtypes, scan and remat settings."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(block).items()}
+  return ConvNeXtConfig(**fields, **{k: common[k] for k in ("dtype", "param_dtype", "scan_layers",
+                                                           "remat")})

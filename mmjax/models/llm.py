@@ -19,6 +19,23 @@ from mmjax.models import stack
 Cache = dict[str, Array]  # {"k", "v": [layers B S K H], "valid": [B S] bool, "index": [] int32}
 
 
+# Named sizes (width, depth, heads, MLP width): the CPU sizes trained from scratch here and
+# LLaMA-2-7B / Vicuna-7B. Configs expand one into their `llm` block (configs/common.py).
+VARIANTS = {
+    "tiny": dict(width=64, depth=2, num_heads=2, num_kv_heads=2, mlp_dim=256),
+    "small": dict(width=192, depth=4, num_heads=4, num_kv_heads=4, mlp_dim=768),
+    "base": dict(width=384, depth=6, num_heads=6, num_kv_heads=6, mlp_dim=1536),
+    "7b": dict(width=4096, depth=32, num_heads=32, num_kv_heads=32, mlp_dim=11008),
+}
+
+
+def variant(name: str) -> dict[str, int]:
+  """The fields of a named size (`VARIANTS`)."""
+  if name not in VARIANTS:
+    raise ValueError(f"Unknown LLM variant {name!r}; valid: {sorted(VARIANTS)}.")
+  return dict(VARIANTS[name])
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
   vocab_size: int = 32000
@@ -153,3 +170,11 @@ class Decoder(nn.Module):
                      segment_ids: Int[Array, "B T"], cache: Cache | None = None):
     """`embed` then `__call__`: a text-only forward pass."""
     return self(self.embed(tokens), positions, segment_ids, cache)
+
+
+def from_block(block, common: dict, vocab_size: int) -> LLMConfig:
+  """The LLMConfig of a config block holding its fields (`c.model.llm`), with the model's shared
+  settings; a `vocab_size` of 0 there takes the tokenizer's `vocab_size`."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(block).items()}
+  fields["vocab_size"] = fields.get("vocab_size") or vocab_size
+  return LLMConfig(**fields, **common)

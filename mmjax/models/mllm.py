@@ -4,14 +4,18 @@ A batch is a flat dict of static-shape arrays:
   tokens [B L] (the image placeholder id once per visual token), positions [B L] (or [B L 3]
   for an M-RoPE LLM), segment_ids [B L] (0 = padding), targets [B L] (the next token),
   loss_mask [B L] (1 on answer tokens), and the tower's inputs: images [B H W 3] (normalised
-  pixels), or a native-resolution tower's patches (see `towers.inputs`); ignored for rows
+  pixels), or a native-resolution tower's patches (the tower's `INPUTS`); ignored for rows
   without placeholders, so a batch can mix samples with and without an image.
+
+The parts are chosen by their configs' types (each part's registry, `towers.base` and
+`connectors.base`): this module never asks which tower or connector it holds.
 """
 import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from mmjax.models import connectors
@@ -24,14 +28,25 @@ from mmjax.models import towers
 class MLLMConfig:
   tower: towers.TowerConfig = towers.ViTTowerConfig()  # Which vision tower, and its config.
   llm: llm_lib.LLMConfig = llm_lib.LLMConfig()  # The decoder (LLaMA-2-7B / Vicuna-7B shape by default).
-  projector: str = "mlp2x_gelu"  # "linear" (LLaVA) or "mlp<N>x_gelu" (LLaVA-1.5: mlp2x_gelu).
+  # Tower features → the LLM's width (LLaVA-1.5's mlp2x_gelu projector by default).
+  connector: connectors.ConnectorConfig = connectors.ProjectorConfig()
   image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).
 
   def __post_init__(self):
-    connectors.validate_projector(self.projector)
     if 0 <= self.image_token_id < self.llm.vocab_size:
       raise ValueError(f"image_token_id={self.image_token_id} lies inside the vocabulary "
                        f"[0, {self.llm.vocab_size}); use an id outside it, as LLaVA's -200.")
+    self.max_visual_tokens  # A connector that cannot take the tower's tokens fails here.
+
+  @property
+  def max_visual_tokens(self) -> int:
+    """The placeholders a row reserves: the connector's tokens for the tower's largest image."""
+    return self.connector.num_tokens(self.tower.max_tokens)
+
+  def visual_tokens(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    """int [B]: the visual tokens each row's views give the decoder."""
+    return np.asarray([self.connector.num_tokens(int(n))
+                       for n in self.tower.visual_tokens(views)], np.int32)
 
 
 def merge_embeddings(text: Float[Array, "B L D"], visual: Float[Array, "B N D"],
@@ -53,13 +68,21 @@ class MLLM(nn.Module):
   def setup(self):
     cfg = self.config
     self.tower = towers.tower_for(cfg.tower)
-    self.projector = connectors.Projector(cfg.projector, cfg.llm.width, dtype=cfg.llm.dtype,
-                                          param_dtype=cfg.llm.param_dtype)
+    # Named "projector" whatever the connector: LLaVA's parameter paths (`^projector/`).
+    self.projector = connectors.module_for(cfg.connector, cfg.llm.width, dtype=cfg.llm.dtype,
+                                           param_dtype=cfg.llm.param_dtype)
     self.llm = llm_lib.Decoder(cfg.llm)
 
-  def encode_images(self, views: dict[str, Array]) -> Float[Array, "B N D"]:
-    """Visual tokens in the LLM's embedding space, from the tower's inputs (`towers.inputs`)."""
-    return self.projector(self.tower(*(views[k] for k in towers.inputs(self.config.tower))))
+  def encode_images(self, views: dict[str, Array], text: Float[Array, "B L D"] | None = None,
+                    text_mask: Bool[Array, "B L"] | None = None) -> Float[Array, "B M D"]:
+    """Visual tokens in the LLM's embedding space, from the tower's inputs (its `INPUTS`);
+    a connector that reads text also gets the prompt's embeddings and their mask."""
+    features = self.tower(*(views[k] for k in self.config.tower.INPUTS))
+    if self.config.connector.READS_TEXT:
+      if text is None:
+        raise ValueError("This connector reads the prompt: encode_images needs its embeddings.")
+      return self.projector(features, text, text_mask)
+    return self.projector(features)
 
   def embed(self, tokens: Int[Array, "B L"], views: dict[str, Array] | None
             ) -> Float[Array, "B L D"]:
@@ -67,12 +90,13 @@ class MLLM(nn.Module):
     text = self.llm.embed(jnp.where(is_visual, 0, tokens))
     if views is None:
       return text
-    return layers.constrain(merge_embeddings(text, self.encode_images(views), is_visual),
+    visual = self.encode_images(views, text, ~is_visual)
+    return layers.constrain(merge_embeddings(text, visual, is_visual),
                             ("batch", "length", "embed"))
 
   def __call__(self, batch: dict[str, Array], cache: llm_lib.Cache | None = None
                ) -> tuple[Float[Array, "B L V"], llm_lib.Cache | None]:
-    keys = towers.inputs(self.config.tower)
+    keys = self.config.tower.INPUTS
     present = [k for k in keys if k in batch]
     if present and len(present) != len(keys):
       raise ValueError(f"The tower reads {list(keys)}; the batch has only {present}.")

@@ -25,6 +25,15 @@ from mmjax.models import stack
 
 POSITION_EMBEDDINGS = ("learned", "none")
 STEMS = ("patch", "hmlp")
+# Named sizes (width, depth, heads, MLP width): the CPU sizes trained from scratch here, CLIP's
+# ViT-L and SigLIP-so400m. Configs expand one into their `vit` block (configs/common.py).
+VARIANTS = {
+    "tiny": dict(width=32, depth=2, num_heads=2, mlp_dim=128),
+    "small": dict(width=128, depth=4, num_heads=4, mlp_dim=512),
+    "base": dict(width=256, depth=6, num_heads=8, mlp_dim=1024),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "so400m": dict(width=1152, depth=27, num_heads=16, mlp_dim=4304),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +109,19 @@ class ViTConfig:
   def stem_cells(self) -> tuple[int, ...]:
     """The hMLP stem's cell side per level: 4, then 2 until the patch side (patch 32: 4,2,2,2)."""
     return (4,) + (2,) * ((self.patch_size // 4).bit_length() - 1)
+
+
+def variant(name: str) -> dict[str, int]:
+  """The fields of a named size (`VARIANTS`)."""
+  if name not in VARIANTS:
+    raise ValueError(f"Unknown ViT variant {name!r}; valid: {sorted(VARIANTS)}.")
+  return dict(VARIANTS[name])
+
+
+def from_block(block, common: dict, **overrides) -> ViTConfig:
+  """The ViTConfig of a config block holding its fields (e.g. `c.model.tower.vit`), with the
+  model's shared settings (`common`: dtypes, scan, remat, attention) and `overrides` on top."""
+  return ViTConfig(**{**dict(block), **overrides}, **common)
 
 
 def hr_clip(config: ViTConfig) -> ViTConfig:

@@ -16,13 +16,10 @@ from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import questions
 from mmjax.data.datasets import scenes
-from mmjax.models import convnext
+from mmjax.models import connectors
 from mmjax.models import llm
 from mmjax.models import mllm
-from mmjax.models import mr_adapter
-from mmjax.models import native_vit
 from mmjax.models import towers
-from mmjax.models import vit
 
 
 def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
@@ -41,105 +38,32 @@ def tokenizer(c: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.HFTokenizer.from_file(spec, eos="</s>", pad="<unk>", bos="<s>")
 
 
-def _vit(m: ml_collections.ConfigDict, image_size: int, common: dict) -> vit.ViTConfig:
-  return vit.ViTConfig(image_size=image_size, patch_size=m.patch_size, width=m.vit_width,
-                       depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
-                       act=m.vit_act, stem=m.vit_stem, **common)
-
-
-def _convnext(m: ml_collections.ConfigDict, common: dict) -> convnext.ConvNeXtConfig:
-  return convnext.ConvNeXtConfig(widths=tuple(m.convnext_widths), depths=tuple(m.convnext_depths),
-                                 layer_scale_init=m.convnext_layer_scale, dtype=common["dtype"],
-                                 param_dtype=common["param_dtype"],
-                                 scan_layers=common["scan_layers"], remat=common["remat"])
-
-
-def _mixed_encoders(m: ml_collections.ConfigDict, common: dict) -> tuple[towers.EncoderSpec, ...]:
-  """EAGLE / LEO's encoders named by `model.encoders`: the low-resolution ViT and / or the
-  high-resolution ConvNeXt, in the order given."""
-  specs = {"vit": lambda: towers.EncoderSpec(vit=_vit(m, m.low_res, common), image_size=m.low_res,
-                                             select=m.select_layer),
-           "convnext": lambda: towers.EncoderSpec(convnext=_convnext(m, common),
-                                                  image_size=m.image_size,
-                                                  select=m.convnext_stage)}
-  names = [n.strip() for n in m.encoders.split(",")]
-  if not names or any(n not in specs for n in names) or len(set(names)) != len(names):
-    raise ValueError(f"model.encoders={m.encoders!r} must name distinct encoders from "
-                     f"{sorted(specs)}, comma-separated.")
-  return tuple(specs[n]() for n in names)
-
-
-# Towers that embed packed patches with one linear map of their own (Qwen2-VL's, SigLIP's), not
-# through a ViT's stem: `model.vit_stem` must be "patch" for them.
-LINEAR_PATCH_TOWERS = ("qwen2vl", "oryx")
-
-
-def tower_config(m: ml_collections.ConfigDict, llm_width: int, common: dict) -> towers.TowerConfig:
-  """The tower named by `model.tower`, from the flat `model` fields (see configs/default.py)."""
-  name = m.tower
-  if name not in towers.TOWERS:
-    raise ValueError(f"Unknown tower {name!r}; valid: {sorted(towers.TOWERS)}.")
-  if name in LINEAR_PATCH_TOWERS and m.vit_stem != "patch":
-    raise ValueError(f"model.vit_stem={m.vit_stem!r}: the {name} tower embeds packed patches with "
-                     "one linear map (its paper's); valid for it: 'patch'.")
-  if name == "vit":
-    return towers.ViTTowerConfig(_vit(m, m.image_size, common), select_layer=m.select_layer)
-  if name == "llava_hr":
-    return towers.LLaVAHRTowerConfig(
-        vit=_vit(m, m.vit_table or m.low_res, common), convnext=_convnext(m, common),
-        image_size=m.image_size, vit_input=m.low_res,
-        adapter=mr_adapter.MRAdapterConfig(gate=m.adapter_gate),
-        adapter_after=tuple(m.adapter_after))
-  if name == "mini_gemini":
-    return towers.MiniGeminiTowerConfig(
-        vit=_vit(m, m.low_res, common), convnext=_convnext(m, common), image_size=m.image_size,
-        select_layer=m.select_layer, hd=m.mgm_hd)
-  if name == "qwen2vl":
-    return towers.Qwen2VLTowerConfig(
-        vit=native_vit.NativeViTConfig(
-            patch_size=m.patch_size, width=m.vit_width, depth=m.vit_depth, num_heads=m.vit_heads,
-            mlp_dim=m.vit_mlp_dim, act=m.vit_act, out_width=llm_width, **common),
-        max_patches=m.max_patches)
-  if name == "internvl":
-    return towers.InternVLTowerConfig(vit=_vit(m, m.tile, common), max_num=m.max_num)
-  if name == "xcomposer":
-    return towers.XComposerTowerConfig(vit=_vit(m, m.tile, common), select_layer=m.select_layer,
-                                       hd_num=m.hd_num, budget=hd_crops(m).budget)
-  if name == "oryx":
-    views = oryx_views(m)
-    return towers.OryxTowerConfig(
-        vit=vit.ViTConfig(image_size=m.patch_size, patch_size=m.patch_size, width=m.vit_width,
-                          depth=m.vit_depth, num_heads=m.vit_heads, mlp_dim=m.vit_mlp_dim,
-                          act=m.vit_act, norm_eps=1e-6, use_cls=False, pre_norm=False,
-                          position_embedding="none", **common),
-        table=m.pos_table, ratio=m.oryx_ratio, out_width=llm_width,
-        max_patches=views.max_patches, budget=views.budget)
-  if name == "onevision":
-    crops = anyres_crops(m)
-    return towers.OneVisionTowerConfig(
-        vit=_vit(m, m.image_size, common), select_layer=m.select_layer,
-        projector=m.anyres_projector, out_width=llm_width, max_crops_in=crops.max_crops_in,
-        budget=crops.budget)
-  if name == "eagle":
-    return towers.EagleTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
-                                   grid=m.grid, fusion=m.fusion)
-  return towers.LEOTowerConfig(encoders=_mixed_encoders(m, common), image_size=m.image_size,
-                               grid=m.grid, out_width=llm_width)
+def _common(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The settings every network of the model shares (`c.model`'s dtypes, scan, remat and
+  attention)."""
+  m = c.model
+  return dict(scan_layers=m.scan_layers, remat=m.remat, dtype=m.dtype, param_dtype=m.param_dtype,
+              attention_impl=m.attention_impl)
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConfig:
-  m = c.model
-  common = dict(scan_layers=m.scan_layers, remat=m.remat, dtype=m.dtype,
-                param_dtype=m.param_dtype, attention_impl=m.attention_impl)
-  decoder = llm.LLMConfig(vocab_size=m.vocab_size or vocab_size, width=m.llm_width,
-                          depth=m.llm_depth, num_heads=m.llm_heads, num_kv_heads=m.llm_kv_heads,
-                          mlp_dim=m.llm_mlp_dim, rope_theta=m.rope_theta,
-                          mrope_sections=tuple(m.mrope_sections), **common)
+  """The MLLM `c.model` describes: its tower (`c.model.tower.name`, `mmjax.models.towers`), its
+  connector (`c.model.connector.name`, `mmjax.models.connectors`) and its decoder
+  (`c.model.llm`); `vocab_size` is the tokenizer's."""
+  m, common = c.model, _common(c)
+  decoder = llm.from_block(m.llm, common, vocab_size)
   if decoder.vocab_size < vocab_size:
-    raise ValueError(f"model.vocab_size={decoder.vocab_size} is smaller than the tokenizer's "
-                     f"{vocab_size}.")
-  return mllm.MLLMConfig(tower=tower_config(m, decoder.width, common), llm=decoder,
-                         projector=m.projector, image_token_id=tokenizer_lib.IMAGE_ID)
+    raise ValueError(f"model.llm.vocab_size={decoder.vocab_size} is smaller than the "
+                     f"tokenizer's {vocab_size}.")
+  return mllm.MLLMConfig(tower=towers.from_config(m.tower, common, decoder.width), llm=decoder,
+                         connector=connectors.from_config(m.connector),
+                         image_token_id=tokenizer_lib.IMAGE_ID)
+
+
+def max_len(c: ml_collections.ConfigDict, config: mllm.MLLMConfig) -> int:
+  """Tokens per row: `data.max_len`, or when 0 the text room `data.text_len` plus the most
+  visual tokens an image gives the model."""
+  return c.data.max_len or c.data.text_len + config.max_visual_tokens
 
 
 def _dataset(c: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -173,62 +97,18 @@ def data_source(c: ml_collections.ConfigDict, split: str):
   return sources[split]
 
 
-def anyres_crops(m: ml_collections.ConfigDict) -> pipeline.AnyResCrops:
-  """LLaVA-OneVision's crops: canvases of 1…anyres_grid crops a side, `anyres_max` budget."""
-  candidates = tuple((m.image_size * r, m.image_size * c) for r in range(1, m.anyres_grid + 1)
-                     for c in range(1, m.anyres_grid + 1))
-  return pipeline.AnyResCrops(crop=m.image_size, grid=m.image_size // m.patch_size,
-                              candidates=candidates, anyres_max=m.anyres_max)
-
-
-def oryx_views(m: ml_collections.ConfigDict) -> pipeline.OryxViews:
-  """Oryx's low-resolution (about low_res² pixels) and native (up to image_size²) views."""
-  return pipeline.OryxViews(patch=m.patch_size, ratio=m.oryx_ratio,
-                            multiple=m.patch_size * max(2, m.oryx_ratio), low_base=m.low_res,
-                            max_res=m.image_size, table=m.pos_table, max_aspect=m.max_aspect)
-
-
-def hd_crops(m: ml_collections.ConfigDict) -> pipeline.HDCrops:
-  """XComposer2-4KHD's canvas of at most `hd_num` tiles of `tile` px."""
-  return pipeline.HDCrops(tile=m.tile, hd_num=m.hd_num, grid=m.tile // m.patch_size // 2)
-
-
-def policy(c: ml_collections.ConfigDict) -> Any:
-  """The resolution policy (`mmjax.data.pipeline`) the config's tower reads its views from."""
-  if c.model.tower == "qwen2vl":
-    return pipeline.NativeResolution(patch_size=c.model.patch_size, min_pixels=c.model.min_pixels,
-                                     max_patches=c.model.max_patches)
-  if c.model.tower == "internvl":
-    grid = c.model.tile // c.model.patch_size
-    return pipeline.InternVLTiles(tile=c.model.tile, max_num=c.model.max_num,
-                                  tokens_per_tile=(grid // 2) ** 2)
-  if c.model.tower == "onevision":
-    return anyres_crops(c.model)
-  if c.model.tower == "xcomposer":
-    return hd_crops(c.model)
-  if c.model.tower == "oryx":
-    return oryx_views(c.model)
-  return pipeline.FixedResolution((c.model.image_size,), aspect=c.data.aspect)
-
-
-def num_image_tokens(config: mllm.MLLMConfig, c: ml_collections.ConfigDict) -> int:
-  """Visual tokens per image (for a dynamic-resolution tower: the most an image can get)."""
-  if c.model.tower == "qwen2vl":
-    return c.model.max_patches // config.tower.vit.merge_size ** 2
-  if c.model.tower == "internvl":
-    return config.tower.max_tiles * config.tower.tokens_per_tile
-  if c.model.tower == "onevision":
-    return config.tower.max_tokens
-  if c.model.tower in ("xcomposer", "oryx"):
-    return config.tower.budget
-  return config.tower.num_tokens(c.model.image_size, c.model.image_size)
+def policy(c: ml_collections.ConfigDict, config: mllm.MLLMConfig | None = None) -> Any:
+  """The resolution policy (`mmjax.data.pipeline`) the model's tower reads its views from."""
+  config = config or model_config(c, vocab_size=1)  # The policy ignores the vocabulary.
+  return config.tower.policy(c.data.aspect)
 
 
 def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
               tok: tokenizer_lib.Tokenizer) -> pipeline.FormatExample:
   return pipeline.FormatExample(task=task, template=c.data.template, tokenizer=tok,
-                                num_image_tokens=num_image_tokens(config, c),
-                                max_len=c.data.max_len, policy=policy(c),
+                                num_image_tokens=config.max_visual_tokens,
+                                visual_tokens=config.connector.num_tokens,
+                                max_len=max_len(c, config), policy=policy(c, config),
                                 max_questions=c.data.max_questions, kinds=question_kinds(c))
 
 
@@ -245,8 +125,9 @@ def question_kinds(c: ml_collections.ConfigDict, field: str = "data.kinds") -> t
   coarse (e.g. one fine rung, learnt by every tower of an ablation)."""
   if field == "pretrain.kinds" and c.pretrain.kinds == LEGIBLE:
     kinds = _kinds(c.data.kinds, "data.kinds")
-    fixed = isinstance(policy(c), pipeline.FixedResolution)
-    if not fixed or c.model.image_size > scenes.LOW_RES:
+    view = policy(c)
+    fixed = isinstance(view, pipeline.FixedResolution)
+    if not fixed or max(view.sizes) > scenes.LOW_RES:
       return kinds
     coarse = tuple(k for k in kinds or questions.ALL_KINDS if k in questions.KINDS["coarse"])
     return coarse or kinds
@@ -374,7 +255,8 @@ def _stem_hint(missing: list[tuple[str, ...]], unexpected: list[tuple[str, ...]]
   for in_file, in_model, fits in (("patch_kernel", "stem", "patch"),
                                   ("stem", "patch_kernel", "hmlp")):
     if any(in_file in k for k in unexpected) and any(in_model in k for k in missing):
-      return f" The file's ViT has the {fits!r} patch stem: set model.vit_stem={fits!r}."
+      return (f" The file's ViT has the {fits!r} patch stem: set its ViT block's stem={fits!r} "
+              "(e.g. model.tower.vit.stem).")
   return ""
 
 

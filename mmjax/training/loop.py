@@ -141,13 +141,21 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
   return c
 
 
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+  """A nested config dict as {"model.llm.width": value, …}."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+
+
 def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resuming: bool):
   """Records the config in `workdir/config.json`; a resumed run must build the same model."""
   path = workdir / "config.json"
   if resuming and path.exists():
-    saved = json.loads(path.read_text())["model"]
-    now = json.loads(c.to_json())["model"]  # Through JSON too, so tuples compare as lists.
-    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    saved = _flat(json.loads(path.read_text())["model"], "model")
+    now = _flat(json.loads(c.to_json())["model"], "model")  # Through JSON: tuples as lists.
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k)}
     if changed:
       raise ValueError(f"{workdir} holds checkpoints of another model; changed fields "
                        f"(saved, now): {changed}. Use a new --workdir.")

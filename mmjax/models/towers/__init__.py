@@ -4,7 +4,7 @@ A tower maps `images [B, S, S, 3]` (normalised pixels at the tower's input side)
 `[B, N, C]`; its config says `width` (C) and `num_tokens` (N), so the data pipeline budgets the
 placeholders before any encoding. Towers are chosen by name (`TOWERS`) in configs.
 
-  vit          LLaVA-1.5: one ViT                                        (vit_tower.py)
+  vit          LLaVA-1.5: one ViT                                        (vit.py)     
   llava_hr     ConvNeXt at high res injected into a low-res ViT          (llava_hr.py)
   mini_gemini  low-res tokens mine their high-res regions (+ MGM-HD)     (mini_gemini.py)
   eagle        encoders interpolated to one grid, channels concatenated  (eagle.py)
@@ -15,12 +15,17 @@ placeholders before any encoding. Towers are chosen by name (`TOWERS`) in config
   xcomposer    HD canvas tiles + global view, 2x2 merge, newline/separator (xcomposer.py)
   oryx         low-res + native views, resized position table, compressor (oryx.py)
 
-A dynamic-resolution tower reads other batch keys than `images` (its config's `INPUTS`), and its
-token count depends on the image (the policy's `num_tokens`, `mmjax.data.pipeline`): the image's
-tokens come first, padding after them.
+Each tower file registers its config, module and config-block builder (`base.register`); every
+module of this package is imported here, so a new tower is its file, its config and its tests.
+The interface (`base.TowerConfig`) says which batch keys a tower reads (`INPUTS`), its width, its
+most visual tokens, a row's visual tokens and its resolution policy: the image's tokens come
+first, padding after them.
 """
-import flax.linen as nn
+import importlib
+import pkgutil
 
+from mmjax.models.towers import base
+from mmjax.models.towers.base import TowerConfig, from_config
 from mmjax.models.towers.eagle import EagleTower, EagleTowerConfig
 from mmjax.models.towers.encoders import EncoderSpec
 from mmjax.models.towers.internvl import InternVLTower, InternVLTowerConfig
@@ -30,39 +35,25 @@ from mmjax.models.towers.mini_gemini import MiniGeminiTower, MiniGeminiTowerConf
 from mmjax.models.towers.onevision import OneVisionTower, OneVisionTowerConfig
 from mmjax.models.towers.oryx import OryxTower, OryxTowerConfig
 from mmjax.models.towers.qwen2vl import Qwen2VLTower, Qwen2VLTowerConfig
-from mmjax.models.towers.vit_tower import ViTTower, ViTTowerConfig
+from mmjax.models.towers.vit import ViTTower, ViTTowerConfig
 from mmjax.models.towers.xcomposer import XComposerTower, XComposerTowerConfig
 
-TowerConfig = (ViTTowerConfig | LLaVAHRTowerConfig | MiniGeminiTowerConfig | EagleTowerConfig
-               | LEOTowerConfig | Qwen2VLTowerConfig | InternVLTowerConfig | OneVisionTowerConfig
-               | XComposerTowerConfig | OryxTowerConfig)
+# Every tower file registers itself on import; the names above are shortcuts for tests and users.
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
 
-TOWERS = {
-    "vit": (ViTTowerConfig, ViTTower),
-    "llava_hr": (LLaVAHRTowerConfig, LLaVAHRTower),
-    "mini_gemini": (MiniGeminiTowerConfig, MiniGeminiTower),
-    "eagle": (EagleTowerConfig, EagleTower),
-    "leo": (LEOTowerConfig, LEOTower),
-    "qwen2vl": (Qwen2VLTowerConfig, Qwen2VLTower),
-    "internvl": (InternVLTowerConfig, InternVLTower),
-    "onevision": (OneVisionTowerConfig, OneVisionTower),
-    "xcomposer": (XComposerTowerConfig, XComposerTower),
-    "oryx": (OryxTowerConfig, OryxTower),
-}
+TOWERS = base.REGISTRY
 
 
 def inputs(config: TowerConfig) -> tuple[str, ...]:
   """The batch keys a tower reads, in the order of its arguments."""
-  return getattr(config, "INPUTS", ("images",))
+  return tuple(config.INPUTS)
 
 
 # Every batch key some tower reads (the train step passes these to the model).
-ALL_INPUTS = tuple(dict.fromkeys(k for config_type, _ in TOWERS.values()
-                                 for k in getattr(config_type, "INPUTS", ("images",))))
+ALL_INPUTS = tuple(dict.fromkeys(k for e in TOWERS.values() for k in e.config.INPUTS))
 
 
-def tower_for(config: TowerConfig) -> nn.Module:
-  for config_type, module in TOWERS.values():
-    if isinstance(config, config_type):
-      return module(config, name="tower")
-  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(TOWERS)}.")
+def tower_for(config: TowerConfig):
+  """The tower module taking `config` (named "tower")."""
+  return base.module_for(config)

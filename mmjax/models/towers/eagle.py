@@ -20,13 +20,14 @@ from jaxtyping import Array, Float
 from mmjax.models import interpolate
 from mmjax.models import layers
 from mmjax.models import vit as vit_lib
+from mmjax.models.towers import base
 from mmjax.models.towers import encoders as encoders_lib
 
 FUSIONS = ("channel", "sequence")
 
 
 @dataclasses.dataclass(frozen=True)
-class EagleTowerConfig:
+class EagleTowerConfig(base.OneSquareView):
   encoders: tuple[encoders_lib.EncoderSpec, ...] = ()  # At least one; each sees the input resized.
   image_size: int = 1024  # The tower's input side.
   grid: int = 32  # Token grid side every encoder is interpolated to (EAGLE: 32 → 1024 tokens).
@@ -76,3 +77,14 @@ class EagleTower(nn.Module):
       tokens.append(x)
     out = jnp.concatenate(tokens, axis=-1 if cfg.fusion == "channel" else 1)
     return layers.constrain(out, ("batch", "length", "embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> EagleTowerConfig:
+  """`c.model.tower`: `encoders` with their `vit` / `convnext` blocks (encoders_lib.from_config),
+  `image_size`, `grid`, `fusion`."""
+  del llm_width
+  return EagleTowerConfig(encoders=encoders_lib.from_config(block, common),
+                          image_size=block.image_size, grid=block.grid, fusion=block.fusion)
+
+
+base.register("eagle", EagleTowerConfig, EagleTower, from_config)

@@ -72,3 +72,20 @@ class Encoder(nn.Module):
       hidden = hidden[:, spec.vit.prefix_tokens:]
       return hidden.reshape(hidden.shape[0], spec.grid, spec.grid, hidden.shape[-1])
     return convnext_lib.ConvNeXt(spec.convnext, name="convnext")(x)[spec.select]
+
+
+def from_config(block, common: dict) -> tuple[EncoderSpec, ...]:
+  """The encoders `block.encoders` names (comma-separated, in order): "vit" (block.vit's ViT at
+  its image_size, hidden state `select_layer`) and / or "convnext" (block.convnext at the
+  tower's image_size, stage `convnext_stage`); EAGLE's and LEO's `c.model.tower`."""
+  specs = {"vit": lambda: EncoderSpec(vit=vit_lib.from_block(block.vit, common),
+                                      image_size=block.vit.image_size, select=block.select_layer),
+           "convnext": lambda: EncoderSpec(convnext=convnext_lib.from_block(block.convnext,
+                                                                            common),
+                                           image_size=block.image_size,
+                                           select=block.convnext_stage)}
+  names = [n.strip() for n in block.encoders.split(",")]
+  if not names or any(n not in specs for n in names) or len(set(names)) != len(names):
+    raise ValueError(f"model.tower.encoders={block.encoders!r} must name distinct encoders from "
+                     f"{sorted(specs)}, comma-separated.")
+  return tuple(specs[n]() for n in names)

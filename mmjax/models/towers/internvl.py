@@ -10,10 +10,14 @@ tokens first and padding after them; the LLM reads only as many as the row has p
 import dataclasses
 
 import flax.linen as nn
+import numpy as np
 from jaxtyping import Array, Float
 
+from mmjax.data import pipeline
 from mmjax.models import layers
+from mmjax.models import vit as vit_lib
 from mmjax.models.pixel_unshuffle import pixel_unshuffle
+from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
 
 
@@ -51,6 +55,20 @@ class InternVLTowerConfig:
   def width(self) -> int:
     return 4 * self.vit.width
 
+  @property
+  def max_tokens(self) -> int:
+    return self.max_tiles * self.tokens_per_tile
+
+  def visual_tokens(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    if "tile_mask" not in views:
+      raise ValueError("An InternVL tower's views need `tile_mask` (which tiles are used).")
+    return np.sum(views["tile_mask"], axis=1) * self.tokens_per_tile
+
+  def policy(self, aspect: str) -> pipeline.InternVLTiles:
+    del aspect  # Tiles follow the image's aspect (the closest grid).
+    return pipeline.InternVLTiles(tile=self.tile, min_num=self.min_num, max_num=self.max_num,
+                                  thumbnail=self.thumbnail, tokens_per_tile=self.tokens_per_tile)
+
 
 class InternVLTower(nn.Module):
   config: InternVLTowerConfig
@@ -68,3 +86,12 @@ class InternVLTower(nn.Module):
                           param_dtype=cfg.vit.param_dtype)(x)
     return layers.constrain(x.reshape(b, t * cfg.tokens_per_tile, -1),
                             ("batch", "length", "vision_embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> InternVLTowerConfig:
+  """`c.model.tower`: `vit` (ViTConfig fields; its image_size is the tile side), `max_num`."""
+  del llm_width
+  return InternVLTowerConfig(vit=vit_lib.from_block(block.vit, common), max_num=block.max_num)
+
+
+base.register("internvl", InternVLTowerConfig, InternVLTower, from_config)

@@ -20,11 +20,12 @@ from jaxtyping import Array, Float
 
 from mmjax.models import layers
 from mmjax.models import pixel_unshuffle
+from mmjax.models.towers import base
 from mmjax.models.towers import encoders as encoders_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class LEOTowerConfig:
+class LEOTowerConfig(base.OneSquareView):
   encoders: tuple[encoders_lib.EncoderSpec, ...] = ()  # Two in LEO (InternViT and SAM).
   image_size: int = 448  # The tower's input side (one tile).
   grid: int = 16  # Token grid per encoder after pixel unshuffle (LEO: 16 → 256 tokens each).
@@ -69,3 +70,13 @@ class LEOTower(nn.Module):
     # [B, N, E, D] → [B, N·E, D]: token n of encoder e lands at position n·E + e.
     out = jnp.stack(streams, axis=2).reshape(b, -1, cfg.out_width)
     return layers.constrain(out, ("batch", "length", "embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> LEOTowerConfig:
+  """`c.model.tower`: `encoders` with their `vit` / `convnext` blocks (encoders_lib.from_config),
+  `image_size`, `grid`; the per-encoder projectors map to the LLM's width."""
+  return LEOTowerConfig(encoders=encoders_lib.from_config(block, common),
+                        image_size=block.image_size, grid=block.grid, out_width=llm_width)
+
+
+base.register("leo", LEOTowerConfig, LEOTower, from_config)

@@ -21,11 +21,12 @@ from mmjax.models import convnext as convnext_lib
 from mmjax.models import layers
 from mmjax.models import mr_adapter
 from mmjax.models import vit as vit_lib
+from mmjax.models.towers import base
 from mmjax.models.towers import encoders
 
 
 @dataclasses.dataclass(frozen=True)
-class LLaVAHRTowerConfig:
+class LLaVAHRTowerConfig(base.OneSquareView):
   # Low-res branch (CLIP ViT-L/14); vit.image_size is its position table's side.
   vit: vit_lib.ViTConfig = vit_lib.ViTConfig(image_size=448)
   convnext: convnext_lib.ConvNeXtConfig = convnext_lib.ConvNeXtConfig()  # High-res branch.
@@ -115,3 +116,19 @@ class LLaVAHRTower(nn.Module):
     tokens = tokens + layers.dense(vit_cfg.width, ("conv_in", "embed"), name="convnext_out",
                                    **kw)(aligned)
     return layers.constrain(tokens, ("batch", "length", "embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> LLaVAHRTowerConfig:
+  """`c.model.tower`: `image_size`, `vit` (ViTConfig fields; its image_size is the position
+  table's side), `vit_input`, `convnext` (ConvNeXtConfig fields), `adapter_gate`,
+  `adapter_after`."""
+  del llm_width
+  return LLaVAHRTowerConfig(
+      vit=vit_lib.from_block(block.vit, common), convnext=convnext_lib.from_block(block.convnext,
+                                                                                common),
+      image_size=block.image_size, vit_input=block.vit_input,
+      adapter=mr_adapter.MRAdapterConfig(gate=block.adapter_gate),
+      adapter_after=tuple(block.adapter_after))
+
+
+base.register("llava_hr", LLaVAHRTowerConfig, LLaVAHRTower, from_config)

@@ -22,13 +22,14 @@ from mmjax.models import interpolate
 from mmjax.models import layers
 from mmjax.models import patch_mining
 from mmjax.models import vit as vit_lib
+from mmjax.models.towers import base
 from mmjax.models.towers import encoders
 
 HD_GRID = 2  # MGM-HD's crops per side.
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniGeminiTowerConfig:
+class MiniGeminiTowerConfig(base.OneSquareView):
   vit: vit_lib.ViTConfig = vit_lib.ViTConfig(image_size=336)  # Low-res branch (CLIP ViT-L/14).
   convnext: convnext_lib.ConvNeXtConfig = convnext_lib.ConvNeXtConfig()  # High-res branch.
   image_size: int = 768  # The tower's input side (the ConvNeXt's); MGM-HD: 1536.
@@ -100,3 +101,16 @@ class MiniGeminiTower(nn.Module):
       x = mining(x, grid, view_high)
       tokens.append(x.reshape(b, -1, x.shape[-1]))
     return layers.constrain(jnp.concatenate(tokens, axis=1), ("batch", "length", "embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> MiniGeminiTowerConfig:
+  """`c.model.tower`: `image_size`, `vit` and `convnext` (their configs' fields),
+  `select_layer`, `hd`."""
+  del llm_width
+  return MiniGeminiTowerConfig(
+      vit=vit_lib.from_block(block.vit, common),
+      convnext=convnext_lib.from_block(block.convnext, common), image_size=block.image_size,
+      select_layer=block.select_layer, hd=block.hd)
+
+
+base.register("mini_gemini", MiniGeminiTowerConfig, MiniGeminiTower, from_config)

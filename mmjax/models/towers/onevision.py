@@ -13,10 +13,14 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
+from mmjax.data import pipeline
 from mmjax.models import connectors
 from mmjax.models import layers
+from mmjax.models import vit as vit_lib
+from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
 
 
@@ -29,6 +33,8 @@ class OneVisionTowerConfig:
   out_width: int = 4096  # The LLM's width (projector output and newline token).
   max_crops_in: int = 37  # The base image + the crops of the largest canvas (6 × 6).
   budget: int = 8 * 729  # Plan tokens after the base image (`pipeline.AnyResCrops.budget`).
+  anyres_grid: int = 6  # Canvases of 1…anyres_grid crops a side (OneVision: 6).
+  anyres_max: int = 9  # The map is shrunk to about this many crops' tokens (`anyres_max_9`).
 
   INPUTS = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
 
@@ -50,6 +56,14 @@ class OneVisionTowerConfig:
   @property
   def max_tokens(self) -> int:
     return self.grid ** 2 + self.budget
+
+  def visual_tokens(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    return self.grid ** 2 + np.sum(views["anyres_kind"] != 0, axis=1)
+
+  def policy(self, aspect: str) -> pipeline.AnyResCrops:
+    del aspect  # The canvas is chosen by the image's aspect.
+    return anyres_crops(self.vit.image_size, self.vit.patch_size, self.anyres_grid,
+                        self.anyres_max)
 
 
 class OneVisionTower(nn.Module):
@@ -75,3 +89,25 @@ class OneVisionTower(nn.Module):
     mapped = jnp.where((kind == 0)[..., None], 0.0, mapped)
     out = jnp.concatenate([x[:, :cfg.grid ** 2], mapped], axis=1)
     return layers.constrain(out, ("batch", "length", "embed"))
+
+
+def anyres_crops(crop: int, patch: int, anyres_grid: int, anyres_max: int) -> pipeline.AnyResCrops:
+  """OneVision's policy: canvases of 1…anyres_grid crops of `crop` px a side."""
+  candidates = tuple((crop * r, crop * c) for r in range(1, anyres_grid + 1)
+                     for c in range(1, anyres_grid + 1))
+  return pipeline.AnyResCrops(crop=crop, grid=crop // patch, candidates=candidates,
+                              anyres_max=anyres_max)
+
+
+def from_config(block, common: dict, llm_width: int) -> OneVisionTowerConfig:
+  """`c.model.tower`: `vit` (ViTConfig fields; its image_size is the crop side),
+  `select_layer`, `projector` (per crop token), `anyres_grid`, `anyres_max`."""
+  vit = vit_lib.from_block(block.vit, common)
+  crops = anyres_crops(vit.image_size, vit.patch_size, block.anyres_grid, block.anyres_max)
+  return OneVisionTowerConfig(
+      vit=vit, select_layer=block.select_layer, projector=block.projector, out_width=llm_width,
+      max_crops_in=crops.max_crops_in, budget=crops.budget, anyres_grid=block.anyres_grid,
+      anyres_max=block.anyres_max)
+
+
+base.register("onevision", OneVisionTowerConfig, OneVisionTower, from_config)

@@ -15,12 +15,15 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
+from mmjax.data import pipeline
 from mmjax.models import connectors
 from mmjax.models import layers
 from mmjax.models import stack
 from mmjax.models.dynamic_compressor import DynamicCompressor
+from mmjax.models.towers import base
 from mmjax.models.vit import ViTBlock, ViTConfig
 
 
@@ -36,6 +39,9 @@ class OryxTowerConfig:
   out_width: int = 4096  # The LLM's width (projector output, special tokens).
   max_patches: int = 10240  # Patches per row (`pipeline.OryxViews.max_patches`).
   budget: int = 10457  # Layout length (`pipeline.OryxViews.budget`).
+  low_res: int = 384  # The low view holds about low_res² pixels.
+  max_res: int = 1536  # The native view holds at most max_res² pixels (larger images shrink).
+  max_aspect: float = 3.0  # Longest aspect ratio the static budget holds (longer: refused).
 
   INPUTS = ("patches", "patch_segments", "pos_index", "pos_weight", "oryx_index", "oryx_kind")
 
@@ -47,6 +53,18 @@ class OryxTowerConfig:
   @property
   def width(self) -> int:
     return self.out_width
+
+  @property
+  def max_tokens(self) -> int:
+    return self.budget
+
+  def visual_tokens(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    return np.sum(views["oryx_kind"] != 0, axis=1)
+
+  def policy(self, aspect: str) -> pipeline.OryxViews:
+    del aspect  # Both views keep the image's aspect.
+    return oryx_views(self.vit.patch_size, self.ratio, self.low_res, self.max_res, self.table,
+                      self.max_aspect)
 
 
 class OryxTower(nn.Module):
@@ -81,3 +99,30 @@ class OryxTower(nn.Module):
                     jnp.take(special.astype(x.dtype), jnp.maximum(kind - 2, 0), axis=0), out)
     out = jnp.where((kind == 0)[..., None], 0.0, out)
     return layers.constrain(out, ("batch", "length", "embed"))
+
+
+def oryx_views(patch: int, ratio: int, low_res: int, max_res: int, table: int,
+               max_aspect: float) -> pipeline.OryxViews:
+  """Oryx's policy: sides in multiples of patch · max(2, ratio), so the 2×2 regions the
+  compressor and the projector's newlines assume stay whole."""
+  return pipeline.OryxViews(patch=patch, ratio=ratio, multiple=patch * max(2, ratio),
+                            low_base=low_res, max_res=max_res, table=table,
+                            max_aspect=max_aspect)
+
+
+def from_config(block, common: dict, llm_width: int) -> OryxTowerConfig:
+  """`c.model.tower`: `vit` (width, depth, num_heads, mlp_dim, act, patch_size: SigLIP's
+  blocks on packed patches), `low_res`, `max_res`, `ratio`, `pos_table`, `max_aspect`."""
+  v = block.vit
+  views = oryx_views(v.patch_size, block.ratio, block.low_res, block.max_res, block.pos_table,
+                     block.max_aspect)
+  vit = ViTConfig(image_size=v.patch_size, patch_size=v.patch_size, width=v.width, depth=v.depth,
+                  num_heads=v.num_heads, mlp_dim=v.mlp_dim, act=v.act, norm_eps=1e-6,
+                  use_cls=False, pre_norm=False, position_embedding="none", **common)
+  return OryxTowerConfig(vit=vit, table=block.pos_table, ratio=block.ratio, out_width=llm_width,
+                         max_patches=views.max_patches, budget=views.budget,
+                         low_res=block.low_res, max_res=block.max_res,
+                         max_aspect=block.max_aspect)
+
+
+base.register("oryx", OryxTowerConfig, OryxTower, from_config)

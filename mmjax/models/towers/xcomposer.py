@@ -12,10 +12,14 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
+from mmjax.data import pipeline
 from mmjax.models import layers
+from mmjax.models import vit as vit_lib
 from mmjax.models.pixel_unshuffle import pixel_unshuffle
+from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
 
 
@@ -44,6 +48,17 @@ class XComposerTowerConfig:
   def width(self) -> int:
     return 4 * self.vit.width
 
+  @property
+  def max_tokens(self) -> int:
+    return self.budget
+
+  def visual_tokens(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    return np.sum(views["hd_kind"] != 0, axis=1)
+
+  def policy(self, aspect: str) -> pipeline.HDCrops:
+    del aspect  # The HD canvas keeps the image's aspect.
+    return pipeline.HDCrops(tile=self.vit.image_size, hd_num=self.hd_num, grid=self.grid)
+
 
 class XComposerTower(nn.Module):
   config: XComposerTowerConfig
@@ -66,3 +81,16 @@ class XComposerTower(nn.Module):
     out = jnp.where((kind == 3)[..., None], separator.astype(x.dtype), out)
     out = jnp.where((kind == 0)[..., None], 0.0, out)
     return layers.constrain(out, ("batch", "length", "vision_embed"))
+
+
+def from_config(block, common: dict, llm_width: int) -> XComposerTowerConfig:
+  """`c.model.tower`: `vit` (ViTConfig fields; its image_size is the tile side),
+  `select_layer`, `hd_num`; the plan's budget follows from them."""
+  del llm_width
+  vit = vit_lib.from_block(block.vit, common)
+  budget = pipeline.HDCrops(tile=vit.image_size, hd_num=block.hd_num, grid=vit.grid // 2).budget
+  return XComposerTowerConfig(vit=vit, select_layer=block.select_layer, hd_num=block.hd_num,
+                              budget=budget)
+
+
+base.register("xcomposer", XComposerTowerConfig, XComposerTower, from_config)

@@ -1,10 +1,12 @@
-"""Connectors from vision features to the LLM's embedding width (LLaVA's `mm_projector`)."""
+"""LLaVA's `mm_projector`: each tower feature mapped to the LLM's width (the `mlp` connector)."""
+import dataclasses
 import re
 
 import flax.linen as nn
 from jaxtyping import Array, Float
 
 from mmjax.models import layers
+from mmjax.models.connectors import base
 
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
@@ -39,3 +41,28 @@ class Projector(nn.Module):
       x = layers.activation("gelu")(x)
       x = layers.dense(self.out_dim, ("embed", "mlp"), name=f"linear_{i}", **kw)(x)
     return layers.constrain(x, ("batch", "length", "embed"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+  kind: str = "mlp2x_gelu"  # "linear", "mlp<N>x_gelu" (LLaVA-1.5: mlp2x_gelu) or "identity".
+
+  READS_TEXT = False
+
+  def __post_init__(self):
+    validate_projector(self.kind)
+
+  def num_tokens(self, tower_tokens: int) -> int:
+    return tower_tokens  # One token per feature.
+
+
+def _module(config: ProjectorConfig, out_dim: int, **kw) -> Projector:
+  return Projector(config.kind, out_dim, **kw)
+
+
+def from_config(block) -> ProjectorConfig:
+  """`c.model.connector`: `kind`."""
+  return ProjectorConfig(block.kind)
+
+
+base.register("mlp", ProjectorConfig, _module, from_config)

@@ -4,13 +4,15 @@ import dataclasses
 import flax.linen as nn
 from jaxtyping import Array, Float
 
+from mmjax.models import vit as vit_lib
+from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
 
 FEATURE_SELECTS = ("patch", "cls_patch")
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTTowerConfig:
+class ViTTowerConfig(base.OneSquareView):
   vit: ViTConfig = ViTConfig(image_size=336)  # CLIP ViT-L/14-336 by default.
   select_layer: int = -2  # Index into the hidden states; LLaVA takes the penultimate layer.
   select_feature: str = "patch"  # "patch" drops the class token (LLaVA), "cls_patch" keeps it.
@@ -44,3 +46,12 @@ class ViTTower(nn.Module):
     if cfg.select_feature == "patch" and cfg.vit.prefix_tokens:
       hidden = hidden[:, 1:]
     return hidden
+
+
+def from_config(block, common: dict, llm_width: int) -> ViTTowerConfig:
+  """`c.model.tower`: `vit` (ViTConfig fields) and `select_layer`."""
+  del llm_width
+  return ViTTowerConfig(vit_lib.from_block(block.vit, common), select_layer=block.select_layer)
+
+
+base.register("vit", ViTTowerConfig, ViTTower, from_config)
