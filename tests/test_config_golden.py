@@ -51,3 +51,11 @@ def test_small_size_asks_every_question_kind_in_one_row():
   common = __import__("mmjax.config_args", fromlist=["x"]).load_module(
       ROOT / "configs" / "common.py")
   assert common.SIZES["small"]["questions"] == len(questions.ALL_KINDS)
+
+
+def test_every_tower_has_a_method_config():
+  from mmjax.models import towers
+  from tests import method_configs
+  assert set(method_configs.FILES) == set(towers.TOWERS)
+  for tower in towers.TOWERS:
+    assert method_configs.get(tower, "size=tiny").model.tower.name == tower
