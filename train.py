@@ -12,10 +12,12 @@ from mmjax import xla_flags
 
 xla_flags.apply()  # Before jax is imported.
 
+import jax  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from mmjax import console  # noqa: E402
 from mmjax.training import distributed  # noqa: E402
 from mmjax.training import loop  # noqa: E402
 
@@ -29,10 +31,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet()
   distributed.initialize()
+  console.log_to(_WORKDIR.value, jax.process_index())
   try:
     loop.train(_CONFIG.value, _WORKDIR.value)
-  except loop.NonFiniteLossError as e:
+  except (loop.NonFiniteLossError, loop.NoCheckpointRestores) as e:
     sys.exit(f"error: {e}")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -30,17 +31,33 @@ from mmjax.training import step as step_lib
 
 
 def _restore(c, workdir, model, spec, mesh, step):
+  """The parameters of checkpoint `step`, or of the newest one that restores when `step` is None
+  (a damaged newer one is moved aside with a one-line warning, as training's resume does)."""
   checkpoints = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
-  step = checkpoints.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train "
-                            "first (python train.py ... --workdir DIR).")
-  if step not in checkpoints.all_steps():
+  if not checkpoints.all_steps():
+    raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}; train first "
+                            "(python train.py ... --workdir DIR).")
+  if step is not None and step not in checkpoints.all_steps():
     raise ValueError(f"No checkpoint for step {step}; saved: {checkpoints.all_steps()}.")
   boxed = jax.eval_shape(model.init, jax.random.key(0), spec)["params"]
-  params = checkpoints.restore_params(step, nn.unbox(boxed), sharding.shardings(boxed, mesh))
-  checkpoints.close()
-  return step, params
+  target, shardings = nn.unbox(boxed), sharding.shardings(boxed, mesh)
+  skipped = []
+  try:
+    while True:
+      newest = step if step is not None else checkpoints.latest_step()
+      if newest is None:
+        raise loop.NoCheckpointRestores(
+            f"No checkpoint of {checkpoints.directory} restores (steps "
+            f"{[x.step for x in skipped]} moved to {skipped[-1].moved_to.parent}).")
+      try:
+        return newest, checkpoints.restore_params(newest, target, shardings)
+      except checkpoint_lib.UnreadableCheckpoint as e:
+        if step is not None:
+          raise
+        skipped.append(e)
+        logging.warning("%s Evaluating the newest checkpoint before it.", e)
+  finally:
+    checkpoints.close()
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,8 +35,8 @@ DEFAULT = ROOT / "configs" / "default.py"
 
 
 # Tiny, with every sharded dimension divisible by 8 so any split of 8 devices works.
-OVERRIDES = {"model.vit_heads": 8, "model.llm_heads": 8, "model.llm_kv_heads": 8,
-             "model.vocab_size": 264, "train.batch_size": 8, "train.log_every": 1,
+OVERRIDES = {"model.tower.vit.num_heads": 8, "model.llm.num_heads": 8,
+             "model.llm.num_kv_heads": 8, "model.llm.vocab_size": 264, "train.batch_size": 8, "train.log_every": 1,
              "data.eval_examples": 4}
 
 
@@ -251,11 +252,66 @@ def _wait_for_step(process, workdir, step, limit=240):
   raise AssertionError(f"training never reached step {step}: {process.poll()}")
 
 
+def _damage(checkpoint: pathlib.Path, how: str) -> pathlib.Path:
+  """Truncates or deletes the largest array file of `checkpoint`'s parameters."""
+  files = [f for f in (checkpoint / "params").rglob("*") if f.is_file()]
+  largest = max(files, key=lambda f: f.stat().st_size)
+  if how == "truncate":
+    largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+  else:
+    largest.unlink()
+  return largest
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_resume_and_eval_fall_back_past_a_damaged_newest_checkpoint(data_dir, tmp_path, how,
+                                                                   caplog):
+  """A damaged newest checkpoint is moved aside with one warning naming it, and training goes on
+  from the one before as if nothing had happened (the same losses as an unbroken run); eval
+  falls back the same way; with none left that restores, one clear error."""
+  whole, broken = tmp_path / "whole", tmp_path / "broken"
+  kw = {"train.checkpoint_every": 2, "train.align_fraction": 0.0}
+  loop.train(tiny(data_dir, steps=6, **kw), whole)
+  loop.train(tiny(data_dir, steps=6, **kw), broken)
+  # As if the run had crashed after writing step 4, damaging it: step 6 was never written.
+  shutil.rmtree(broken / "checkpoints" / "6")
+  _damage(broken / "checkpoints" / "4", how)
+  with caplog.at_level("WARNING"):
+    loop.train(tiny(data_dir, steps=6, **kw), broken)
+  warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  assert len(warnings) == 1 and "\n" not in warnings[0]
+  assert re.match(r"Checkpoint step 4 in \S+ does not restore \(\w+: .+\); moved it to "
+                  r"\S+checkpoints.unreadable/4\. Resuming", warnings[0]), warnings[0]
+  assert (broken / "checkpoints.unreadable" / "4" / "params").is_dir()
+  after, before = _losses(broken), _losses(whole)
+  np.testing.assert_allclose([after[s] for s in (3, 4, 5, 6)], [before[s] for s in (3, 4, 5, 6)],
+                             rtol=1e-6)
+  # eval.py: the newest (6) damaged, it evaluates 4.
+  _damage(broken / "checkpoints" / "6", how)
+  c = tiny(data_dir, steps=6, **kw)
+  model = mllm.MLLM(build.model_config(c, build.tokenizer(c).vocab_size))
+  spec = step_lib.model_batch(build.example_batch(
+      build.formatter(c, c.train.task, model.config, build.tokenizer(c)),
+      build.data_source(c, c.data.eval_split), 1))
+  step, _ = evaluation._restore(c, broken, model, spec, loop.mesh_from_config(c), None)
+  assert step == 4 and (broken / "checkpoints.unreadable" / "6").is_dir()
+  for left in checkpoint_lib.Checkpointer(broken / "checkpoints").all_steps():
+    _damage(broken / "checkpoints" / str(left), how)
+  with pytest.raises(loop.NoCheckpointRestores, match=r"No checkpoint of \S+ restores \(steps "
+                     r"\[4, 2\] moved to"):
+    loop.train(tiny(data_dir, steps=8, **kw), broken)
+
+
 def test_kill_and_rerun_continues_the_same_loss_curve(data_dir, tmp_path):
   c = tiny(data_dir)
   steps = 8
   done = _run(_flags(c, tmp_path / "whole", steps))
   assert done.returncode == 0, done.stderr[-3000:]
+  # The run's own lines and the progress bar on stderr; the libraries' logs in its log file.
+  shown = [line for line in re.split(r"[\r\n]", done.stderr)
+           if line.strip() and not re.search(r"\d+/\d+ \[", line)]
+  assert shown and all(line.startswith("Stage ") for line in shown), shown
+  assert "checkpoint_manager.py" in (tmp_path / "whole" / "log.txt").read_text()
   process = subprocess.Popen(_flags(c, tmp_path / "killed", steps), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for_step(process, tmp_path / "killed", 5)
@@ -364,7 +420,7 @@ def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_pat
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
   config = json.loads((tmp_path / "config.json").read_text())
-  assert config["model"]["tower"] == c.model.tower.to_dict()
+  assert config["model"]["tower"] == json.loads(c.model.tower.to_json())
   result = evaluation.evaluate(c, tmp_path)
   assert sum(result["questions"].values()) > 0 and np.isfinite(result["loss"])
 

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mmjax import console
 from mmjax import sharding
 from mmjax.data import pipeline
 from mmjax.models import mllm
@@ -34,6 +35,10 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process it term
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the run stopped without saving that state."""
+
+
+class NoCheckpointRestores(RuntimeError):
+  """Every checkpoint of the workdir failed to restore (each was moved aside)."""
 
 
 class Preempted(SystemExit):
@@ -60,7 +65,26 @@ def mesh_from_config(c: ml_collections.ConfigDict):
 
 
 def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains `c` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+  """Trains `c` in `workdir` (resuming if it holds checkpoints); returns the last metrics.
+
+  A newest checkpoint that does not restore is moved aside with a one-line warning and the run
+  resumes from the newest one that does; with none left, a `NoCheckpointRestores` error."""
+  skipped = []
+  while True:
+    try:
+      return _train(c, workdir)
+    except checkpoint_lib.UnreadableCheckpoint as e:
+      skipped.append(e)
+      logging.warning("%s Resuming from the newest checkpoint before it.", e)
+      left = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints").all_steps()
+      if not left:
+        raise NoCheckpointRestores(
+            f"No checkpoint of {pathlib.Path(workdir) / 'checkpoints'} restores (steps "
+            f"{[x.step for x in skipped]} moved to {skipped[-1].moved_to.parent}); move one "
+            "back once repaired, or train in a new --workdir.") from None
+
+
+def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
   mesh = mesh_from_config(c)
   tok = build.tokenizer(c)
@@ -73,7 +97,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
   start = checkpoints.latest_step() or 0
   _check_same_model(c, workdir, resuming=start > 0)
   if start >= c.train.steps:
-    logging.info("Already trained %d steps in %s.", start, workdir)
+    console.say("Already trained %d steps in %s.", start, workdir)
     return {}
   if c.pretrain.steps and start == 0:  # A resumed run's checkpoints hold the tower.
     c = _pretrained_tower(c, workdir / "tower")
@@ -91,12 +115,12 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
       if start > stage.start:  # Resuming inside this stage: everything from the checkpoint.
         state = checkpoints.restore(start, setup.factory.abstract, setup.factory.shardings,
                                     setup.iterator)
-        logging.info("Resumed stage %s at step %d.", stage.name, start)
+        console.say("Resumed stage %s at step %d.", stage.name, start)
       else:
         if state is None and start > 0:  # Resuming at the boundary: the last stage's params.
           before = _Setup(c, all_stages[n - 1], model, config, tok, source, mesh)
           state = checkpoints.restore(start, before.factory.abstract, before.factory.shardings)
-          logging.info("Resumed stage %s at step %d (its start).", stage.name, start)
+          console.say("Resumed stage %s at step %d (its start).", stage.name, start)
         params = (state.params if state is not None
                   else build.initial_params(c.train.init_params,
                                             setup.factory.abstract.params))
@@ -130,9 +154,9 @@ def _pretrained_tower(c: ml_collections.ConfigDict,
               "schedule": p.schedule, "init_params": p.init_params, "frozen": p.frozen}
   # Through JSON, as pretrain.json records the config.
   if pretrain_tower.finished(workdir, settings, json.loads(c.to_json())):
-    logging.info("Tower pre-trained in %s: kept.", workdir)
+    console.say("Stage tower: pre-trained in %s, kept.", workdir)
   else:
-    logging.info("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
+    console.say("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
     pretrain_tower.pretrain(c, workdir, eval_every=p.eval_every, workers=p.workers,
                             cache_views=p.cache_views, **settings)
   c = c.copy_and_resolve_references()
@@ -206,48 +230,79 @@ class _Setup:
       return self.step_fn.lower(self.factory.abstract, batch).compile()
 
 
+class _Window:
+  """The steps since the last logged one: their device metrics (fetched together), host counts
+  and wall time."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.steps, self.tokens, self.dropped, self.truncated = 0, 0.0, 0, 0
+    self.seconds = 0.0
+
+  def add(self, step: int, metrics: dict[str, jax.Array], host: dict[str, np.ndarray]) -> None:
+    self.pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm", "finite")}))
+    self.steps += 1
+    self.tokens += float(np.sum(host["segment_ids"] > 0)) * jax.process_count()
+    self.dropped += int(np.sum(host["dropped"]))
+    self.truncated += int(np.sum(host["truncated"]))
+
+  def fetch(self) -> list[dict[str, Any]]:
+    """The pending steps' metrics as host values, in step order (waits for the device)."""
+    values = jax.device_get([m for _, m in self.pending])
+    self.seconds = time.perf_counter() - self.start
+    out = [{"step": step, "loss": float(v["loss"]), "grad_norm": float(v["grad_norm"]),
+            "finite": bool(v["finite"])} for (step, _), v in zip(self.pending, values)]
+    self.pending = []
+    return out
+
+
 def _run(c, setup, state, checkpoints, writer, peak, sigterm):
   stage = setup.stage
   compiled = setup.compile()
   step_flops = flops_lib.compiled_flops(compiled)
-  logging.info("Stage %s: steps %d-%d, task %s, %d of %d parameters train, %.3g FLOPs/step.",
+  console.say("Stage %s: steps %d-%d, task %s, %d of %d parameters train, %.3g FLOPs/step.",
                stage.name, stage.start, stage.end, stage.task, setup.num_trainable,
                setup.num_params, step_flops)
-  window = {"time": 0.0, "steps": 0, "tokens": 0.0, "dropped": 0, "truncated": 0}
+  # The loop never waits for the device between steps: each step is dispatched while the last
+  # one runs (the next batch is read and copied meanwhile), and the step's metrics stay on the
+  # device until a logging or checkpoint step fetches the window's at once. The non-finite guard
+  # is checked there, before any save, so no checkpoint ever holds a non-finite state.
+  window = _Window()
   last = {}
   step = int(state.step)
   while step < stage.end:
     host = next(setup.iterator)
-    tick = time.perf_counter()
-    new_state, m = compiled(state, pipeline.to_global(host, setup.mesh))
-    loss = float(m["loss"])  # Syncs, so the step time below is the device's, not a dispatch.
-    if not bool(m["finite"]):
-      raise NonFiniteLossError(
-          f"Loss {loss}, gradient norm {float(m['grad_norm'])} at step {step + 1} (stage "
-          f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
-          f"saving "
-          f"this state. The last good checkpoint is step {checkpoints.latest_step()} in "
-          f"{checkpoints.directory}. Lower train.lr or raise train.warmup_fraction.")
-    state, step = new_state, step + 1
-    window["time"] += time.perf_counter() - tick
-    window["steps"] += 1
-    window["tokens"] += float(np.sum(host["segment_ids"] > 0)) * jax.process_count()
-    window["dropped"] += int(np.sum(host["dropped"]))
-    window["truncated"] += int(np.sum(host["truncated"]))
+    state, m = compiled(state, pipeline.to_global(host, setup.mesh))
+    step += 1
+    window.add(step, m, host)
     writer.advance()
-    if step % c.train.log_every == 0 or step == stage.end:
-      seconds = window["time"] / window["steps"]
+    log = step % c.train.log_every == 0 or step == stage.end
+    save = sigterm.raised or step % c.train.checkpoint_every == 0 or step == stage.end
+    if not (log or save):
+      continue
+    fetched = window.fetch()  # The one wait for the device: the whole window's metrics.
+    bad = next((r for r in fetched if not r["finite"]), None)
+    if bad is not None:
+      raise NonFiniteLossError(
+          f"Loss {bad['loss']}, gradient norm {bad['grad_norm']} at step {bad['step']} (stage "
+          f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
+          f"saving this state. The last good checkpoint is step {checkpoints.latest_step()} in "
+          f"{checkpoints.directory}. Lower train.lr or raise train.warmup_fraction.")
+    if log:
+      seconds = window.seconds / window.steps
       last = {
-          "stage": stage.name, "loss": loss, "lr": float(setup.lr(step - 1 - stage.start)),
-          "grad_norm": float(m["grad_norm"]), "step_time": seconds,
-          "tokens_per_sec": window["tokens"] / window["time"],
+          "stage": stage.name, "loss": fetched[-1]["loss"],
+          "lr": float(setup.lr(step - 1 - stage.start)), "grad_norm": fetched[-1]["grad_norm"],
+          # The loop's wall time per step since the last logged step: data and all.
+          "step_time": seconds, "tokens_per_sec": window.tokens / window.seconds,
           "examples_per_sec": c.train.batch_size / seconds,
           "mfu": step_flops / seconds / peak if step_flops else 0.0,
-          "dropped": window["dropped"], "truncated": window["truncated"],
+          "dropped": window.dropped, "truncated": window.truncated,
       }
       writer.write(step, last)
-      window = {"time": 0.0, "steps": 0, "tokens": 0.0, "dropped": 0, "truncated": 0}
-    if sigterm.raised or step % c.train.checkpoint_every == 0 or step == stage.end:
+      window = _Window()
+    if save:
       checkpoints.save(state, setup.iterator)
       if sigterm.raised:
         checkpoints.wait()

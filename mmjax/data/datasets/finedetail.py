@@ -8,6 +8,7 @@ form multi-turn conversations and evaluation can ask one question at a time.
   python -m mmjax.data.datasets.finedetail --config small --data_dir ~/tensorflow_datasets
 """
 import argparse
+import contextlib
 import dataclasses
 import io
 import multiprocessing
@@ -16,7 +17,9 @@ import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
+from mmjax import console
 from mmjax.data.datasets import questions
 from mmjax.data.datasets import scenes
 
@@ -128,8 +131,27 @@ def prepare(config: str = "small", data_dir: str | None = None) -> FineDetail:
   if config not in CONFIGS:
     raise ValueError(f"Unknown fine-detail config {config!r}; valid: {sorted(CONFIGS)}.")
   builder = FineDetail(config=config, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  if not builder.is_prepared():
+    console.say("Generating the embedded dataset fine_detail/%s (%s) in %s …", config,
+                ", ".join(f"{n} {split}" for split, n in zip(SPLITS, CONFIGS[config].sizes)),
+                builder.data_dir)
+    # TFDS announces a download of "Unknown size" and draws bars per split and shard: its words
+    # go to the log, ours above say what happens.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), _no_progress_bars():
+      builder.download_and_prepare()
+    for line in filter(None, printed.getvalue().splitlines()):
+      logging.info("tfds: %s", line)
   return builder
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+  tfds.disable_progress_bar()
+  try:
+    yield
+  finally:
+    tfds.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
