@@ -405,7 +405,7 @@ def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
 
 
 # Every config file (default.py is llava15.py's alias), so a new method's config is run too.
-@pytest.mark.parametrize("method", [m for m in config_golden.METHODS if m != "default"])
+@pytest.mark.parametrize("method", config_golden.METHODS)
 def test_every_method_config_trains_and_evaluates_at_tiny_size(data_dir, tmp_path, method):
   c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=3")
   c.data.data_dir = data_dir
