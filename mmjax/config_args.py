@@ -57,13 +57,3 @@ def load_module(path: str | os.PathLike):
 def get_config(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
   """A config file's `get_config(arg)`, as `--config path:arg` loads it (for scripts and tests)."""
   return load_module(path).get_config(arg)
-
-
-def with_fixed(path: str | os.PathLike, arg: str | None, **fixed: Any
-               ) -> ml_collections.ConfigDict:
-  """The config file at `path` with some of its `ARGUMENTS` fixed: a method config
-  (configs/llava_hr.py is configs/default.py with `tower=llava_hr`) takes the rest, checked here
-  so an error lists only those."""
-  module = load_module(path)
-  a = parse(arg, **{k: v for k, v in module.ARGUMENTS.items() if k not in fixed})
-  return module.get_config(",".join(f"{k}={v}" for k, v in {**a, **fixed}.items()))

@@ -41,21 +41,19 @@ def _restore(c, workdir, model, spec, mesh, step):
     raise ValueError(f"No checkpoint for step {step}; saved: {checkpoints.all_steps()}.")
   boxed = jax.eval_shape(model.init, jax.random.key(0), spec)["params"]
   target, shardings = nn.unbox(boxed), sharding.shardings(boxed, mesh)
+  steps = [step] if step is not None else sorted(checkpoints.all_steps(), reverse=True)
   skipped = []
   try:
-    while True:
-      newest = step if step is not None else checkpoints.latest_step()
-      if newest is None:
-        raise loop.NoCheckpointRestores(
-            f"No checkpoint of {checkpoints.directory} restores (steps "
-            f"{[x.step for x in skipped]} moved to {skipped[-1].moved_to.parent}).")
+    for candidate in steps:
       try:
-        return newest, checkpoints.restore_params(newest, target, shardings)
+        return candidate, checkpoints.restore_params(candidate, target, shardings)
       except checkpoint_lib.UnreadableCheckpoint as e:
         if step is not None:
           raise
-        skipped.append(e)
+        skipped.append(candidate)  # Left where it is: evaluation never moves checkpoints.
         logging.warning("%s Evaluating the newest checkpoint before it.", e)
+    raise loop.NoCheckpointRestores(f"No checkpoint of {checkpoints.directory} restores (steps "
+                                    f"{skipped}).")
   finally:
     checkpoints.close()
 

@@ -280,13 +280,13 @@ def test_resume_and_eval_fall_back_past_a_damaged_newest_checkpoint(data_dir, tm
     loop.train(tiny(data_dir, steps=6, **kw), broken)
   warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
   assert len(warnings) == 1 and "\n" not in warnings[0]
-  assert re.match(r"Checkpoint step 4 in \S+ does not restore \(\w+: .+\); moved it to "
-                  r"\S+checkpoints.unreadable/4\. Resuming", warnings[0]), warnings[0]
+  assert re.match(r"Checkpoint step 4 in \S+ does not restore \(\w+: .+\)\. Moved it to "
+                  r"\S+checkpoints.unreadable/4; resuming", warnings[0]), warnings[0]
   assert (broken / "checkpoints.unreadable" / "4" / "params").is_dir()
   after, before = _losses(broken), _losses(whole)
   np.testing.assert_allclose([after[s] for s in (3, 4, 5, 6)], [before[s] for s in (3, 4, 5, 6)],
                              rtol=1e-6)
-  # eval.py: the newest (6) damaged, it evaluates 4.
+  # eval.py: the newest (6) damaged, it evaluates 4 and moves nothing.
   _damage(broken / "checkpoints" / "6", how)
   c = tiny(data_dir, steps=6, **kw)
   model = mllm.MLLM(build.model_config(c, build.tokenizer(c).vocab_size))
@@ -294,11 +294,13 @@ def test_resume_and_eval_fall_back_past_a_damaged_newest_checkpoint(data_dir, tm
       build.formatter(c, c.train.task, model.config, build.tokenizer(c)),
       build.data_source(c, c.data.eval_split), 1))
   step, _ = evaluation._restore(c, broken, model, spec, loop.mesh_from_config(c), None)
-  assert step == 4 and (broken / "checkpoints.unreadable" / "6").is_dir()
-  for left in checkpoint_lib.Checkpointer(broken / "checkpoints").all_steps():
+  assert step == 4 and (broken / "checkpoints" / "6").is_dir()
+  for left in (2, 4):
     _damage(broken / "checkpoints" / str(left), how)
   with pytest.raises(loop.NoCheckpointRestores, match=r"No checkpoint of \S+ restores \(steps "
-                     r"\[4, 2\] moved to"):
+                     r"\[6, 4, 2\] are in"):
+    loop.train(tiny(data_dir, steps=8, **kw), broken)
+  with pytest.raises(loop.NoCheckpointRestores, match="move one back"):  # Never starts over.
     loop.train(tiny(data_dir, steps=8, **kw), broken)
 
 

@@ -4,10 +4,11 @@ They are separate items, so evaluation restores the parameters alone. Restoring 
 `jax.ShapeDtypeStruct(..., sharding=...)`, so a checkpoint written on one mesh restores onto
 another. Saves are asynchronous; `wait` blocks until the last is durable.
 
-A checkpoint that does not restore (files truncated or missing after a crash, a partial copy,
-bit rot) is moved aside, never deleted, into `<directory>.unreadable/<step>`, and the restore
-raises `UnreadableCheckpoint` (one line: which step, why, where it went), so callers go on from
-the newest checkpoint before it.
+A checkpoint whose files cannot be read (truncated or missing after a crash, a partial copy, bit
+rot) raises `UnreadableCheckpoint` (one line: which step, why), and training moves it aside,
+never deleting it, into `<directory>.unreadable/<step>` before going on from the newest
+checkpoint before it. A checkpoint that reads but does not fit the target (another model or
+optimizer: orbax's ValueError) is not damaged and raises as it is.
 """
 import pathlib
 import shutil
@@ -27,12 +28,18 @@ def _target(abstract: Any, shardings: Any) -> Any:
 
 
 class UnreadableCheckpoint(RuntimeError):
-  """A checkpoint failed to restore and was moved aside (`moved_to`)."""
+  """A checkpoint's files could not be read."""
 
-  def __init__(self, step: int, directory: pathlib.Path, moved_to: pathlib.Path, reason: str):
-    self.step, self.moved_to = step, moved_to
-    super().__init__(f"Checkpoint step {step} in {directory} does not restore ({reason}); moved "
-                     f"it to {moved_to}.")
+  def __init__(self, step: int, directory: pathlib.Path, reason: str):
+    self.step, self.directory, self.reason = step, directory, reason
+    super().__init__(f"Checkpoint step {step} in {directory} does not restore ({reason}).")
+
+
+def _damaged(error: BaseException) -> bool:
+  """Whether a restore failed reading the files (tensorstore's plain Exception, a missing or
+  unreadable file), not because the checkpoint holds another tree (ValueError) or memory ran
+  out."""
+  return type(error) is Exception or isinstance(error, (OSError, EOFError))
 
 
 def _reason(error: BaseException) -> str:
@@ -87,18 +94,29 @@ class Checkpointer:
   def _restore(self, step: int, items: dict[str, Any]) -> Any:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Whatever the storage layer raises for damaged files.
-      raise UnreadableCheckpoint(step, self.directory, self.move_aside(step), _reason(e)) from e
+    except Exception as e:  # What the storage layer raises for damaged files (see _damaged).
+      if not _damaged(e):
+        raise
+      raise UnreadableCheckpoint(step, self.directory, _reason(e)) from e
+
+  @property
+  def aside(self) -> pathlib.Path:
+    """Where unreadable checkpoints are moved."""
+    return self.directory.with_name(self.directory.name + ".unreadable")
 
   def move_aside(self, step: int) -> pathlib.Path:
-    """Moves checkpoint `step` out of the managed directory (never deletes it); returns where."""
+    """Moves checkpoint `step` out of the managed directory (never deletes it; process 0 moves,
+    every process waits for it); returns where."""
     self.manager.wait_until_finished()
-    aside = self.directory.with_name(self.directory.name + ".unreadable")
-    aside.mkdir(parents=True, exist_ok=True)
-    target, n = aside / str(step), 1
+    target, n = self.aside / str(step), 1
     while target.exists():  # The same step damaged twice keeps both copies.
-      target, n = aside / f"{step}.{n}", n + 1
-    shutil.move(str(self.directory / str(step)), str(target))
+      target, n = self.aside / f"{step}.{n}", n + 1
+    if jax.process_index() == 0:
+      self.aside.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"mmjax_move_aside_{step}")
     self.manager.reload()
     return target
 

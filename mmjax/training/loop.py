@@ -74,14 +74,20 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     try:
       return _train(c, workdir)
     except checkpoint_lib.UnreadableCheckpoint as e:
-      skipped.append(e)
-      logging.warning("%s Resuming from the newest checkpoint before it.", e)
-      left = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints").all_steps()
+      checkpoints = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
+      moved = checkpoints.move_aside(e.step)
+      skipped.append(e.step)
+      left = checkpoints.all_steps()
+      checkpoints.close()
+      logging.warning("%s Moved it to %s; resuming from the newest checkpoint before it.", e,
+                      moved)
       if not left:
-        raise NoCheckpointRestores(
-            f"No checkpoint of {pathlib.Path(workdir) / 'checkpoints'} restores (steps "
-            f"{[x.step for x in skipped]} moved to {skipped[-1].moved_to.parent}); move one "
-            "back once repaired, or train in a new --workdir.") from None
+        raise NoCheckpointRestores(_none_restores(checkpoints, skipped)) from None
+
+
+def _none_restores(checkpoints: checkpoint_lib.Checkpointer, skipped: list[int]) -> str:
+  return (f"No checkpoint of {checkpoints.directory} restores (steps {skipped or 'earlier'} are in "
+          f"{checkpoints.aside}); move one back once repaired, or train in a new --workdir.")
 
 
 def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -95,6 +101,9 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
     build.question_kinds(c, field)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)
   start = checkpoints.latest_step() or 0
+  if not start and checkpoints.aside.is_dir() and any(checkpoints.aside.iterdir()):
+    checkpoints.close()  # Every checkpoint was damaged: starting over would hide that.
+    raise NoCheckpointRestores(_none_restores(checkpoints, []))
   _check_same_model(c, workdir, resuming=start > 0)
   if start >= c.train.steps:
     console.say("Already trained %d steps in %s.", start, workdir)
@@ -271,9 +280,13 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
   window = _Window()
   last = {}
   step = int(state.step)
+  previous = None
   while step < stage.end:
     host = next(setup.iterator)
     state, m = compiled(state, pipeline.to_global(host, setup.mesh))
+    if previous is not None:  # At most one step queued behind the running one (memory, SIGTERM).
+      jax.block_until_ready(previous)
+    previous = m["loss"]
     step += 1
     window.add(step, m, host)
     writer.advance()
@@ -301,11 +314,12 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
           "dropped": window.dropped, "truncated": window.truncated,
       }
       writer.write(step, last)
-      window = _Window()
     if save:
       checkpoints.save(state, setup.iterator)
       if sigterm.raised:
         checkpoints.wait()
         logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
         raise Preempted(PREEMPTED_EXIT_CODE)
+    if log:
+      window = _Window()  # After the save: its time is not the next window's.
   return state, last

@@ -196,7 +196,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config = build.model_config(c, build.tokenizer(c).vocab_size)
-  policy, tokens = build.policy(c, config), config.max_visual_tokens
+  policy, tokens = build.policy(c, config), config.tower.max_tokens
   kinds = build.question_kinds(c, "pretrain.kinds")
   train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds,
                      cache=cache_views)
