@@ -15,12 +15,12 @@ A tower entry is a config name, optionally with its argument and field overrides
 (a fixed resolution, pixel-unshuffled to 196 tokens). Entries are separated by ';' (or by ',' when
 none has an argument); `--config_arg patch=16` goes to every config.
 
-`--pretrain_steps N` first pre-trains each run's tower with a classifier head
-(`mmjax.training.pretrain_tower`, same seed and config overrides) and starts the MLLM from it —
-the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
+`--pretrain_steps N` first pre-trains each run's tower with a classifier head (stage 0 alone:
+train.py with train.steps=0 and these `pretrain.*` fields, same seed and config overrides) and
+starts the MLLM from it — the stand-in for LLaVA's pre-trained CLIP encoders; freeze it with `--set
 train.trainable=^(projector|llm)/`. With `--shared_encoders llava_hr` that tower is pre-trained
 first (once per seed, or once for all with `--shared_encoders_seed S`), and every other run's
-ViT and ConvNeXt start from its encoders (`pretrain_tower --encoders_from`): the papers' footing
+ViT and ConvNeXt start from its encoders (`pretrain.encoders_from`): the papers' footing
 (one CLIP, one ConvNeXt, the fusions compared on top), and a fusion no longer has to find the
 fine detail from scratch. The encoders stay frozen while a run's fusion pre-trains, or train with
 it under `--train_shared_encoders`. Measured (docs/results): on frozen shared encoders Mini-Gemini's
@@ -66,22 +66,26 @@ def _run(command: list[str], log: pathlib.Path) -> dict:
 
 def pretrain_tower(workdir: pathlib.Path, flags: list[str], args,
                    encoders_from: pathlib.Path | None = None) -> dict:
-  """Pre-trains the run's tower into `workdir` (kept if already done), its encoders started
-  from `encoders_from`'s if given (frozen unless `--train_shared_encoders`); returns its last
-  validation accuracies and wall time."""
+  """Stage 0 of the run in `workdir` alone (train.py with train.steps=0: the tower into
+  WORKDIR/tower; kept if already done), its encoders started from `encoders_from`'s if given
+  (frozen unless `--train_shared_encoders`); returns its last validation accuracies and wall
+  time."""
   settings = {"steps": args.pretrain_steps, "batch": args.pretrain_batch, "lr": args.pretrain_lr,
               "until": args.pretrain_until, "schedule": args.pretrain_schedule,
               "encoders_from": str(encoders_from or ""),
               "train_encoders": bool(encoders_from) and args.train_shared_encoders}
-  if not pretrain_tower_lib.finished(workdir, settings):
-    _run([sys.executable, "-m", "mmjax.training.pretrain_tower", *flags,
-          f"--workdir={workdir}", *(f"--{k}={v}" for k, v in settings.items() if v is not None),
-          f"--eval_every={args.pretrain_eval_every or args.pretrain_steps}",
-          f"--workers={args.pretrain_workers}", f"--cache_views={args.pretrain_cache_views}"],
-         workdir.with_suffix(".log"))
-  done = json.loads((workdir / "pretrain.json").read_text())
-  last = done["curve"][-1] if done["curve"] else {"step": 0, "seconds": 0.0, "loss": None}
-  return {"steps": last["step"], "stopped": done["stopped"], "seconds": last["seconds"],
+  fields = {**settings, "eval_every": args.pretrain_eval_every or args.pretrain_steps,
+            "workers": args.pretrain_workers, "cache_views": args.pretrain_cache_views}
+  tower, timing = workdir / "tower", workdir / "tower_time.json"
+  if not pretrain_tower_lib.finished(tower, settings):
+    run = _run([sys.executable, "train.py", *flags, "--config.train.steps=0",
+                *(f"--config.pretrain.{k}={v}" for k, v in fields.items() if v is not None)],
+               workdir / "tower.log")
+    timing.write_text(json.dumps(run))
+  done = json.loads((tower / "pretrain.json").read_text())
+  last = done["curve"][-1] if done["curve"] else {"step": 0, "loss": None}
+  return {"steps": last["step"], "stopped": done["stopped"],
+          "seconds": json.loads(timing.read_text())["seconds"] if timing.exists() else None,
           "loss": last["loss"], "accuracy_by_kind": {k: v for k, v in last.items()
                                                      if k not in ("step", "seconds", "loss")}}
 
@@ -123,8 +127,7 @@ def pretrain_shared_encoders(seed: int, args) -> dict:
   """Pre-trains `--shared_encoders`' tower for `seed`; returns its record and where its
   parameters are, the encoders every run of the seed starts from."""
   workdir = run_dir(args.shared_encoders, seed, args, prefix="encoders_")
-  record = pretrain_tower(workdir / "tower", run_flags(args.shared_encoders, seed, workdir, args),
-                          args)
+  record = pretrain_tower(workdir, run_flags(args.shared_encoders, seed, workdir, args), args)
   return {**record, "tower": args.shared_encoders, "seed": seed,
           "file": str(workdir / "tower" / "params.safetensors")}
 
@@ -142,8 +145,7 @@ def run_one(tower: str, seed: int, args, shared: concurrent.futures.Future | Non
     pretraining = encoders
     flags.append(f"--config.train.init_params=tower={pathlib.Path(encoders['file']).parent}")
   elif args.pretrain_steps:
-    pretraining = pretrain_tower(workdir / "tower", flags, args,
-                                 encoders and pathlib.Path(encoders["file"]))
+    pretraining = pretrain_tower(workdir, flags, args, encoders and pathlib.Path(encoders["file"]))
     flags.append(f"--config.train.init_params=tower={workdir / 'tower'}")
   train = _run([sys.executable, "train.py", *flags], workdir / "train.log")
   evaluate = _run([sys.executable, "eval.py", *flags], workdir / "eval.log")

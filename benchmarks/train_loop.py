@@ -52,7 +52,7 @@ def child(size: str, out: str) -> None:
   compiled = setup.compile()
   state = setup.factory.create(jax.random.key(0), None, 0)
   host = next(setup.iterator)
-  batch = pipeline.to_global(host, mesh)
+  batch = pipeline.to_global(setup.device_batch(host), mesh)
   for _ in range(3):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)

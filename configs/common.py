@@ -143,15 +143,18 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
 
   # Stage 0 (before the MLLM's stages): the tower pre-trained with a classifier head on the
   # embedded dataset's questions (mmjax.training.pretrain_tower) into WORKDIR/tower, then
-  # frozen under the MLLM's stages: the stand-in for a pre-trained CLIP.
+  # frozen under the MLLM's stages: the stand-in for a pre-trained CLIP. train.steps=0 runs it
+  # alone.
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.steps = a.pretrain if a.pretrain >= 0 else pretrain_steps  # 0: no stage 0.
   c.pretrain.batch = 32  # Images per update, each with all its questions.
   c.pretrain.lr = 2e-3  # Peak AdamW learning rate (after a linear warm-up).
+  c.pretrain.weight_decay = 0.05  # AdamW's, on matrices (as train.weight_decay).
   # After the warm-up: "cosine" (decay to 0 at pretrain.steps) or "constant" (for `until`, where
   # the steps are a cap, not the run's length).
   c.pretrain.schedule = "cosine"
-  c.pretrain.eval_every = 500  # Steps between validation passes (accuracy per question kind).
+  # Steps between validation passes (accuracy per question kind), each also a checkpoint.
+  c.pretrain.eval_every = 500
   # Stop once every kind's validation accuracy reaches this (None: run all steps).
   c.pretrain.until = ml_collections.FieldReference(None, field_type=float)
   c.pretrain.workers = 2  # Threads preparing batches ahead of the step.
@@ -164,6 +167,12 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   # Regular expression over the tower's parameter paths held fixed in stage 0, e.g.
   # "^tower/(vit|convnext)/" to train only a fusion on such encoders; "": all train.
   c.pretrain.frozen = ""
+  # A tower file (another tower's stage 0: DIR/params.safetensors) whose `vit` and `convnext`
+  # start every ViT and ConvNeXt of this tower, frozen: only the fusion and the head train
+  # (LLaVA-HR, Mini-Gemini and EAGLE all start from the same CLIP and ConvNeXt). Sets
+  # init_params and frozen itself; "": off.
+  c.pretrain.encoders_from = ""
+  c.pretrain.train_encoders = False  # With encoders_from: the encoders train with the fusion.
   # Comma-separated question kinds stage 0 trains on and its `until` waits for; "": data.kinds.
   # E.g. one fine rung for the tower while the MLLM learns it with the coarse kinds, which a
   # head does not all reach `until` on (shape colour). "legible": data.kinds' coarse kinds for a
@@ -175,7 +184,8 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   c.pretrain.kinds = "legible"
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = a.steps  # Optimizer updates over both stages.
+  # Optimizer updates over the MLLM's stages (0 with pretrain.steps > 0: stage 0 alone).
+  c.train.steps = a.steps
   c.train.batch_size = s.batch  # Global batch (rows); split over processes and devices.
   c.train.grad_accum_steps = 1  # Micro-batches per update (the batch must split evenly).
   # Share of the steps in stage 1 (alignment on captions); 0 after stage 0: with an LLM trained
@@ -187,7 +197,7 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   c.train.align_trainable = "^projector/" if c.pretrain.steps else ".*"
   c.train.align_lr = 1e-3
   # "SUBTREE=PATH,…": parameters that start from safetensors files instead of random, e.g.
-  # "tower=runs/pre/tower" after `python -m mmjax.training.pretrain_tower`, or a converted
+  # "tower=runs/pre/tower" after stage 0 alone in runs/pre (train.steps=0), or a converted
   # CLIP / LLM (`python -m mmjax.convert`) as "tower/vit=DIR,llm=DIR" (build.initial_params).
   c.train.init_params = ""
   c.train.task = "vqa"  # Stage 2 data: multi-turn question answering.
@@ -211,6 +221,13 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   # Bytes: the longest embedded answer, "green and magenta", is 17 + eos; eval refuses a split
   # holding an answer longer than this rather than count it wrong.
   c.eval.max_new_tokens = 24
-  c.eval.batch_size = 64
+  c.eval.batch_size = 64  # Questions generated at once (vqa), rows per loss batch (loss).
+
+  # The evaluators eval.py runs (mmjax.evaluators), by name: `type` picks one, `every` also runs
+  # it during training every that many steps (0: eval.py only), into metrics.jsonl and
+  # TensorBoard as NAME/metric.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.vqa = ml_collections.ConfigDict({"type": "vqa", "every": 0})  # Accuracy by kind.
+  c.evals.loss = ml_collections.ConfigDict({"type": "loss", "every": 0})  # Loss, perplexity.
   c.lock()
   return c

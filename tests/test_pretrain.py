@@ -49,11 +49,18 @@ def tiny(data_dir, tower="vit"):
   return c
 
 
+def _pretrain(c, workdir, **fields):
+  """Stage 0 alone into `workdir`, with `fields` set in `c.pretrain`."""
+  for name, value in fields.items():
+    setattr(c.pretrain, name, value)
+  return loop.pretrain_tower(c, workdir)
+
+
 @pytest.fixture(scope="module")
 def pretrained(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("pre")
-  accuracy = pretrain_tower.pretrain(tiny(data_dir), workdir, steps=3, batch=4, lr=1e-3,
-                                     eval_every=3)
+  accuracy = _pretrain(tiny(data_dir), workdir, steps=3, batch=8, lr=1e-3,
+                       eval_every=3)
   return workdir, accuracy
 
 
@@ -162,18 +169,18 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
 
 
 def test_pretraining_stops_once_every_kind_reaches_the_target(data_dir, tmp_path):
-  pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
-                          until=0.0, schedule="constant")
+  _pretrain(tiny(data_dir), tmp_path, steps=3, batch=8, lr=1e-3, eval_every=1,
+            until=0.0, schedule="constant")
   saved = json.loads((tmp_path / "pretrain.json").read_text())
   assert [p["step"] for p in saved["curve"]] == [1] and saved["stopped"] == "until"
   assert saved["schedule"] == "constant"
   with pytest.raises(ValueError, match="until=1.5"):
-    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
-                            until=1.5)
+    _pretrain(tiny(data_dir), tmp_path, steps=3, batch=8, lr=1e-3, eval_every=1,
+              until=1.5)
   with pytest.raises(ValueError, match=r"schedule='linear': valid schedules are \['constant', "
                                        r"'cosine'\]"):
-    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=3, batch=4, lr=1e-3, eval_every=1,
-                            schedule="linear")
+    _pretrain(tiny(data_dir), tmp_path, steps=3, batch=8, lr=1e-3, eval_every=1,
+              schedule="linear")
 
 
 def test_the_constant_schedule_holds_the_peak_after_the_warm_up():
@@ -189,7 +196,7 @@ def test_pretraining_needs_the_embedded_dataset(tmp_path):
   c = config_args.get_config(DEFAULT, "size=tiny")
   c.data.dataset = "llava_json:/somewhere"
   with pytest.raises(ValueError, match="question labels"):
-    pretrain_tower.pretrain(c, tmp_path, steps=1, batch=1, lr=1e-3, eval_every=1)
+    _pretrain(c, tmp_path, steps=1, batch=1, lr=1e-3, eval_every=1)
 
 
 def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
@@ -197,21 +204,21 @@ def test_pretraining_on_chosen_question_kinds(data_dir, tmp_path):
   c = tiny(data_dir)
   c.pretrain.kinds = ""
   c.data.kinds = "pattern_colours,background_colour"
-  accuracy = pretrain_tower.pretrain(c, tmp_path, steps=2, batch=4, lr=1e-3, eval_every=2)
+  accuracy = _pretrain(c, tmp_path, steps=2, batch=8, lr=1e-3, eval_every=2)
   assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours", "background_colour"}
   answers = json.loads((tmp_path / "pretrain.json").read_text())["answers"]
   assert "red and cyan" in answers and not any(a.isdigit() for a in answers)  # No codes/counts.
-  settings = {"steps": 2, "batch": 4, "lr": 1e-3}
+  settings = {"steps": 2, "batch": 8, "lr": 1e-3}
   assert pretrain_tower.finished(tmp_path, settings, json.loads(c.to_json()))
   c.pretrain.kinds = "pattern_colours"
   assert not pretrain_tower.finished(tmp_path, settings, json.loads(c.to_json()))
-  accuracy = pretrain_tower.pretrain(c, tmp_path / "one", steps=2, batch=4, lr=1e-3, eval_every=2)
+  accuracy = _pretrain(c, tmp_path / "one", steps=2, batch=8, lr=1e-3, eval_every=2)
   assert set(accuracy) - {"step", "loss", "seconds"} == {"pattern_colours"}
   assert pretrain_tower.finished(tmp_path / "one", settings, json.loads(c.to_json()))
   c.pretrain.kinds = "pattern_colour"
   with pytest.raises(ValueError, match=r"pretrain.kinds has unknown question kinds "
                      r"\['pattern_colour'\]; valid: 'legible' or pattern_colours"):
-    pretrain_tower.pretrain(c, tmp_path / "bad", steps=2, batch=4, lr=1e-3, eval_every=2)
+    _pretrain(c, tmp_path / "bad", steps=2, batch=8, lr=1e-3, eval_every=2)
 
 
 def test_a_tower_at_the_low_resolution_pretrains_on_the_legible_kinds_by_default():
@@ -245,8 +252,8 @@ def test_batches_prepared_on_threads_or_from_cached_views_are_the_same_batches(d
   runs = []
   for workers, cache in ((0, False), (3, False), (3, True)):
     workdir = tmp_path / f"{workers}{cache}"
-    pretrain_tower.pretrain(tiny(data_dir), workdir, steps=8, batch=4, lr=1e-3, eval_every=4,
-                            workers=workers, cache_views=cache)
+    _pretrain(tiny(data_dir), workdir, steps=8, batch=8, lr=1e-3, eval_every=4,
+              workers=workers, cache_views=cache)
     runs.append(files.load_params(workdir / files.PARAMS_FILE))
   chex.assert_trees_all_equal(*runs)
 
@@ -267,13 +274,13 @@ def test_an_image_the_policy_refuses_is_left_out_and_counted(data_dir, tmp_path)
   assert split.refused == set(split.images[wide].tolist())
   c.model.tower.max_aspect = 1.0001  # Now every image is refused: a clear error, not a silent run.
   with pytest.raises(ValueError, match="question could be asked: the resolution policy refused"):
-    pretrain_tower.pretrain(c, tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1)
+    _pretrain(c, tmp_path, steps=1, batch=8, lr=1e-3, eval_every=1)
 
 
 def test_stage_zero_pretrains_the_tower_that_the_mllm_keeps_frozen(data_dir, tmp_path):
   c = config_args.get_config(DEFAULT, "size=tiny,steps=2,pretrain=3")
   c.data.data_dir, c.data.eval_examples, c.train.batch_size = data_dir, 8, 8
-  c.pretrain.batch, c.pretrain.eval_every, c.pretrain.workers = 4, 3, 0
+  c.pretrain.batch, c.pretrain.eval_every, c.pretrain.workers = 8, 3, 0
   assert (c.train.align_trainable, c.train.trainable) == ("^projector/", "^(projector|llm)/")
   loop.train(c, tmp_path)
   record = tmp_path / "tower" / "pretrain.json"
@@ -290,22 +297,68 @@ def test_stage_zero_pretrains_the_tower_that_the_mllm_keeps_frozen(data_dir, tmp
     np.testing.assert_array_equal(got[key], saved[key], err_msg="/".join(key))
   # A finished stage 0 with the same settings is kept; another tower source is refused.
   written = record.stat().st_mtime_ns
-  assert loop._pretrained_tower(c, tmp_path / "tower").train.init_params == \
+  assert loop._with_pretrained_tower(c, tmp_path / "tower").train.init_params == \
       f"tower={tmp_path / 'tower'}"
   assert record.stat().st_mtime_ns == written
   c.train.init_params = f"tower/vit={tmp_path / 'tower'}#vit"
   with pytest.raises(ValueError, match="set pretrain.steps=0"):
-    loop._pretrained_tower(c, tmp_path / "tower")
+    loop._with_pretrained_tower(c, tmp_path / "tower")
 
 
-def test_the_command_line_exits_zero_and_writes_the_tower(data_dir, tmp_path):
-  """The ablation harness runs it as a program and reads a non-zero exit as a failure."""
+def test_train_py_runs_stage_zero_alone_and_exits_zero(data_dir, tmp_path):
+  """train.steps=0: the tower's stage 0 alone, into WORKDIR/tower (the ablation harness runs it
+  as a program and reads a non-zero exit as a failure)."""
   done = subprocess.run(
-      [sys.executable, "-m", "mmjax.training.pretrain_tower", f"--config={DEFAULT}:size=tiny",
-       f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}", "--steps=1", "--batch=2",
-       "--eval_every=1"], cwd=DEFAULT.parents[1], capture_output=True, text=True, timeout=300)
+      [sys.executable, "train.py", f"--config={DEFAULT}:size=tiny",
+       f"--config.data.data_dir={data_dir}", f"--workdir={tmp_path}", "--config.train.steps=0",
+       "--config.pretrain.steps=1", "--config.pretrain.batch=8", "--config.pretrain.eval_every=1",
+       "--config.pretrain.workers=0", "--config.data.eval_examples=8"],
+      cwd=DEFAULT.parents[1], capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  assert json.loads((tmp_path / "pretrain.json").read_text())["stopped"] == "steps"
+  assert json.loads((tmp_path / "tower" / "pretrain.json").read_text())["stopped"] == "steps"
+  assert list(files.load_params(tmp_path / "tower" / files.PARAMS_FILE)) == ["vit"]
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_stage_zero_killed_midway_resumes_to_the_same_tower(data_dir, tmp_path, monkeypatch):
+  """Checkpoints at every validation pass; a run that dies after step 4 of 6 re-runs from step
+  4's checkpoint (state, optimizer, data position) to the tower and curve of an unbroken run;
+  other settings in that directory are refused."""
+  settings = dict(steps=6, batch=8, lr=1e-2, eval_every=2, workers=2, cache_views=False)
+
+  def config():
+    c = tiny(data_dir)
+    c.train.log_every = 1
+    return c
+
+  whole = _pretrain(config(), tmp_path / "whole", **settings)
+  calls = []
+
+  def dies_at_step_5(host):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt  # As a kill: nothing after step 4's checkpoint is written.
+    return real(host)
+
+  real = pretrain_tower.Setup.counts
+  monkeypatch.setattr(pretrain_tower.Setup, "counts", staticmethod(dies_at_step_5))
+  with pytest.raises(KeyboardInterrupt):
+    _pretrain(config(), tmp_path / "killed", **settings)
+  monkeypatch.undo()
+  record = json.loads((tmp_path / "killed" / "pretrain.json").read_text())
+  assert record["stopped"] is None and [r["step"] for r in record["curve"]] == [2, 4]
+  with pytest.raises(ValueError, match="holds a stage 0 of other settings"):
+    _pretrain(config(), tmp_path / "killed", **{**settings, "lr": 1e-3})
+  assert _pretrain(config(), tmp_path / "killed", **settings) == whole
+  chex.assert_trees_all_equal(files.load_params(tmp_path / "killed" / files.PARAMS_FILE),
+                              files.load_params(tmp_path / "whole" / files.PARAMS_FILE))
+  curves = [json.loads((tmp_path / d / "pretrain.json").read_text())["curve"]
+            for d in ("killed", "whole")]
+  assert curves[0] == curves[1] and [r["step"] for r in curves[0]] == [2, 4, 6]
+  losses = [{r["step"]: r["loss"] for r in map(json.loads,
+                                                (tmp_path / d / "metrics.jsonl").open())}
+            for d in ("killed", "whole")]
+  assert losses[0] == losses[1] and sorted(losses[0]) == list(range(1, 7))
 
 
 def _tower_file(c, path):
@@ -356,8 +409,8 @@ def test_a_fusion_trains_on_loaded_frozen_encoders(data_dir, tmp_path):
   c = tiny(data_dir, tower="llava_hr")
   c.model.tower.vit.depth = 4
   convnext_source = _tower_file(c, tmp_path / "hr.safetensors")["convnext"]
-  pretrain_tower.pretrain(
-      c, tmp_path / "run", steps=2, lr=1e-2, batch=4, eval_every=2, frozen="^tower/(vit|convnext)/",
+  _pretrain(
+      c, tmp_path / "run", steps=2, lr=1e-2, batch=8, eval_every=2, frozen="^tower/(vit|convnext)/",
       init_params=f"tower/vit={tmp_path / 'vit.safetensors'}#vit,"
                   f"tower/convnext={tmp_path / 'hr.safetensors'}#convnext")
   trained = files.load_params(tmp_path / "run" / files.PARAMS_FILE)
@@ -377,8 +430,8 @@ def test_a_mini_gemini_fusion_trains_on_the_encoders_of_a_llava_hr_tower(data_di
   source = _tower_file(hr, tmp_path / "hr.safetensors")
   c = tiny(data_dir, tower="mini_gemini")
   c.model.tower.vit.depth = 4
-  pretrain_tower.pretrain(c, tmp_path / "mg", steps=2, batch=4, lr=1e-2, eval_every=2,
-                          encoders_from=str(tmp_path / "hr.safetensors"))
+  _pretrain(c, tmp_path / "mg", steps=2, batch=8, lr=1e-2, eval_every=2,
+            encoders_from=str(tmp_path / "hr.safetensors"))
   trained = files.load_params(tmp_path / "mg" / files.PARAMS_FILE)
   vit_now = mapping.flatten(trained["vit"])
   chex.assert_trees_all_equal(vit_now,
@@ -387,9 +440,9 @@ def test_a_mini_gemini_fusion_trains_on_the_encoders_of_a_llava_hr_tower(data_di
   assert "mining" in trained
   record = json.loads((tmp_path / "mg" / "pretrain.json").read_text())
   assert record["encoders_from"] == str(tmp_path / "hr.safetensors")
-  with pytest.raises(ValueError, match="sets init_params and frozen itself"):
-    pretrain_tower.pretrain(c, tmp_path / "bad", steps=1, batch=2, lr=1e-3, eval_every=1,
-                            encoders_from=str(tmp_path / "hr.safetensors"), frozen="^tower/vit/")
+  with pytest.raises(ValueError, match="sets pretrain.init_params and pretrain.frozen itself"):
+    _pretrain(c, tmp_path / "bad", steps=1, batch=8, lr=1e-3, eval_every=1,
+              encoders_from=str(tmp_path / "hr.safetensors"), frozen="^tower/vit/")
 
 
 def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir, tmp_path):
@@ -402,9 +455,9 @@ def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir,
   shared = str(tmp_path / "hr.safetensors")
   c = tiny(data_dir, tower="mini_gemini")
   c.model.tower.vit.depth = 4
-  settings = {"steps": 2, "batch": 4, "lr": 1e-2, "encoders_from": shared,
+  settings = {"steps": 2, "batch": 8, "lr": 1e-2, "encoders_from": shared,
               "train_encoders": True}
-  pretrain_tower.pretrain(c, tmp_path / "mg", eval_every=2, **settings)
+  _pretrain(c, tmp_path / "mg", eval_every=2, **settings)
   trained = files.load_params(tmp_path / "mg" / files.PARAMS_FILE)
   assert jax.tree.structure(trained["convnext"]) == jax.tree.structure(source["convnext"])
   moved = [not np.array_equal(a, b) for a, b in
@@ -421,15 +474,15 @@ def test_shared_encoders_train_with_the_fusion_or_make_the_whole_tower(data_dir,
   plain.model.tower.vit.depth = 4
   for train_encoders in (False, True):
     workdir = tmp_path / f"plain_{train_encoders}"
-    assert pretrain_tower.pretrain(plain, workdir, steps=2, batch=4, lr=1e-2, eval_every=2,
-                                   encoders_from=shared, train_encoders=train_encoders) == {}
+    assert _pretrain(plain, workdir, steps=2, batch=8, lr=1e-2, eval_every=2,
+                     encoders_from=shared, train_encoders=train_encoders) == {}
     assert json.loads((workdir / "pretrain.json").read_text())["stopped"] == "nothing to train"
     vit_now = mapping.flatten(files.load_params(workdir / files.PARAMS_FILE)["vit"])
     chex.assert_trees_all_equal(vit_now,
                                 layout.regroup_blocks(mapping.flatten(source["vit"]), vit_now))
   with pytest.raises(ValueError, match="encoders_from is not set"):
-    pretrain_tower.pretrain(c, tmp_path / "bad", steps=1, batch=2, lr=1e-3, eval_every=1,
-                            train_encoders=True)
+    _pretrain(tiny(data_dir, tower="mini_gemini"), tmp_path / "bad", steps=1, batch=8, lr=1e-3,
+              eval_every=1, train_encoders=True)
 
 
 def test_shared_encoders_name_every_encoder_or_refuse_a_tower_without_one():
@@ -444,8 +497,8 @@ def test_shared_encoders_name_every_encoder_or_refuse_a_tower_without_one():
 
 def test_a_probe_of_a_saved_tower_leaves_it_as_it_was(data_dir, pretrained, tmp_path):
   """The whole tower frozen: only the classifier head trains, a linear-probe-like reading."""
-  pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=2, batch=4, lr=1e-2, eval_every=2,
-                          init_params=f"tower={pretrained[0]}", frozen="^tower/")
+  _pretrain(tiny(data_dir), tmp_path, steps=2, batch=8, lr=1e-2, eval_every=2,
+            init_params=f"tower={pretrained[0]}", frozen="^tower/")
   chex.assert_trees_all_equal(files.load_params(tmp_path / files.PARAMS_FILE),
                               files.load_params(pretrained[0] / files.PARAMS_FILE))
 
@@ -457,5 +510,5 @@ def test_a_probe_of_a_saved_tower_leaves_it_as_it_was(data_dir, pretrained, tmp_
 ])
 def test_stage_zero_refuses_a_bad_frozen_pattern_or_init(data_dir, tmp_path, setting, message):
   with pytest.raises(ValueError, match=message):
-    pretrain_tower.pretrain(tiny(data_dir), tmp_path, steps=1, batch=2, lr=1e-3, eval_every=1,
-                            **setting)
+    _pretrain(tiny(data_dir), tmp_path, steps=1, batch=8, lr=1e-3, eval_every=1,
+              **setting)

@@ -18,6 +18,9 @@ import pytest
 
 from mmjax import config_args
 from mmjax import evaluation
+from mmjax import evaluators
+from mmjax.evaluators import loss as loss_evaluator
+from mmjax.evaluators import vqa
 from mmjax import sharding
 from mmjax.data import pipeline
 from mmjax.models import mllm
@@ -237,6 +240,31 @@ def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_p
                         tmp_path / "untrained")
 
 
+def test_evaluators_run_during_training_as_eval_py_runs_them(data_dir, tmp_path):
+  """`evals.NAME.every`: the evaluator runs every that many steps into metrics.jsonl, and its
+  numbers are eval.py's on the checkpoint of that step."""
+  c = tiny(data_dir, steps=4, **{"train.checkpoint_every": 2, "train.log_every": 4,
+                                 "train.align_fraction": 0.0, "data.kinds": "background_colour",
+                                 "evals.loss.every": 2, "evals.vqa.every": 4})
+  loop.train(c, tmp_path)
+  rows = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").open())}
+  assert sorted(rows) == [2, 4]
+  assert not any(k.startswith("vqa/") for k in rows[2])
+  for step in (2, 4):
+    result = evaluation.evaluate(c, tmp_path, step)
+    np.testing.assert_allclose(rows[step]["loss/loss"], result["loss"], rtol=1e-6)
+    assert rows[step]["loss/loss_tokens"] == result["loss_tokens"] > 0
+  assert rows[4]["vqa/accuracy/coarse"] == result["accuracy"]["coarse"]
+  assert rows[4]["vqa/accuracy_by_kind/background_colour"] == result["accuracy"]["coarse"]
+  c.evals.loss.type = "bleu"
+  with pytest.raises(ValueError, match=r"evals.loss.type='bleu' is not an evaluator; valid: "
+                     r"\['loss', 'vqa'\]"):
+    loop.train(c, tmp_path / "bad")
+  with pytest.raises(ValueError, match="is not an evaluator"):
+    evaluation.evaluate(c, tmp_path)
+  assert sorted(evaluators.EVALUATORS) == ["loss", "vqa"]
+
+
 def _run(command, env=None, timeout=300):
   return subprocess.run(["timeout", "-k", "10", str(timeout)] + command, cwd=ROOT, env=env,
                         capture_output=True, text=True)
@@ -307,13 +335,9 @@ def test_resume_and_eval_fall_back_past_a_damaged_newest_checkpoint(data_dir, tm
 def test_kill_and_rerun_continues_the_same_loss_curve(data_dir, tmp_path):
   c = tiny(data_dir)
   steps = 8
-  done = _run(_flags(c, tmp_path / "whole", steps))
-  assert done.returncode == 0, done.stderr[-3000:]
-  # The run's own lines and the progress bar on stderr; the libraries' logs in its log file.
-  shown = [line for line in re.split(r"[\r\n]", done.stderr)
-           if line.strip() and not re.search(r"\d+/\d+ \[", line)]
-  assert shown and all(line.startswith("Stage ") for line in shown), shown
-  assert "checkpoint_manager.py" in (tmp_path / "whole" / "log.txt").read_text()
+  # The unbroken run in this process (the same programs, from the compilation cache, as the
+  # train.py processes below): what a process boundary changes is the killed run's.
+  loop.train(tiny(data_dir, steps=steps, **{"train.checkpoint_every": 2}), tmp_path / "whole")
   process = subprocess.Popen(_flags(c, tmp_path / "killed", steps), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for_step(process, tmp_path / "killed", 5)
@@ -321,6 +345,11 @@ def test_kill_and_rerun_continues_the_same_loss_curve(data_dir, tmp_path):
   process.wait()
   resumed = _run(_flags(c, tmp_path / "killed", steps))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  # The run's own lines and the progress bar on stderr; the libraries' logs in its log file.
+  shown = [line for line in re.split(r"[\r\n]", resumed.stderr)
+           if line.strip() and not re.search(r"\d+/\d+ \[", line)]
+  assert shown and all(line.startswith(("Stage ", "Resumed stage ")) for line in shown), shown
+  assert "checkpoint_manager.py" in (tmp_path / "killed" / "log.txt").read_text()
   resumed_at = int(re.search(r"Resumed stage \w+ at step (\d+)", resumed.stderr).group(1))
   assert 2 <= resumed_at <= 5
   whole, killed = _losses(tmp_path / "whole"), _losses(tmp_path / "killed")
@@ -366,9 +395,9 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   c = tiny(data_dir)
   steps = 3
   env = {**os.environ, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  single = _run(_flags(c, tmp_path / "one", steps), env)
-  assert single.returncode == 0, single.stderr[-3000:]
+         "XLA_FLAGS": os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=2")}
+  # One process (this one, on its 8 devices) against two of 2 devices each.
+  loop.train(tiny(data_dir, steps=steps, **{"train.checkpoint_every": 2}), tmp_path / "one")
   port = _free_port()
   procs = [subprocess.Popen(
       ["timeout", "-k", "10", "300"] + _flags(c, tmp_path / "two", steps) + [
@@ -433,14 +462,14 @@ def test_eval_leaves_out_and_counts_images_the_policy_refuses(data_dir):
   c.model.tower.max_aspect = 1.3  # Oryx's static budget then refuses every image past 1.3:1.
   tok = build.tokenizer(c)
   source = build.data_source(c, c.data.eval_split)
-  asked = evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
+  asked = vqa.ask(c, tok, source, build.model_config(c, tok.vocab_size))
   wide = [i for i in range(16) if max(source[i]["height"], source[i]["width"]) /
           min(source[i]["height"], source[i]["width"]) > 1.3]
   assert 0 < len(wide) < 16 and asked.refused == wide
   assert len(asked.image_tokens) == 16 - len(wide)
   c.model.tower.max_aspect = 1.0001  # Now every image is refused: a clear error, not an empty score.
   with pytest.raises(ValueError, match="refused all 16 evaluated images"):
-    evaluation._ask(c, tok, source, build.model_config(c, tok.vocab_size))
+    vqa.ask(c, tok, source, build.model_config(c, tok.vocab_size))
 
 
 def test_eval_loss_counts_every_image_once(data_dir):
@@ -462,7 +491,7 @@ def test_eval_loss_counts_every_image_once(data_dir):
   for examples in (3, 11):  # Under one batch of 8; one batch and a partial one.
     c.data.eval_examples = examples
     with jax.set_mesh(mesh), sharding.axis_rules():
-      got = evaluation._loss(c, model, params, tok, source, config, mesh)
+      got = loss_evaluator.loss(c, model, params, tok, source, config, mesh)
     tokens = sum(float(r["tokens"]) for r in rows[:examples])
     assert got["loss_tokens"] == tokens > 0
     np.testing.assert_allclose(

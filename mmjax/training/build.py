@@ -160,10 +160,14 @@ class Stage:
 
 
 def stages(c: ml_collections.ConfigDict) -> list[Stage]:
-  """LLaVA's two stages: alignment (`align_fraction` of the steps), then instruction tuning."""
+  """LLaVA's two stages: alignment (`align_fraction` of the steps), then instruction tuning;
+  none when `train.steps` is 0 and stage 0 (`pretrain.steps`) runs alone."""
   t = c.train
+  if t.steps == 0 and c.pretrain.steps > 0:
+    return []
   if t.steps < 1:
-    raise ValueError(f"train.steps={t.steps} must be positive.")
+    raise ValueError(f"train.steps={t.steps} must be positive (or 0 with pretrain.steps > 0: "
+                     "the tower's stage 0 alone).")
   if not 0 <= t.align_fraction < 1:
     raise ValueError(f"train.align_fraction={t.align_fraction} must be in [0, 1).")
   split = int(round(t.steps * t.align_fraction))
@@ -189,8 +193,8 @@ def initial_params(spec: str, abstract: dict[str, Any],
   errors) is "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters (`tower`,
   `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a directory holding
   one (`python -m mmjax.convert` output, a tower pre-training run), INNER a '/'-path into that
-  file, e.g. `tower/vit=runs/pre#vit`: the ViT of a LLaVA-1.5 tower pre-trained with
-  `pretrain_tower`, inside another tower (InternVL's tiles, XComposer's, LLaVA-HR's: a ViT's blocks
+  file, e.g. `tower/vit=runs/pre/tower#vit`: the ViT of a LLaVA-1.5 tower pre-trained by stage
+  0 (`pretrain_tower`), inside another tower (InternVL's tiles, XComposer's, LLaVA-HR's: a ViT's blocks
   are regrouped to the grouping the model has, `layout.regroup_blocks`).
   """
   out: dict[str, Any] = {}

@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from mmjax import console
+from mmjax import evaluators as evaluators_lib
 from mmjax import sharding
 from mmjax.data import pipeline
 from mmjax.models import mllm
@@ -26,7 +27,7 @@ from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import flops as flops_lib
 from mmjax.training import metrics as metrics_lib
 from mmjax.training import optim
-from mmjax.training import pretrain_tower
+from mmjax.training import pretrain_tower as pretrain_tower_lib
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
 
@@ -69,12 +70,23 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
 
   A newest checkpoint that does not restore is moved aside with a one-line warning and the run
   resumes from the newest one that does; with none left, a `NoCheckpointRestores` error."""
+  return _falling_back(_train, c, workdir)
+
+
+def pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path) -> dict[str, Any]:
+  """Stage 0 alone (`mmjax.training.pretrain_tower`): the tower pre-trained into `directory`
+  (resuming as `train` does); returns its last validation accuracy per question kind ({} when
+  nothing trains)."""
+  return _falling_back(_pretrain_tower, c, directory)
+
+
+def _falling_back(run, c: ml_collections.ConfigDict, workdir: str | pathlib.Path):
   skipped = []
   while True:
     try:
-      return _train(c, workdir)
+      return run(c, workdir)
     except checkpoint_lib.UnreadableCheckpoint as e:
-      checkpoints = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
+      checkpoints = checkpoint_lib.Checkpointer(e.directory)
       moved = checkpoints.move_aside(e.step)
       skipped.append(e.step)
       left = checkpoints.all_steps()
@@ -90,6 +102,17 @@ def _none_restores(checkpoints: checkpoint_lib.Checkpointer, skipped: list[int])
           f"{checkpoints.aside}); move one back once repaired, or train in a new --workdir.")
 
 
+def _open(directory: pathlib.Path, keep: int) -> tuple[checkpoint_lib.Checkpointer, int]:
+  """The checkpoints of `directory` and the newest step (0: none); a directory whose
+  checkpoints were all moved aside as damaged refuses to start over (that would hide it)."""
+  checkpoints = checkpoint_lib.Checkpointer(directory, keep)
+  start = checkpoints.latest_step() or 0
+  if not start and checkpoints.aside.is_dir() and any(checkpoints.aside.iterdir()):
+    checkpoints.close()
+    raise NoCheckpointRestores(_none_restores(checkpoints, []))
+  return checkpoints, start
+
+
 def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
   mesh = mesh_from_config(c)
@@ -99,17 +122,22 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
   all_stages = build.stages(c)
   for field in ("data.kinds", "pretrain.kinds"):  # An unknown kind fails now, not at its stage.
     build.question_kinds(c, field)
-  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", c.train.keep_checkpoints)
-  start = checkpoints.latest_step() or 0
-  if not start and checkpoints.aside.is_dir() and any(checkpoints.aside.iterdir()):
-    checkpoints.close()  # Every checkpoint was damaged: starting over would hide that.
-    raise NoCheckpointRestores(_none_restores(checkpoints, []))
+  evaluators_lib.check(c)
+  checkpoints, start = _open(workdir / "checkpoints", c.train.keep_checkpoints)
   _check_same_model(c, workdir, resuming=start > 0)
-  if start >= c.train.steps:
+  if start >= c.train.steps and all_stages:
+    checkpoints.close()
     console.say("Already trained %d steps in %s.", start, workdir)
     return {}
   if c.pretrain.steps and start == 0:  # A resumed run's checkpoints hold the tower.
-    c = _pretrained_tower(c, workdir / "tower")
+    try:
+      c = _with_pretrained_tower(c, workdir / "tower")
+    except BaseException:
+      checkpoints.close()
+      raise
+  if not all_stages:  # train.steps=0: stage 0 alone.
+    checkpoints.close()
+    return {}
   writer = metrics_lib.MetricsWriter(workdir, c.train.steps, start)
   peak = flops_lib.measured_peak_flops() * jax.device_count()
   sigterm = _SigtermFlag()
@@ -134,7 +162,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
                   else build.initial_params(c.train.init_params,
                                             setup.factory.abstract.params))
         state = setup.factory.create(rng, params, stage.start)
-      state, last = _run(c, setup, state, checkpoints, writer, peak, sigterm)
+      state, last, _ = _run(setup, state, checkpoints, writer, peak, sigterm)
       start = stage.end
   finally:
     checkpoints.wait()
@@ -144,34 +172,62 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
   return last
 
 
-def _pretrained_tower(c: ml_collections.ConfigDict,
-                      workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """Stage 0: pre-trains the tower into `workdir` (kept when a finished run of the same model,
-  data, seed and settings is there; a run killed midway starts over: it is deterministic, so it
-  ends the same); returns `c` with the tower added to `train.init_params`."""
-  p = c.pretrain
+def _with_pretrained_tower(c: ml_collections.ConfigDict,
+                           directory: pathlib.Path) -> ml_collections.ConfigDict:
+  """Stage 0 into `directory` (kept when a finished one of the same model, data, seed and
+  settings is there; one stopped midway resumes); returns `c` with the tower added to
+  `train.init_params`."""
   if any(keys[0] == "tower" for _, keys, _ in
          build.init_params_entries(c.train.init_params)):
-    raise ValueError(f"pretrain.steps={p.steps} pre-trains the tower, and train.init_params="
-                     f"{c.train.init_params!r} also sets it: set pretrain.steps=0 to start from "
-                     f"those parameters.")
-  if jax.process_count() > 1:
-    raise ValueError("Tower pre-training (pretrain.steps > 0) runs in one process: run "
-                     "`python -m mmjax.training.pretrain_tower` first and pass its directory as "
-                     "train.init_params=tower=DIR with pretrain.steps=0.")
-  settings = {"steps": p.steps, "batch": p.batch, "lr": p.lr, "until": p.until,
-              "schedule": p.schedule, "init_params": p.init_params, "frozen": p.frozen}
-  # Through JSON, as pretrain.json records the config.
-  if pretrain_tower.finished(workdir, settings, json.loads(c.to_json())):
-    console.say("Stage tower: pre-trained in %s, kept.", workdir)
-  else:
-    console.say("Stage tower: pre-training %d steps into %s.", p.steps, workdir)
-    pretrain_tower.pretrain(c, workdir, eval_every=p.eval_every, workers=p.workers,
-                            cache_views=p.cache_views, **settings)
+    raise ValueError(f"pretrain.steps={c.pretrain.steps} pre-trains the tower, and "
+                     f"train.init_params={c.train.init_params!r} also sets it: set "
+                     f"pretrain.steps=0 to start from those parameters.")
+  _pretrain_tower(c, directory)
   c = c.copy_and_resolve_references()
   with c.unlocked():
-    c.train.init_params = ",".join(filter(None, (f"tower={workdir}", c.train.init_params)))
+    c.train.init_params = ",".join(filter(None, (f"tower={directory}", c.train.init_params)))
   return c
+
+
+def _pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path
+                    ) -> dict[str, Any]:
+  directory = pathlib.Path(directory)
+  if jax.process_count() > 1:
+    raise ValueError("Tower pre-training (pretrain.steps > 0) runs in one process: run it alone "
+                     "in one process first (train.steps=0), then pass its tower directory as "
+                     "train.init_params=tower=DIR with pretrain.steps=0.")
+  # Through JSON, as pretrain.json records the config.
+  if pretrain_tower_lib.finished(directory, pretrain_tower_lib.settings(c),
+                                 json.loads(c.to_json())):
+    console.say("Stage tower: pre-trained in %s, kept.", directory)
+    return {}
+  setup = pretrain_tower_lib.Setup(c, mesh_from_config(c), directory)
+  if setup.only_encoders:
+    setup.write_loaded()
+    console.say("Stage tower: the tower is its shared encoders, written to %s as loaded.",
+                directory)
+    return {}
+  checkpoints, start = _open(directory / "checkpoints", c.train.keep_checkpoints)
+  writer = None
+  sigterm = _SigtermFlag()
+  try:
+    if start:
+      setup.resume(start)
+      state = checkpoints.restore(start, setup.factory.abstract, setup.factory.shardings,
+                                  setup.iterator)
+      console.say("Resumed stage tower at step %d.", start)
+    else:
+      state = setup.factory.create(jax.random.key(c.seed), setup.init_params, 0)
+    writer = metrics_lib.MetricsWriter(directory, c.pretrain.steps, start)
+    peak = flops_lib.measured_peak_flops() * jax.device_count()
+    _, last, _ = _run(setup, state, checkpoints, writer, peak, sigterm)
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    if writer:
+      writer.close()
+    sigterm.restore()
+  return {k: v for k, v in setup.curve[-1].items() if k not in ("step", "loss")}
 
 
 def _flat(tree: Any, prefix: str) -> dict[str, Any]:
@@ -198,13 +254,23 @@ def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resum
 
 
 class _Setup:
-  """What one stage trains with: its data, optimizer, state factory and compiled step."""
+  """What one MLLM stage trains with: its data, optimizer, state factory and compiled step.
+
+  The stage interface `_run` drives (stage 0's is `pretrain_tower.Setup`): `stage`, `mesh`,
+  `factory`, `lr`, `iterator`, `compile()`, `device_batch(host)`, `counts(host)`,
+  `batch_rows`, `log_every`, `checkpoint_every`, `num_trainable`, `num_params` and
+  `evaluate(step, state, loss)`."""
 
   def __init__(self, c, stage, model, config, tok, source, mesh):
     self.c, self.stage, self.mesh = c, stage, mesh
+    self.model, self.config, self.tok = model, config, tok
+    self._every = [block.every for block in c.evals.values() if block.every > 0]
+    self.log_every, self.checkpoint_every = c.train.log_every, c.train.checkpoint_every
+    self.batch_rows = c.train.batch_size
     fmt = build.formatter(c, stage.task, config, tok)
-    self.batch_spec = build.example_batch(fmt, source, c.train.batch_size)
-    model_spec = step_lib.model_batch(self.batch_spec)
+    self.batch_spec = step_lib.model_batch(build.example_batch(fmt, source,
+                                                               c.train.batch_size))
+    model_spec = self.batch_spec
     params_shape = state_lib.abstract_params(model, model_spec)
     warmup = int(stage.steps * c.train.warmup_fraction)
     self.lr = optim.schedule(stage.lr, warmup, stage.steps)
@@ -230,13 +296,43 @@ class _Setup:
     """Created on first use: a setup only restored from (a stage boundary) reads no data."""
     return iter(self.loader)
 
+  @staticmethod
+  def device_batch(host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return step_lib.model_batch(host)  # The bookkeeping fields stay on the host.
+
+  @staticmethod
+  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int]:
+    """(tokens, rows dropped, rows truncated) of this process's rows, for the metrics."""
+    return (float(np.sum(host["segment_ids"] > 0)), int(np.sum(host["dropped"])),
+            int(np.sum(host["truncated"])))
+
+  @functools.cached_property
+  def evaluators(self) -> dict[str, tuple[Any, int]]:
+    """The config's evaluators that run during training (`evals.NAME.every` > 0), built on
+    first use: a setup only restored from reads no evaluation data."""
+    return evaluators_lib.build(evaluators_lib.Context(self.c, self.model, self.config,
+                                                       self.tok, self.mesh),
+                                during_training=True)
+
+  def evaluates(self, step: int) -> bool:
+    return any(step % every == 0 for every in self._every)
+
+  def evaluate(self, step: int, state: state_lib.TrainState, loss: float
+               ) -> tuple[dict[str, float], bool]:
+    """The evaluators due at `step` on the state's parameters, as metrics `NAME/metric`; the
+    MLLM's stages never end early."""
+    del loss
+    out = {}
+    with jax.set_mesh(self.mesh), sharding.axis_rules():
+      for name, (evaluator, every) in self.evaluators.items():
+        if step % every == 0:
+          out.update(evaluators_lib.scalars(name, evaluator.run(state.params)))
+    return out, False
+
   def compile(self):
     """The step compiled ahead of time for the global batch (`batch_spec` has global rows)."""
-    spec = sharding.data_sharding(self.mesh)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec)
-             for k, v in self.batch_spec.items()}
-    with jax.set_mesh(self.mesh), sharding.axis_rules():
-      return self.step_fn.lower(self.factory.abstract, batch).compile()
+    return step_lib.compile_ahead(self.step_fn, self.factory.abstract, self.batch_spec,
+                                  self.mesh)
 
 
 class _Window:
@@ -249,12 +345,14 @@ class _Window:
     self.steps, self.tokens, self.dropped, self.truncated = 0, 0.0, 0, 0
     self.seconds = 0.0
 
-  def add(self, step: int, metrics: dict[str, jax.Array], host: dict[str, np.ndarray]) -> None:
+  def add(self, step: int, metrics: dict[str, jax.Array], counts: tuple[float, int, int]
+          ) -> None:
+    """Step `step`'s device metrics and its batch's (tokens, dropped, truncated) counts."""
     self.pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm", "finite")}))
     self.steps += 1
-    self.tokens += float(np.sum(host["segment_ids"] > 0)) * jax.process_count()
-    self.dropped += int(np.sum(host["dropped"]))
-    self.truncated += int(np.sum(host["truncated"]))
+    self.tokens += counts[0] * jax.process_count()
+    self.dropped += counts[1]
+    self.truncated += counts[2]
 
   def fetch(self) -> list[dict[str, Any]]:
     """The pending steps' metrics as host values, in step order (waits for the device)."""
@@ -266,7 +364,9 @@ class _Window:
     return out
 
 
-def _run(c, setup, state, checkpoints, writer, peak, sigterm):
+def _run(setup, state, checkpoints, writer, peak, sigterm):
+  """Trains `setup`'s stage from `state` to its end, or until its `evaluate` ends it; returns
+  the state, the last logged metrics and whether `evaluate` ended it."""
   stage = setup.stage
   compiled = setup.compile()
   step_flops = flops_lib.compiled_flops(compiled)
@@ -283,16 +383,16 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
   previous = None
   while step < stage.end:
     host = next(setup.iterator)
-    state, m = compiled(state, pipeline.to_global(host, setup.mesh))
+    state, m = compiled(state, pipeline.to_global(setup.device_batch(host), setup.mesh))
     if previous is not None:  # At most one step queued behind the running one (memory, SIGTERM).
       jax.block_until_ready(previous)
     previous = m["loss"]
     step += 1
-    window.add(step, m, host)
+    window.add(step, m, setup.counts(host))
     writer.advance()
-    log = step % c.train.log_every == 0 or step == stage.end
-    save = sigterm.raised or step % c.train.checkpoint_every == 0 or step == stage.end
-    if not (log or save):
+    log = step % setup.log_every == 0 or step == stage.end
+    save = sigterm.raised or step % setup.checkpoint_every == 0 or step == stage.end
+    if not (log or save or setup.evaluates(step)):
       continue
     fetched = window.fetch()  # The one wait for the device: the whole window's metrics.
     bad = next((r for r in fetched if not r["finite"]), None)
@@ -302,24 +402,27 @@ def _run(c, setup, state, checkpoints, writer, peak, sigterm):
           f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
           f"saving this state. The last good checkpoint is step {checkpoints.latest_step()} in "
           f"{checkpoints.directory}. Lower train.lr or raise train.warmup_fraction.")
-    if log:
+    evaluated, ended = setup.evaluate(step, state, fetched[-1]["loss"])
+    if log or evaluated:
       seconds = window.seconds / window.steps
       last = {
           "stage": stage.name, "loss": fetched[-1]["loss"],
           "lr": float(setup.lr(step - 1 - stage.start)), "grad_norm": fetched[-1]["grad_norm"],
           # The loop's wall time per step since the last logged step: data and all.
           "step_time": seconds, "tokens_per_sec": window.tokens / window.seconds,
-          "examples_per_sec": c.train.batch_size / seconds,
+          "examples_per_sec": setup.batch_rows / seconds,
           "mfu": step_flops / seconds / peak if step_flops else 0.0,
-          "dropped": window.dropped, "truncated": window.truncated,
+          "dropped": window.dropped, "truncated": window.truncated, **evaluated,
       }
       writer.write(step, last)
-    if save:
+    if save or ended:
       checkpoints.save(state, setup.iterator)
       if sigterm.raised:
         checkpoints.wait()
         logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
         raise Preempted(PREEMPTED_EXIT_CODE)
-    if log:
+    if ended:
+      return state, last, True
+    if log or evaluated:
       window = _Window()  # After the save: its time is not the next window's.
-  return state, last
+  return state, last, False

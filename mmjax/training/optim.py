@@ -41,13 +41,14 @@ def schedule(lr: float, warmup_steps: int, total_steps: int,
 
 
 def optimizer(params: Any, *, lr: optax.Schedule, weight_decay: float, grad_clip: float,
-              trainable: str, b1: float = 0.9, b2: float = 0.999,
+              trainable: str | Any, b1: float = 0.9, b2: float = 0.999,
               eps: float = 1e-8) -> optax.GradientTransformation:
   """Clipping (by the global norm of the trainable gradients) + AdamW on the trainable params.
 
-  Weight decay skips biases, norm scales and other vectors (as LLaVA/HF Trainer do).
+  `trainable` is a pattern (`trainable_mask`) or a bool tree like `params`. Weight decay skips
+  biases, norm scales and other vectors (as LLaVA/HF Trainer do).
   """
-  mask = trainable_mask(params, trainable)
+  mask = trainable_mask(params, trainable) if isinstance(trainable, str) else trainable
   decay = jax.tree.map(lambda p: p.ndim > 1, params)
   train = optax.chain(
       optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),

@@ -1,4 +1,6 @@
-"""Supervised pre-training of a config's vision tower on the embedded dataset's questions.
+"""Stage 0: the vision tower pre-trained with a classifier head on the embedded dataset's
+questions, on the trainer of the MLLM stages (`mmjax.training.loop`: the same state, optimizer,
+freezing, sharding, checkpoints, metrics and resume).
 
 LLaVA starts from a CLIP encoder pre-trained on 400M image-text pairs; nothing can be downloaded
 here, and a tower trained from scratch through the LLM's language loss learns only colour
@@ -8,23 +10,27 @@ pre-training: the tower, fed exactly the views the MLLM will see (the config's r
 policy), with a small classifier head that reads every question of the image as its kind and
 target words (`questions.condition`) and predicts the answer (`pretrain.kinds`, else
 `data.kinds`, restricts the questions, e.g. to one rung of the fine ladder). Only the tower's
-parameters are kept: `train.py --config.train.init_params=tower=WORKDIR` starts the MLLM from them.
+parameters are kept: `train.py` runs this stage into WORKDIR/tower when `pretrain.steps > 0` and
+starts the MLLM from it; with `train.steps=0` it runs this stage alone.
 
-  python -m mmjax.training.pretrain_tower --config configs/default.py --workdir runs/pre
-  python train.py --config configs/default.py --workdir runs/default \\
-      --config.train.init_params=tower=runs/pre
+  python train.py --config configs/default.py --workdir runs/pre --config.train.steps=0
+  python train.py --config configs/default.py:pretrain=0 --workdir runs/default \\
+      --config.train.init_params=tower=runs/pre/tower
 
-Writes WORKDIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
-WORKDIR/pretrain.json (validation accuracy per question kind along the way, and why it stopped).
-With `--until`, a tower stops once it has learned its questions: from scratch, the same number
-of steps leaves one seed's tower at 0.65 where the others reach 0.97 and 1.0 (docs/results, the
-three-seed ablation), and the MLLM on the weak tower stays at chance.
+Settings: `c.pretrain` (configs/common.py); `loop.pretrain_tower(c, DIR)` runs the stage into DIR
+itself.
+
+Writes DIR/params.safetensors (the tower, as `mmjax.convert.files.save_params` names it) and
+DIR/pretrain.json (validation accuracy per question kind at every validation pass, and why it
+stopped) beside DIR/checkpoints and DIR/metrics.jsonl. With `until`, a tower stops once it has
+learned its questions: from scratch, the same number of steps leaves one seed's tower at 0.65
+where the others reach 0.97 and 1.0 (docs/results, the three-seed ablation), and the MLLM on the
+weak tower stays at chance.
 """
-import inspect
+import functools
 import json
 import pathlib
 import re
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -34,18 +40,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
-from absl import flags
-from jaxtyping import Array, Float, Int
-from ml_collections import config_flags
+from jaxtyping import Array, Float
 
+from mmjax import sharding
 from mmjax.convert import files
 from mmjax.data import pipeline
 from mmjax.data.datasets import questions
 from mmjax.models import towers
 from mmjax.training import build
 from mmjax.training import optim
-from mmjax.training import state
+from mmjax.training import state as state_lib
+from mmjax.training import step as step_lib
 
 # The encoders `encoders_from` shares, by their module names inside every tower.
 ENCODERS = ("vit", "convnext")
@@ -58,6 +63,15 @@ SCHEDULES = {
     "constant": lambda lr, warmup, steps: optax.warmup_constant_schedule(0.0, lr, warmup),
 }
 
+RECORD = "pretrain.json"
+
+# The settings a record keeps (`c.pretrain`'s fields) and the values of those a record written
+# before the field existed ran with.
+SETTINGS = ("steps", "batch", "lr", "until", "schedule", "weight_decay", "init_params", "frozen",
+            "encoders_from", "train_encoders")
+_DEFAULTS = {"until": None, "schedule": "cosine", "weight_decay": 0.05, "init_params": "",
+             "frozen": "", "encoders_from": "", "train_encoders": False}
+
 
 class Pretrainer(nn.Module):
   """The tower and a question-conditioned classifier head over its tokens."""
@@ -69,9 +83,6 @@ class Pretrainer(nn.Module):
     self.query = nn.Dense(self.tower.width)
     self.hidden = nn.Dense(256)
     self.out = nn.Dense(self.num_answers)
-
-  def features(self, views: dict[str, Array]) -> Float[Array, "B N C"]:
-    return self.encoder(*(views[k] for k in towers.inputs(self.tower)))
 
   def head(self, f: Float[Array, "Q N C"], valid: Float[Array, "Q N"],
            cond: Float[Array, "Q K"]) -> Float[Array, "Q A"]:
@@ -87,10 +98,21 @@ class Pretrainer(nn.Module):
     high = jnp.max(jnp.where(valid[..., None] > 0, f, -1e9), axis=1)
     return self.out(nn.relu(self.hidden(jnp.concatenate([pooled, mean, high, cond], -1))))
 
-  def __call__(self, views: dict[str, Array], valid: Float[Array, "B N"],
-               image_index: Int[Array, "Q"], cond: Float[Array, "Q K"]) -> Float[Array, "Q A"]:
-    """Logits for every question (its image's row in the batch, its condition)."""
-    return self.head(self.features(views)[image_index], valid[image_index], cond)
+  def __call__(self, batch: dict[str, Array]) -> Float[Array, "Q A"]:
+    """Logits for every question of `batch` (`_Questions.batch`: the tower's views of B images,
+    `valid` Float[B N], and per question its image's row `index` Int[Q] and `cond` Float[Q K])."""
+    features = self.encoder(*(batch[k] for k in towers.inputs(self.tower)))
+    index = batch["index"]
+    return self.head(features[index], batch["valid"][index], batch["cond"])
+
+
+def classifier_sums(model: nn.Module, params: Any, batch: dict[str, Array]
+                    ) -> dict[str, Array]:
+  """The summed cross-entropy over the asked questions and their count, as `step.train_step`
+  takes a loss (it divides the two: the mean over the batch's asked questions)."""
+  logits = model.apply({"params": params}, batch)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {"loss_sum": jnp.sum(nll * batch["mask"]), "tokens": jnp.sum(batch["mask"])}
 
 
 class _Questions:
@@ -136,7 +158,8 @@ class _Questions:
     return seen
 
   def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Views of `images` and all their questions, padded to `per_image` each (masked)."""
+    """Views of `images` (one row each, under the tower's input names) and all their questions,
+    padded to `per_image` each (masked); `kind` (strings) stays on the host."""
     views, valid, index, cond, label, mask, kind = [], [], [], [], [], [], []
     for row, i in enumerate(images):
       seen = self.view(int(i))
@@ -151,164 +174,200 @@ class _Questions:
         label.append(self.answers.index(a) if a in self.answers else -1)
         mask.append(asked and slot < len(picked) and a in self.answers)
         kind.append(k)
-    return {"views": {k: np.stack([v[k] for v in views]) for k in views[0]},
+    return {**{k: np.stack([v[k] for v in views]) for k in views[0]},
             "valid": np.stack(valid).astype(np.float32), "index": np.asarray(index, np.int32),
             "cond": np.stack(cond), "label": np.maximum(np.asarray(label, np.int32), 0),
             "mask": np.asarray(mask, np.float32), "kind": np.asarray(kind)}
 
 
-def pretrain(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, steps: int,
-             batch: int, lr: float, eval_every: int, workers: int = 0,
-             until: float | None = None, cache_views: bool = False, init_params: str = "",
-             frozen: str = "", schedule: str = "cosine", encoders_from: str = "",
-             train_encoders: bool = False) -> dict[str, Any]:
-  """Pre-trains `c`'s tower for `steps`, or until every kind's validation accuracy reaches
-  `until`; returns the last validation accuracy per kind. The tower's parameters and the curve
-  are written to `workdir` at every validation pass, so a run killed midway keeps its last one;
-  pretrain.json's `stopped` ("steps" or "until") is set only when the run has ended; a tower
-  that is nothing but its `encoders_from` is written as loaded ("nothing to train").
+def settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`c.pretrain`'s settings that a finished stage 0 must share to be kept."""
+  return {k: c.pretrain[k] for k in SETTINGS}
 
-  `init_params` ("tower/…=PATH[#INNER],…", as `train.init_params`) starts parts of the tower from
-  saved parameters, and the tower parameters whose '/'-path matches the regular expression
-  `frozen` do not train: encoders pre-trained alone, then only a fusion trained on top of them
-  (LLaVA-HR's adapters, Mini-Gemini's mining), as the papers start from CLIP encoders.
-  `encoders_from` (a tower file) says this for every encoder at once: each ViT and ConvNeXt in
-  the tower starts from the file's `vit` / `convnext` and is frozen (`shared_encoders`), or
-  trains with the fusion under `train_encoders` (docs/results: Mini-Gemini's mining trained on
-  frozen encoders read the rung for the head but not for the MLLM; started from them, it did)."""
-  if encoders_from and (init_params or frozen):
-    raise ValueError(f"encoders_from={encoders_from!r} sets init_params and frozen itself; "
-                     f"got also init_params={init_params!r}, frozen={frozen!r}.")
-  if train_encoders and not encoders_from:
-    raise ValueError("train_encoders=True trains the encoders started from encoders_from, and "
-                     "encoders_from is not set.")
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule={schedule!r}: valid schedules are {sorted(SCHEDULES)}.")
-  if until is not None and not 0 <= until <= 1:
-    raise ValueError(f"until={until} is not an accuracy in [0, 1].")
-  for subtree, keys, _ in build.init_params_entries(init_params, "init_params"):
+
+def _check(c: ml_collections.ConfigDict) -> None:
+  """Refuses settings stage 0 cannot run, naming the field and why."""
+  p = c.pretrain
+  if p.encoders_from and (p.init_params or p.frozen):
+    raise ValueError(f"pretrain.encoders_from={p.encoders_from!r} sets pretrain.init_params and "
+                     f"pretrain.frozen itself; got also init_params={p.init_params!r}, "
+                     f"frozen={p.frozen!r}.")
+  if p.train_encoders and not p.encoders_from:
+    raise ValueError("pretrain.train_encoders=True trains the encoders started from "
+                     "pretrain.encoders_from, and pretrain.encoders_from is not set.")
+  if p.schedule not in SCHEDULES:
+    raise ValueError(f"pretrain.schedule={p.schedule!r}: valid schedules are "
+                     f"{sorted(SCHEDULES)}.")
+  if p.until is not None and not 0 <= p.until <= 1:
+    raise ValueError(f"pretrain.until={p.until} is not an accuracy in [0, 1].")
+  if p.eval_every < 1:
+    raise ValueError(f"pretrain.eval_every={p.eval_every} must be positive.")
+  for subtree, keys, _ in build.init_params_entries(p.init_params, "pretrain.init_params"):
     if keys[0] != "tower":
-      raise ValueError(f"init_params entry for {subtree!r}: tower pre-training starts only "
-                       "parts of the tower ('tower/…').")
+      raise ValueError(f"pretrain.init_params entry for {subtree!r}: tower pre-training starts "
+                       "only parts of the tower ('tower/…').")
   if not c.data.dataset.startswith("fine_detail/"):
     raise ValueError(f"Tower pre-training reads the embedded dataset's question labels; "
                      f"data.dataset={c.data.dataset!r} is not 'fine_detail/<config>'.")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  config = build.model_config(c, build.tokenizer(c).vocab_size)
-  policy, tokens = build.policy(c, config), config.tower.max_tokens
-  kinds = build.question_kinds(c, "pretrain.kinds")
-  train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds,
-                     cache=cache_views)
-  val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens, train.answers, kinds,
-                   cache=cache_views)
-  model = Pretrainer(config.tower, len(train.answers))
-  rng = np.random.default_rng(c.seed)
-  example = train.batch(np.arange(1))
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(c.seed), example["views"],
-                                         example["valid"], example["index"], example["cond"]))
-  only_encoders = False
-  if encoders_from:
-    init_params, held = shared_encoders(params["params"]["tower"], encoders_from)
-    frozen = "" if train_encoders else held
-    only_encoders = set(jax.tree.leaves(_labels(params, held)["params"]["tower"])) == {"frozen"}
-  loaded = build.initial_params(init_params, params["params"], "init_params")
-  if loaded:
-    params = {"params": state.adopt(params["params"], loaded)}
-  train_all = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-      SCHEDULES[schedule](lr, min(50, steps // 10), steps), weight_decay=0.05))
-  labels = _labels(params, frozen)
-  tx = optax.multi_transform({"train": train_all, "frozen": optax.set_to_zero()}, labels)
-  opt = tx.init(params)
 
-  @jax.jit
-  def step(params, opt, b):
-    def loss_fn(p):
-      logits = model.apply(p, b["views"], b["valid"], b["index"], b["cond"])
-      nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["label"])
-      return jnp.sum(nll * b["mask"]) / jnp.maximum(jnp.sum(b["mask"]), 1.0)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, loss
 
-  predict = jax.jit(lambda p, b: jnp.argmax(
-      model.apply(p, b["views"], b["valid"], b["index"], b["cond"]), -1))
+class Setup:
+  """What stage 0 trains with, in `directory`: its questions, model, optimizer, state factory,
+  compiled step and validation (the `mmjax.training.loop` stage interface)."""
 
-  def evaluate(params) -> dict[str, float]:
+  def __init__(self, c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               directory: pathlib.Path):
+    _check(c)
+    p = c.pretrain
+    self.c, self.mesh, self.directory = c, mesh, pathlib.Path(directory)
+    shards = sharding.num_batch_shards(mesh)
+    if p.batch % shards:
+      raise ValueError(f"pretrain.batch={p.batch} does not split over the mesh's {shards} batch "
+                       f"shards (mesh.data × mesh.fsdp).")
+    config = build.model_config(c, build.tokenizer(c).vocab_size)
+    policy, tokens = build.policy(c, config), config.tower.max_tokens
+    kinds = build.question_kinds(c, "pretrain.kinds")
+    self.train = _Questions(build.data_source(c, "train"), policy, tokens, kinds=kinds,
+                            cache=p.cache_views)
+    self.val = _Questions(build.data_source(c, c.data.eval_split), policy, tokens,
+                          self.train.answers, kinds, cache=p.cache_views)
+    self.model = Pretrainer(config.tower, len(self.train.answers))
+    self.stage = build.Stage("tower", 0, p.steps, "classify", "", p.lr)
+    self.log_every, self.checkpoint_every = c.train.log_every, p.eval_every
+    self.batch_rows = p.batch
+    one = self.device_batch(self.train.batch(self.train.images[:1]))
+    self.batch_spec = {k: np.zeros((len(v) * p.batch, *v.shape[1:]), v.dtype)
+                       for k, v in one.items()}
+    shapes = state_lib.abstract_params(self.model, self.batch_spec)
+    init_params, frozen = p.init_params, p.frozen
+    self.only_encoders = False
+    if p.encoders_from:
+      init_params, held = shared_encoders(shapes["tower"], p.encoders_from)
+      frozen = "" if p.train_encoders else held
+      self.only_encoders = not any(jax.tree.leaves(_trainable(shapes, held)["tower"]))
+    self.trainable = _trainable(shapes, frozen)
+    self.lr = SCHEDULES[p.schedule](p.lr, min(50, p.steps // 10), p.steps)
+    tx = optim.optimizer(shapes, lr=self.lr, weight_decay=p.weight_decay,
+                         grad_clip=c.train.grad_clip, trainable=self.trainable,
+                         eps=c.train.adam_eps)
+    self.factory = state_lib.Factory(self.model, tx, self.batch_spec, mesh)
+    self.init_params = build.initial_params(init_params, shapes, "pretrain.init_params")
+    self.num_trainable = sum(int(np.prod(x.shape)) for x, t in zip(
+        jax.tree.leaves(shapes), jax.tree.leaves(self.trainable)) if t)
+    self.num_params = state_lib.count(shapes)
+    self.step_fn = jax.jit(
+        lambda state, batch: step_lib.train_step(state, batch, model=self.model, tx=tx,
+                                                 trainable=self.trainable,
+                                                 sums=classifier_sums),
+        in_shardings=(self.factory.shardings, sharding.data_sharding(mesh)),
+        out_shardings=(self.factory.shardings, None), donate_argnums=0)
+    self._predict = jax.jit(lambda params, b: jnp.argmax(
+        self.model.apply({"params": params}, b), -1))
+    rng = np.random.default_rng(c.seed)
+    picks = [rng.choice(self.train.images, p.batch, replace=False) for _ in range(p.steps)]
+    # Threads ahead of the step: PIL's decoding and resizing release the GIL, and they are what
+    # bounds a fast accelerator. Grain keeps the batches in order, and its iterator's position
+    # is checkpointed with the state.
+    self.loader = grain.MapDataset.source(picks).map(self.train.batch).to_iter_dataset(
+        grain.ReadOptions(num_threads=p.workers, prefetch_buffer_size=2 * p.workers))
+    self.curve: list[dict[str, Any]] = []
+
+  @functools.cached_property
+  def iterator(self):
+    return iter(self.loader)
+
+  def compile(self):
+    return step_lib.compile_ahead(self.step_fn, self.factory.abstract, self.batch_spec,
+                                  self.mesh)
+
+  @staticmethod
+  def device_batch(host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in host.items() if k != "kind"}
+
+  @staticmethod
+  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int]:
+    """(visual tokens, images refused, rows truncated) of a batch, for the metrics."""
+    return float(np.sum(host["valid"])), int(np.sum(~np.any(host["valid"] > 0, axis=1))), 0
+
+  def resume(self, step: int) -> None:
+    """Checks that a stage 0 resumed at `step` ran with these settings, and takes its curve."""
+    record = self.directory / RECORD
+    done = json.loads(record.read_text()) if record.exists() else {}
+    if not done or not _same(done, settings(self.c), json.loads(self.c.to_json())):
+      raise ValueError(f"{self.directory} holds a stage 0 of other settings or another model "
+                       f"(see its {RECORD}); use a new --workdir, or restore those settings.")
+    self.curve = [row for row in done["curve"] if row["step"] <= step]
+
+  def evaluates(self, step: int) -> bool:
+    return step % self.checkpoint_every == 0 or step == self.stage.end
+
+  def evaluate(self, step: int, state: state_lib.TrainState, loss: float
+               ) -> tuple[dict[str, float], bool]:
+    """At a validation step: the validation accuracy per question kind, and whether the stage
+    ends here (`until` reached, or its last step); the tower and the record are written."""
+    if not self.evaluates(step):
+      return {}, False
     right: dict[str, list[bool]] = {}
-    for s in range(0, len(val.images), batch):
-      b = val.batch(val.images[s:s + batch])
-      hits = np.asarray(predict(params, _device(b))) == b["label"]
-      for k, h, m in zip(b["kind"], hits, b["mask"]):
-        if m:
-          right.setdefault(str(k), []).append(bool(h))
+    batch = self.c.pretrain.batch
+    with jax.set_mesh(self.mesh), sharding.axis_rules():
+      for s in range(0, len(self.val.images), batch):
+        b = self.val.batch(self.val.images[s:s + batch])
+        hits = np.asarray(self._predict(state.params, self.device_batch(b))) == b["label"]
+        for k, h, m in zip(b["kind"], hits, b["mask"]):
+          if m:
+            right.setdefault(str(k), []).append(bool(h))
     if not right:
-      raise ValueError(f"No {c.data.eval_split} question could be asked: the resolution policy "
-                       f"refused all {len(val.refused)} images.")
-    return {k: float(np.mean(v)) for k, v in sorted(right.items())}
+      raise ValueError(f"No {self.c.data.eval_split} question could be asked: the resolution "
+                       f"policy refused all {len(self.val.refused)} images.")
+    accuracy = {k: float(np.mean(v)) for k, v in sorted(right.items())}
+    until = self.c.pretrain.until
+    learned = until is not None and min(accuracy.values()) >= until
+    self.curve.append({"step": step, "loss": loss, **accuracy})
+    stopped = "until" if learned else "steps" if step == self.stage.end else None
+    self.write(jax.tree.map(np.asarray, state.params["tower"]), stopped)
+    return accuracy, stopped is not None
 
-  def save(curve, stopped=None):
-    files.save_params(workdir / files.PARAMS_FILE,
-                      jax.tree.map(np.asarray, params["params"]["tower"]))
-    (workdir / "pretrain.json").write_text(json.dumps(
-        {"config": json.loads(c.to_json()), "steps": steps, "batch": batch, "lr": lr,
-         "until": until, "schedule": schedule, "encoders_from": encoders_from,
-         "train_encoders": train_encoders,
-         "init_params": init_params, "frozen": frozen, "stopped": stopped,
-         "answers": train.answers,
+  def write(self, tower: Any, stopped: str | None) -> None:
+    """The tower's parameters and the record (`stopped` only once the stage has ended)."""
+    if jax.process_index():
+      return
+    self.directory.mkdir(parents=True, exist_ok=True)
+    files.save_params(self.directory / files.PARAMS_FILE, tower)
+    (self.directory / RECORD).write_text(json.dumps(
+        {"config": json.loads(self.c.to_json()), **settings(self.c), "stopped": stopped,
+         "answers": self.train.answers,
          # Images the resolution policy refused (their questions left out), per split.
-         "refused_images": {"train": len(train.refused), c.data.eval_split: len(val.refused)},
-         "curve": curve},
-        indent=1))
+         "refused_images": {"train": len(self.train.refused),
+                            self.c.data.eval_split: len(self.val.refused)},
+         "curve": self.curve}, indent=1))
 
-  if only_encoders:
-    # The tower is its shared encoders (LLaVA-1.5's ViT), which their own tower's pre-training
-    # has already trained on these questions: nothing of a fusion to train.
-    save([], "nothing to train")
-    return {}
-  curve, start = [], time.time()
-  picks = [rng.choice(train.images, batch, replace=False) for _ in range(steps)]
-  # Threads ahead of the step: PIL's decoding and resizing release the GIL, and they are what
-  # bounds a fast accelerator. Grain keeps the batches in order.
-  batches = grain.MapDataset.source(picks).map(train.batch).to_iter_dataset(
-      grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers))
-  for i, b in enumerate(batches, start=1):
-    params, opt, loss = step(params, opt, _device(b))
-    if i == 1:
-      print(f"step 1 (compiles the step) loss {float(loss):.3f} {time.time() - start:.0f}s",
-            flush=True)
-    if i % eval_every == 0 or i == steps:
-      accuracy = evaluate(params)
-      curve.append({"step": i, "loss": float(loss), "seconds": time.time() - start, **accuracy})
-      print(f"step {i} loss {float(loss):.3f} {time.time() - start:.0f}s " +
-            " ".join(f"{k}={v:.2f}" for k, v in accuracy.items()), flush=True)
-      learned = until is not None and min(accuracy.values()) >= until
-      if learned or i == steps:
-        save(curve, "until" if learned else "steps")
-        break
-      save(curve)
-  return curve[-1]
+  def write_loaded(self) -> None:
+    """A tower that is nothing but its `encoders_from` (LLaVA-1.5's ViT, whose own tower's
+    pre-training already trained it on these questions): written as loaded, nothing trains."""
+    # Every tower parameter is an encoder's, so `init_params` holds the whole tower.
+    self.write(self.init_params["tower"], "nothing to train")
 
 
-# `pretrain`'s keyword arguments with a default: what a record written before an argument
-# existed ran with.
-_DEFAULTS = {name: p.default for name, p in inspect.signature(pretrain).parameters.items()
-             if p.default is not inspect.Parameter.empty}
+def _same(done: dict[str, Any], now: dict[str, Any], config: dict[str, Any]) -> bool:
+  """Whether a record `done` has the settings `now` and, as `config` (a config as JSON), the
+  same model, data, seed and pre-training question kinds."""
+  return (all(done.get(k, _DEFAULTS.get(k)) == v for k, v in now.items())
+          and all(done["config"].get(k) == config[k] for k in ("model", "data", "seed"))
+          and _kinds(done["config"]) == _kinds(config))
 
 
-def finished(workdir: str | pathlib.Path, settings: dict[str, Any],
+def finished(workdir: str | pathlib.Path, now: dict[str, Any],
              config: dict[str, Any] | None = None) -> bool:
-  """Whether `workdir` holds a pre-training that has ended with these `settings` (`pretrain`'s
-  keyword arguments) and, given `config` (a config as JSON), of the same model, data, seed and
-  pre-training question kinds: stage 0 and the ablation harness keep such a tower rather than
+  """Whether `workdir` holds a stage 0 that has ended with the settings `now` (`settings(c)`, or
+  some of them) and, given `config` (a config as JSON), of the same model, data, seed and
+  pre-training question kinds: train.py and the ablation harness keep such a tower rather than
   train it again."""
-  record = pathlib.Path(workdir) / "pretrain.json"
+  record = pathlib.Path(workdir) / RECORD
   done = json.loads(record.read_text()) if record.exists() else {}
-  return (bool(done.get("stopped"))
-          and all(done.get(k, _DEFAULTS.get(k)) == v for k, v in settings.items())
-          and (config is None
-               or (all(done["config"].get(k) == config[k] for k in ("model", "data", "seed"))
-                   and _kinds(done["config"]) == _kinds(config))))
+  if not done.get("stopped"):
+    return False
+  return all(done.get(k, _DEFAULTS.get(k)) == v for k, v in now.items()) and (
+      config is None or _same(done, {}, config))
 
 
 def _kinds(config: dict[str, Any]) -> str:
@@ -332,78 +391,24 @@ def shared_encoders(tower: dict[str, Any], path: str) -> tuple[str, str]:
 
   walk(tower, ())
   if not found:
-    raise ValueError(f"encoders_from={path!r}: the tower has no encoder named {ENCODERS} to "
-                     f"start from it (its parts: {sorted(tower)}).")
+    raise ValueError(f"pretrain.encoders_from={path!r}: the tower has no encoder named "
+                     f"{ENCODERS} to start from it (its parts: {sorted(tower)}).")
   init = ",".join(f"tower/{'/'.join(p)}={path}#{name}" for p, name in found)
   return init, "^tower/(" + "|".join(re.escape("/".join(p)) for p, _ in found) + ")/"
 
 
-def _labels(params: Any, frozen: str) -> Any:
-  """"frozen" for the tower parameters whose path (from `tower/`) matches `frozen`, else
-  "train" (the head always trains: a pattern freezing the whole tower makes a probe of it); a
-  pattern that is not a regular expression, or freezes no tower parameter, is a ValueError."""
+def _trainable(params: Any, frozen: str) -> Any:
+  """False for the tower parameters whose path (from `tower/`) matches `frozen`, else True
+  (the head always trains: a pattern freezing the whole tower makes a probe of it); a pattern
+  that is not a regular expression, or freezes no tower parameter, is a ValueError."""
   try:
     regex = re.compile(frozen) if frozen else None
   except re.error as e:
-    raise ValueError(f"frozen={frozen!r} is not a regular expression: {e}.") from None
-  names = optim.path_names(params["params"])
-  labels = {k: jax.tree.map(lambda n: "frozen" if k == "tower" and regex and regex.search(n)
-                            else "train", v) for k, v in names.items()}
-  if regex and "frozen" not in jax.tree.leaves(labels["tower"]):
-    raise ValueError(f"frozen={frozen!r} freezes no tower parameter; paths look like "
+    raise ValueError(f"pretrain.frozen={frozen!r} is not a regular expression: {e}.") from None
+  names = optim.path_names(params)
+  mask = {k: jax.tree.map(lambda n: not (k == "tower" and regex and regex.search(n)), v)
+          for k, v in names.items()}
+  if regex and all(jax.tree.leaves(mask["tower"])):
+    raise ValueError(f"pretrain.frozen={frozen!r} freezes no tower parameter; paths look like "
                      f"{jax.tree.leaves(names['tower'])[:6]}.")
-  return {"params": labels}
-
-
-def _device(b: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in b.items() if k != "kind"}
-
-
-def _define_flags() -> dict[str, Any]:
-  """The command line's flags (defined only when run as a program: train.py imports this)."""
-  return {
-      "config": config_flags.DEFINE_config_file("config", None, "Config file (and its argument)."),
-      "workdir": flags.DEFINE_string("workdir", None, "Where the tower's parameters are written."),
-      "steps": flags.DEFINE_integer("steps", 300, "Optimizer updates."),
-      "batch": flags.DEFINE_integer("batch", 32, "Images per update (with all their questions)."),
-      "lr": flags.DEFINE_float("lr", 1e-3, "Peak AdamW learning rate (after a linear warm-up)."),
-      "schedule": flags.DEFINE_enum(
-          "schedule", "cosine", sorted(SCHEDULES), "After the warm-up: cosine decay to 0 at "
-          "--steps, or constant (with --until, where --steps is only a cap)."),
-      "eval_every": flags.DEFINE_integer("eval_every", 100, "Steps between validation passes."),
-      "until": flags.DEFINE_float(
-          "until", None, "Stop at the first validation pass where every question kind reaches "
-          "this accuracy (a cosine schedule still spans --steps); unset: always run --steps."),
-      "cache_views": flags.DEFINE_boolean(
-          "cache_views", False, "Keep every image's views in memory after its first decoding "
-          "(the resolution policies are deterministic): later epochs skip PNG decoding and "
-          "resizing, which bound a CPU run; costs the views' size (4,000 images at 224 px: "
-          "2.4 GB)."),
-      "init_params": flags.DEFINE_string(
-          "init_params", "", "Parts of the tower started from saved parameters, "
-          "'tower/…=PATH[#INNER],…' as train.init_params (e.g. encoders pre-trained alone)."),
-      "frozen": flags.DEFINE_string(
-          "frozen", "", "Regular expression over the tower's parameter paths ('tower/vit/…') "
-          "that do not train (e.g. '^tower/(vit|convnext)/': only the fusion trains)."),
-      "encoders_from": flags.DEFINE_string(
-          "encoders_from", "", "A tower file (e.g. another tower's pre-training) whose `vit` "
-          "and `convnext` start every ViT and ConvNeXt of this tower, frozen: only the fusion "
-          "and the head train. Replaces --init_params and --frozen."),
-      "train_encoders": flags.DEFINE_boolean(
-          "train_encoders", False, "With --encoders_from: the encoders start from the file's "
-          "and train with the fusion and the head."),
-      "workers": flags.DEFINE_integer(
-          "workers", 0, "Threads preparing batches ahead of the step (0: in the training loop)."),
-  }
-
-
-if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  def main(argv):
-    del argv
-    pretrain(_FLAGS["config"].value, _FLAGS["workdir"].value,
-             **{k: f.value for k, f in _FLAGS.items() if k not in ("config", "workdir")})
-
-  app.run(main)  # Exits 0: app.run would exit with (and print) a value main returned.
+  return mask
