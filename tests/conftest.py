@@ -5,13 +5,17 @@ import os
 import shutil
 import tempfile
 
+from mmjax import xla_flags  # Imports no jax.
+
 # LLVM's optimisation of the compiled CPU code (level 0 here) is most of the compile time of the
 # suite's tiny programs and does not change what is computed (HLO passes and floating-point
 # semantics are the same): three of the slowest tests took 154 s of CPU time at the default
 # level, 74 s at level 0. Inherited by the train.py processes tests start.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+# And the flags train.py and eval.py set (mmjax.xla_flags), so that a test's run in this process
+# computes what the same run in a train.py process does (and shares its compiled programs).
+os.environ["XLA_FLAGS"] = xla_flags.with_defaults(
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0")
 # XLA on a CPU spends most of the train tests' time compiling, and many tests (and the train.py
 # processes they start) compile the same tiny programs: JAX's persistent cache, keyed by the
 # program, serves the repeats. One fresh directory per session, made by the process that starts

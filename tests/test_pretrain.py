@@ -1,7 +1,9 @@
 """Tower pre-training and starting a run from saved parameters (`train.init_params`)."""
 import dataclasses
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -24,6 +26,7 @@ from mmjax.models import mllm
 from mmjax.models import towers
 from mmjax.models import vit
 from mmjax.training import build
+from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import loop
 from mmjax.training import optim
 from mmjax.training import pretrain_tower
@@ -320,10 +323,12 @@ def test_train_py_runs_stage_zero_alone_and_exits_zero(data_dir, tmp_path):
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
-def test_stage_zero_killed_midway_resumes_to_the_same_tower(data_dir, tmp_path, monkeypatch):
-  """Checkpoints at every validation pass; a run that dies after step 4 of 6 re-runs from step
-  4's checkpoint (state, optimizer, data position) to the tower and curve of an unbroken run;
-  other settings in that directory are refused."""
+def test_stage_zero_preempted_or_killed_midway_resumes_to_the_same_tower(data_dir, tmp_path,
+                                                                         monkeypatch):
+  """A run preempted (SIGTERM) after step 1, before any validation pass, saves a checkpoint
+  there; its re-run dies after step 4 of 6 (checkpoints at every validation pass); the third
+  run resumes from step 4's checkpoint (state, optimizer, data position) to the tower, curve
+  and losses of an unbroken run. Other settings in that directory are refused."""
   settings = dict(steps=6, batch=8, lr=1e-2, eval_every=2, workers=2, cache_views=False)
 
   def config():
@@ -334,14 +339,19 @@ def test_stage_zero_killed_midway_resumes_to_the_same_tower(data_dir, tmp_path, 
   whole = _pretrain(config(), tmp_path / "whole", **settings)
   calls = []
 
-  def dies_at_step_5(host):
+  def interrupted(host):
     calls.append(1)
-    if len(calls) == 5:
-      raise KeyboardInterrupt  # As a kill: nothing after step 4's checkpoint is written.
+    if len(calls) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # Preempted during step 1.
+    if len(calls) == 5:  # Step 5 of the second run: as a kill, nothing after step 4's save.
+      raise KeyboardInterrupt
     return real(host)
 
   real = pretrain_tower.Setup.counts
-  monkeypatch.setattr(pretrain_tower.Setup, "counts", staticmethod(dies_at_step_5))
+  monkeypatch.setattr(pretrain_tower.Setup, "counts", staticmethod(interrupted))
+  with pytest.raises(loop.Preempted):
+    _pretrain(config(), tmp_path / "killed", **settings)
+  assert checkpoint_lib.Checkpointer(tmp_path / "killed" / "checkpoints").all_steps() == [1]
   with pytest.raises(KeyboardInterrupt):
     _pretrain(config(), tmp_path / "killed", **settings)
   monkeypatch.undo()
@@ -355,10 +365,12 @@ def test_stage_zero_killed_midway_resumes_to_the_same_tower(data_dir, tmp_path, 
   curves = [json.loads((tmp_path / d / "pretrain.json").read_text())["curve"]
             for d in ("killed", "whole")]
   assert curves[0] == curves[1] and [r["step"] for r in curves[0]] == [2, 4, 6]
-  losses = [{r["step"]: r["loss"] for r in map(json.loads,
-                                                (tmp_path / d / "metrics.jsonl").open())}
-            for d in ("killed", "whole")]
-  assert losses[0] == losses[1] and sorted(losses[0]) == list(range(1, 7))
+  rows = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").open()]
+          for d in ("killed", "whole")]
+  # Each step logged once: the runs resumed where the last one's checkpoint was, never earlier.
+  assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == list(range(1, 7))
+  assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+  assert rows[0][-1]["accuracy/background_colour"] == whole["background_colour"]
 
 
 def _tower_file(c, path):

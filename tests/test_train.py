@@ -255,7 +255,11 @@ def test_evaluators_run_during_training_as_eval_py_runs_them(data_dir, tmp_path)
     np.testing.assert_allclose(rows[step]["loss/loss"], result["loss"], rtol=1e-6)
     assert rows[step]["loss/loss_tokens"] == result["loss_tokens"] > 0
   assert rows[4]["vqa/accuracy/coarse"] == result["accuracy"]["coarse"]
-  assert rows[4]["vqa/accuracy_by_kind/background_colour"] == result["accuracy"]["coarse"]
+  assert (rows[4]["vqa/accuracy_by_kind/background_colour"] ==
+          result["accuracy_by_kind"]["background_colour"])
+  c.evals.loss.type = "vqa"
+  with pytest.raises(ValueError, match="evals.loss and evals.vqa are both 'vqa'"):
+    loop.train(c, tmp_path / "bad")
   c.evals.loss.type = "bleu"
   with pytest.raises(ValueError, match=r"evals.loss.type='bleu' is not an evaluator; valid: "
                      r"\['loss', 'vqa'\]"):
@@ -335,8 +339,8 @@ def test_resume_and_eval_fall_back_past_a_damaged_newest_checkpoint(data_dir, tm
 def test_kill_and_rerun_continues_the_same_loss_curve(data_dir, tmp_path):
   c = tiny(data_dir)
   steps = 8
-  # The unbroken run in this process (the same programs, from the compilation cache, as the
-  # train.py processes below): what a process boundary changes is the killed run's.
+  # The unbroken run in this process (with train.py's XLA flags: tests/conftest.py), its
+  # programs cached for the train.py processes below.
   loop.train(tiny(data_dir, steps=steps, **{"train.checkpoint_every": 2}), tmp_path / "whole")
   process = subprocess.Popen(_flags(c, tmp_path / "killed", steps), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -59,8 +59,14 @@ def register(name: str, cls: Callable[[Context, ml_collections.ConfigDict], Eval
 
 
 def check(c: ml_collections.ConfigDict) -> None:
-  """Refuses an unknown evaluator type or a negative `every`, naming the block."""
+  """Refuses an unknown evaluator type, one listed twice or a negative `every`, naming the
+  block."""
+  seen: dict[str, str] = {}
   for name, block in c.evals.items():
+    if block.type in seen:
+      raise ValueError(f"evals.{seen[block.type]} and evals.{name} are both {block.type!r}: "
+                       "list each evaluator once.")
+    seen[block.type] = name
     if block.type not in REGISTRY:
       raise ValueError(f"evals.{name}.type={block.type!r} is not an evaluator; valid: "
                        f"{sorted(REGISTRY)}.")

@@ -15,8 +15,9 @@ from mmjax.training import build
 from mmjax.training import step as step_lib
 
 
-def loss(c, model, params, tok, source, config, mesh) -> dict[str, float]:
-  """Answer-token loss and perplexity of the eval images' multi-turn conversations."""
+def loss(c, model, params, tok, source, config, mesh, step=None) -> dict[str, float]:
+  """Answer-token loss and perplexity of the eval images' multi-turn conversations; `step` is
+  the jitted `step.eval_step` (made here when None)."""
   fmt = build.formatter(c, c.train.task, config, tok)
   examples = min(c.data.eval_examples, len(source))
   rows = max(min(c.eval.batch_size, examples) // sharding.num_batch_shards(mesh), 1) * \
@@ -29,7 +30,7 @@ def loss(c, model, params, tok, source, config, mesh) -> dict[str, float]:
   loader = pipeline.make_loader(sub, fmt, global_batch_size=rows, seed=0, shuffle=False,
                                 num_epochs=1)
   local = rows // jax.process_count()
-  step = jax.jit(lambda p, b: step_lib.eval_step(p, b, model=model))
+  step = step or jax.jit(lambda p, b: step_lib.eval_step(p, b, model=model))
   total, tokens = 0.0, 0.0
   for n, host in enumerate(loader):
     first = n * rows + jax.process_index() * local  # make_loader's rows of this process.
@@ -47,10 +48,12 @@ class Loss:
     del block
     self.context = context
     self.source = build.data_source(context.c, context.c.data.eval_split)
+    # One compiled step for every run during training.
+    self.step = jax.jit(lambda p, b: step_lib.eval_step(p, b, model=context.model))
 
   def run(self, params: Any) -> dict[str, Any]:
     x = self.context
-    return loss(x.c, x.model, params, x.tok, self.source, x.config, x.mesh)
+    return loss(x.c, x.model, params, x.tok, self.source, x.config, x.mesh, self.step)
 
   def lines(self, result: dict[str, Any]) -> list[str]:
     return [f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "

@@ -76,7 +76,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
 def pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path) -> dict[str, Any]:
   """Stage 0 alone (`mmjax.training.pretrain_tower`): the tower pre-trained into `directory`
   (resuming as `train` does); returns its last validation accuracy per question kind ({} when
-  nothing trains)."""
+  nothing trains or a finished one is kept)."""
   return _falling_back(_pretrain_tower, c, directory)
 
 
@@ -138,6 +138,12 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
   if not all_stages:  # train.steps=0: stage 0 alone.
     checkpoints.close()
     return {}
+  try:  # Built now: a bad evaluator setting fails before any step.
+    during = evaluators_lib.build(evaluators_lib.Context(c, model, config, tok, mesh),
+                                  during_training=True)
+  except BaseException:
+    checkpoints.close()
+    raise
   writer = metrics_lib.MetricsWriter(workdir, c.train.steps, start)
   peak = flops_lib.measured_peak_flops() * jax.device_count()
   sigterm = _SigtermFlag()
@@ -148,7 +154,7 @@ def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[st
     for n, stage in enumerate(all_stages):
       if start >= stage.end:
         continue
-      setup = _Setup(c, stage, model, config, tok, source, mesh)
+      setup = _Setup(c, stage, model, config, tok, source, mesh, during)
       if start > stage.start:  # Resuming inside this stage: everything from the checkpoint.
         state = checkpoints.restore(start, setup.factory.abstract, setup.factory.shardings,
                                     setup.iterator)
@@ -217,6 +223,7 @@ def _pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path
                                   setup.iterator)
       console.say("Resumed stage tower at step %d.", start)
     else:
+      setup.start()
       state = setup.factory.create(jax.random.key(c.seed), setup.init_params, 0)
     writer = metrics_lib.MetricsWriter(directory, c.pretrain.steps, start)
     peak = flops_lib.measured_peak_flops() * jax.device_count()
@@ -258,15 +265,17 @@ class _Setup:
 
   The stage interface `_run` drives (stage 0's is `pretrain_tower.Setup`): `stage`, `mesh`,
   `factory`, `lr`, `iterator`, `compile()`, `device_batch(host)`, `counts(host)`,
-  `batch_rows`, `log_every`, `checkpoint_every`, `num_trainable`, `num_params` and
-  `evaluate(step, state, loss)`."""
+  `batch_rows`, `log_every`, `checkpoint_every`, `num_trainable`, `num_params`, `hint` (advice
+  on a non-finite loss), `evaluates(step)` and `evaluate(step, state, loss, preempted)`."""
 
-  def __init__(self, c, stage, model, config, tok, source, mesh):
+  def __init__(self, c, stage, model, config, tok, source, mesh, evaluators=None):
     self.c, self.stage, self.mesh = c, stage, mesh
-    self.model, self.config, self.tok = model, config, tok
-    self._every = [block.every for block in c.evals.values() if block.every > 0]
+    # The evaluators that run during training (`evaluators.build(…, during_training=True)`),
+    # built once for every stage.
+    self.evaluators = evaluators or {}
     self.log_every, self.checkpoint_every = c.train.log_every, c.train.checkpoint_every
     self.batch_rows = c.train.batch_size
+    self.hint = "Lower train.lr or raise train.warmup_fraction."
     fmt = build.formatter(c, stage.task, config, tok)
     self.batch_spec = step_lib.model_batch(build.example_batch(fmt, source,
                                                                c.train.batch_size))
@@ -306,23 +315,17 @@ class _Setup:
     return (float(np.sum(host["segment_ids"] > 0)), int(np.sum(host["dropped"])),
             int(np.sum(host["truncated"])))
 
-  @functools.cached_property
-  def evaluators(self) -> dict[str, tuple[Any, int]]:
-    """The config's evaluators that run during training (`evals.NAME.every` > 0), built on
-    first use: a setup only restored from reads no evaluation data."""
-    return evaluators_lib.build(evaluators_lib.Context(self.c, self.model, self.config,
-                                                       self.tok, self.mesh),
-                                during_training=True)
-
   def evaluates(self, step: int) -> bool:
-    return any(step % every == 0 for every in self._every)
+    return any(step % every == 0 for _, every in self.evaluators.values())
 
-  def evaluate(self, step: int, state: state_lib.TrainState, loss: float
+  def evaluate(self, step: int, state: state_lib.TrainState, loss: float, preempted: bool
                ) -> tuple[dict[str, float], bool]:
-    """The evaluators due at `step` on the state's parameters, as metrics `NAME/metric`; the
-    MLLM's stages never end early."""
+    """The evaluators due at `step` on the state's parameters, as metrics `NAME/metric` (none
+    under SIGTERM: the checkpoint comes first); the MLLM's stages never end early."""
     del loss
     out = {}
+    if preempted:
+      return out, False
     with jax.set_mesh(self.mesh), sharding.axis_rules():
       for name, (evaluator, every) in self.evaluators.items():
         if step % every == 0:
@@ -401,8 +404,8 @@ def _run(setup, state, checkpoints, writer, peak, sigterm):
           f"Loss {bad['loss']}, gradient norm {bad['grad_norm']} at step {bad['step']} (stage "
           f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
           f"saving this state. The last good checkpoint is step {checkpoints.latest_step()} in "
-          f"{checkpoints.directory}. Lower train.lr or raise train.warmup_fraction.")
-    evaluated, ended = setup.evaluate(step, state, fetched[-1]["loss"])
+          f"{checkpoints.directory}. {setup.hint}")
+    evaluated, ended = setup.evaluate(step, state, fetched[-1]["loss"], sigterm.raised)
     if log or evaluated:
       seconds = window.seconds / window.steps
       last = {

@@ -14,8 +14,8 @@ parameters are kept: `train.py` runs this stage into WORKDIR/tower when `pretrai
 starts the MLLM from it; with `train.steps=0` it runs this stage alone.
 
   python train.py --config configs/default.py --workdir runs/pre --config.train.steps=0
-  python train.py --config configs/default.py:pretrain=0 --workdir runs/default \\
-      --config.train.init_params=tower=runs/pre/tower
+  python train.py --config configs/default.py --workdir runs/default \\
+      --config.pretrain.steps=0 --config.train.init_params=tower=runs/pre/tower
 
 Settings: `c.pretrain` (configs/common.py); `loop.pretrain_tower(c, DIR)` runs the stage into DIR
 itself.
@@ -69,8 +69,11 @@ RECORD = "pretrain.json"
 # before the field existed ran with.
 SETTINGS = ("steps", "batch", "lr", "until", "schedule", "weight_decay", "init_params", "frozen",
             "encoders_from", "train_encoders")
+# And the optimizer settings stage 0 shares with the MLLM's stages (`c.train`).
+SHARED = ("grad_clip", "adam_eps")
 _DEFAULTS = {"until": None, "schedule": "cosine", "weight_decay": 0.05, "init_params": "",
-             "frozen": "", "encoders_from": "", "train_encoders": False}
+             "frozen": "", "encoders_from": "", "train_encoders": False, "grad_clip": 1.0,
+             "adam_eps": 1e-8}
 
 
 class Pretrainer(nn.Module):
@@ -181,8 +184,9 @@ class _Questions:
 
 
 def settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`c.pretrain`'s settings that a finished stage 0 must share to be kept."""
-  return {k: c.pretrain[k] for k in SETTINGS}
+  """The settings (`c.pretrain`'s, and the optimizer's of `c.train`) that a stage 0 must share
+  to be kept or resumed."""
+  return {**{k: c.pretrain[k] for k in SETTINGS}, **{k: c.train[k] for k in SHARED}}
 
 
 def _check(c: ml_collections.ConfigDict) -> None:
@@ -235,6 +239,7 @@ class Setup:
     self.stage = build.Stage("tower", 0, p.steps, "classify", "", p.lr)
     self.log_every, self.checkpoint_every = c.train.log_every, p.eval_every
     self.batch_rows = p.batch
+    self.hint = "Lower pretrain.lr."
     one = self.device_batch(self.train.batch(self.train.images[:1]))
     self.batch_spec = {k: np.zeros((len(v) * p.batch, *v.shape[1:]), v.dtype)
                        for k, v in one.items()}
@@ -289,22 +294,35 @@ class Setup:
     """(visual tokens, images refused, rows truncated) of a batch, for the metrics."""
     return float(np.sum(host["valid"])), int(np.sum(~np.any(host["valid"] > 0, axis=1))), 0
 
+  def start(self) -> None:
+    """Records the stage's settings before its first step: a run stopped before its first
+    validation pass (SIGTERM) resumes from its checkpoint against this record."""
+    self.write(None, None)
+
   def resume(self, step: int) -> None:
-    """Checks that a stage 0 resumed at `step` ran with these settings, and takes its curve."""
+    """Checks that a stage 0 resumed at `step` ran with these settings, and takes its curve and
+    the training images found refused so far."""
     record = self.directory / RECORD
     done = json.loads(record.read_text()) if record.exists() else {}
-    if not done or not _same(done, settings(self.c), json.loads(self.c.to_json())):
+    if not done:
+      raise ValueError(f"{self.directory} holds stage 0 checkpoints but no {RECORD}: not a "
+                       "stage 0 of mmjax, or its record was removed; use a new --workdir.")
+    if not _same(done, settings(self.c), json.loads(self.c.to_json())):
       raise ValueError(f"{self.directory} holds a stage 0 of other settings or another model "
                        f"(see its {RECORD}); use a new --workdir, or restore those settings.")
     self.curve = [row for row in done["curve"] if row["step"] <= step]
+    self.train.refused.update(done.get("refused_train", []))
 
   def evaluates(self, step: int) -> bool:
     return step % self.checkpoint_every == 0 or step == self.stage.end
 
-  def evaluate(self, step: int, state: state_lib.TrainState, loss: float
+  def evaluate(self, step: int, state: state_lib.TrainState, loss: float, preempted: bool
                ) -> tuple[dict[str, float], bool]:
-    """At a validation step: the validation accuracy per question kind, and whether the stage
-    ends here (`until` reached, or its last step); the tower and the record are written."""
+    """At a validation step (under SIGTERM too: the record must hold the step's pass before its
+    checkpoint does): the validation accuracy per question kind, as metrics `accuracy/KIND`,
+    and whether the stage ends here (`until` reached, or its last step); the tower and the
+    record are written."""
+    del preempted
     if not self.evaluates(step):
       return {}, False
     right: dict[str, list[bool]] = {}
@@ -325,20 +343,24 @@ class Setup:
     self.curve.append({"step": step, "loss": loss, **accuracy})
     stopped = "until" if learned else "steps" if step == self.stage.end else None
     self.write(jax.tree.map(np.asarray, state.params["tower"]), stopped)
-    return accuracy, stopped is not None
+    return {f"accuracy/{k}": v for k, v in accuracy.items()}, stopped is not None
 
-  def write(self, tower: Any, stopped: str | None) -> None:
-    """The tower's parameters and the record (`stopped` only once the stage has ended)."""
+  def write(self, tower: Any | None, stopped: str | None) -> None:
+    """The tower's parameters (unless None) and the record (`stopped` only once the stage has
+    ended)."""
     if jax.process_index():
       return
     self.directory.mkdir(parents=True, exist_ok=True)
-    files.save_params(self.directory / files.PARAMS_FILE, tower)
+    if tower is not None:
+      files.save_params(self.directory / files.PARAMS_FILE, tower)
     (self.directory / RECORD).write_text(json.dumps(
         {"config": json.loads(self.c.to_json()), **settings(self.c), "stopped": stopped,
          "answers": self.train.answers,
-         # Images the resolution policy refused (their questions left out), per split.
+         # Images the resolution policy refused (their questions left out), per split (of the
+         # training split: those read so far).
          "refused_images": {"train": len(self.train.refused),
                             self.c.data.eval_split: len(self.val.refused)},
+         "refused_train": sorted(self.train.refused),
          "curve": self.curve}, indent=1))
 
   def write_loaded(self) -> None:
