@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import jax
 import ml_collections
 
+from mmjax import registry
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.models import mllm
 
@@ -49,12 +50,7 @@ REGISTRY: dict[str, Callable[[Context, ml_collections.ConfigDict], Evaluator]] =
 
 
 def register(name: str, cls: Callable[[Context, ml_collections.ConfigDict], Evaluator]) -> None:
-  if name in REGISTRY:
-    raise ValueError(f"An evaluator named {name!r} is registered already.")
-  missing = [a for a in ("run", "lines") if not hasattr(cls, a)]
-  if missing:
-    raise TypeError(f"Evaluator {name!r}: {cls.__name__} lacks {missing} of the Evaluator "
-                    "interface.")
+  registry.admit(REGISTRY, "evaluator", name, cls, "Evaluator", ("run", "lines"))
   REGISTRY[name] = cls
 
 

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 import flax.linen as nn
 import ml_collections
 
+from mmjax import registry
+
 
 @runtime_checkable
 class ConnectorConfig(Protocol):
@@ -43,12 +45,8 @@ REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, config: type, module: Callable[..., nn.Module],
              from_config: Callable[[ml_collections.ConfigDict], ConnectorConfig]) -> None:
-  if name in REGISTRY:
-    raise ValueError(f"A connector named {name!r} is registered already.")
-  missing = [a for a in ("READS_TEXT", "num_tokens") if not hasattr(config, a)]
-  if missing:
-    raise TypeError(f"Connector {name!r}: {config.__name__} lacks {missing} of the "
-                    "ConnectorConfig interface.")
+  registry.admit(REGISTRY, "connector", name, config, "ConnectorConfig",
+                 ("READS_TEXT", "num_tokens"))
   REGISTRY[name] = Entry(config, module, from_config)
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
+from mmjax import registry
 from mmjax.data import pipeline
 
 
@@ -54,13 +55,8 @@ REGISTRY: dict[str, Entry] = {}
 
 def register(name: str, config: type, module: type[nn.Module],
              from_config: Callable[..., TowerConfig]) -> None:
-  if name in REGISTRY:
-    raise ValueError(f"A tower named {name!r} is registered already.")
-  missing = [a for a in ("INPUTS", "width", "max_tokens", "visual_tokens", "policy")
-             if not hasattr(config, a)]
-  if missing:
-    raise TypeError(f"Tower {name!r}: {config.__name__} lacks {missing} of the TowerConfig "
-                    "interface.")
+  registry.admit(REGISTRY, "tower", name, config, "TowerConfig",
+                 ("INPUTS", "width", "max_tokens", "visual_tokens", "policy"))
   REGISTRY[name] = Entry(config, module, from_config)
 
 
