@@ -279,14 +279,13 @@ class _Setup:
     fmt = build.formatter(c, stage.task, config, tok)
     self.batch_spec = step_lib.model_batch(build.example_batch(fmt, source,
                                                                c.train.batch_size))
-    model_spec = self.batch_spec
-    params_shape = state_lib.abstract_params(model, model_spec)
+    params_shape = state_lib.abstract_params(model, self.batch_spec)
     warmup = int(stage.steps * c.train.warmup_fraction)
     self.lr = optim.schedule(stage.lr, warmup, stage.steps)
     tx = optim.optimizer(params_shape, lr=self.lr, weight_decay=c.train.weight_decay,
                          grad_clip=c.train.grad_clip, trainable=stage.trainable,
                          eps=c.train.adam_eps)
-    self.factory = state_lib.Factory(model, tx, model_spec, mesh)
+    self.factory = state_lib.Factory(model, tx, self.batch_spec, mesh)
     self.trainable = optim.trainable_mask(params_shape, stage.trainable)
     self.num_trainable = sum(int(np.prod(p.shape)) for p, t in zip(
         jax.tree.leaves(params_shape), jax.tree.leaves(self.trainable)) if t)
