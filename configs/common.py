@@ -105,8 +105,9 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   c.model = ml_collections.ConfigDict()
   c.model.tower = tower  # The vision tower: `name` (mmjax.models.towers) and its fields.
   c.model.connector = connector  # Features → LLM width: `name` (mmjax.models.connectors), fields.
-  # The decoder (mmjax.models.llm.LLMConfig's fields): the size's variant.
-  c.model.llm = block(**llm.variant(s.llm),
+  # The decoder: `name` (mmjax.models.decoders) and its fields (for "llama",
+  # mmjax.models.llm.LLMConfig's): the size's variant.
+  c.model.llm = block(name="llama", **llm.variant(s.llm),
                       vocab_size=32000 if a.big else 0,  # 0: the tokenizer's vocabulary size.
                       rope_theta=10000.0,
                       # M-RoPE (temporal, height, width) frequency sections; (): 1D RoPE.

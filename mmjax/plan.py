@@ -36,7 +36,7 @@ def example_batch(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, rows: i
   length = config.max_visual_tokens + text_len
   batch = {k: np.zeros((rows, length), np.int32)
            for k in ("tokens", "segment_ids", "targets", "loss_mask")}
-  batch["positions"] = np.zeros((rows, length) + ((3,) if config.llm.mrope_sections else ()),
+  batch["positions"] = np.zeros((rows, length) + ((3,) if config.llm.position_axes == 3 else ()),
                                 np.int32)
   blank = build.policy(c, config).blank()
   for key in config.tower.INPUTS:

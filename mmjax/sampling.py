@@ -7,22 +7,23 @@ on a prepared batch: a prefill pass of the model into a preallocated KV cache, t
 EOS. Every step attends over the whole fixed-size cache (the validity mask hides unwritten and
 padding slots), so shapes never grow and the cost per token is flat in the generated length.
 
-Both an `MLLM` (prompts with image placeholder runs, plus images) and a text-only `Decoder` go
+Both an `MLLM` (prompts with image placeholder runs, plus images) and a text-only decoder go
 through the same code; `decode` picks the forward pass from the type of its static config.
 """
 import functools
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from mmjax.models import llm as llm_lib
+from mmjax.models import decoders
 from mmjax.models import mllm as mllm_lib
+from mmjax.shapes import Array, Float, Int, PRNGKeyArray
 
-ModelConfig = mllm_lib.MLLMConfig | llm_lib.LLMConfig
+ModelConfig = mllm_lib.MLLMConfig | decoders.DecoderConfig
 
 
 def _check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
@@ -138,17 +139,17 @@ class Generation(NamedTuple):
   steps: Int[Array, ""]
 
 
-def _llm_config(config: ModelConfig) -> llm_lib.LLMConfig:
+def _llm_config(config: ModelConfig) -> decoders.DecoderConfig:
   return config.llm if isinstance(config, mllm_lib.MLLMConfig) else config
 
 
-def _forward(config: ModelConfig, variables, batch: dict[str, Array], cache: llm_lib.Cache
-             ) -> tuple[Float[Array, "B T V"], llm_lib.Cache]:
+def _forward(config: ModelConfig, variables, batch: dict[str, Array], cache: Any
+             ) -> tuple[Float[Array, "B L V"], Any]:
   if isinstance(config, mllm_lib.MLLMConfig):
     return mllm_lib.MLLM(config).apply(variables, batch, cache)
-  logits, _, cache = llm_lib.Decoder(config).apply(
-      variables, batch["tokens"], batch["positions"], batch["segment_ids"], cache,
-      method=llm_lib.Decoder.forward_tokens)
+  text_only = lambda m: m(m.embed(batch["tokens"]), batch["positions"], batch["segment_ids"],
+                          cache)
+  logits, _, cache = nn.apply(text_only, decoders.module_for(config))(variables)
   return logits, cache
 
 
@@ -162,7 +163,7 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
   and settings, whether it comes through `generate` or not.
 
   Args:
-    config: an `MLLMConfig` (runs `MLLM`) or an `LLMConfig` (runs a text-only `Decoder`).
+    config: an `MLLMConfig` (runs `MLLM`) or a `DecoderConfig` (runs that decoder on text alone).
     variables: the model's variables.
     batch: left-padded prompts as from `pad_prompts` (`tokens`, `positions`, `segment_ids`, each
       [B, L]; every row's last column a real token) plus, for an MLLM, optionally `images`
@@ -202,7 +203,7 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
   is_eos = lambda token: jnp.zeros(token.shape, jnp.bool_) if eos_id is None else token == eos_id
   rows, length = batch["tokens"].shape
   # The last sampled token is never fed back, hence one slot fewer than L + max_new_tokens.
-  cache = llm_lib.init_cache(_llm_config(config), rows, length + max_new_tokens - 1)
+  cache = _llm_config(config).init_cache(rows, length + max_new_tokens - 1)
   logits, cache = _forward(config, variables, batch, cache)
   first = sample(logits[:, -1], step_key(0))
   last_position = batch["positions"][:, -1]
@@ -271,7 +272,7 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
                        f"{expected} visual tokens.")
 
 
-def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequence[np.ndarray],
+def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
              images: np.ndarray | dict[str, np.ndarray] | None = None, *, max_new_tokens: int,
              eos_id: int | None, pad_id: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, rng: PRNGKeyArray | None = None, bucket: int = 64,
@@ -279,7 +280,7 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
   """Generates continuations of a batch of prompts of different lengths.
 
   Args:
-    model: an `MLLM` or a text-only `Decoder` (only its config is used).
+    model: an `MLLM` or a text-only decoder (`mmjax.models.decoders`; only its config is used).
     variables: its variables.
     prompts: B 1-D token id arrays; an MLLM prompt may hold one run of
       `config.image_token_id` with one placeholder per visual token of its image.
@@ -297,14 +298,14 @@ def generate(model: mllm_lib.MLLM | llm_lib.Decoder, variables, prompts: Sequenc
     tokens: int32 [B, max_new_tokens] (after EOS: `pad_id`); lengths: int32 [B] (see
     `Generation`).
   """
-  if not isinstance(model, (mllm_lib.MLLM, llm_lib.Decoder)):
-    raise ValueError(f"model must be an MLLM or a Decoder, got {type(model).__name__}.")
+  if not isinstance(getattr(model, "config", None), (mllm_lib.MLLMConfig, decoders.DecoderConfig)):
+    raise ValueError(f"model must be an MLLM or a decoder, got {type(model).__name__}.")
   batch = pad_prompts(prompts, bucket=bucket, positions=positions)
   views = images
   if images is not None and not isinstance(images, dict):
     views = {"images": np.asarray(images, np.float32)}
   _check_prompts(model.config, prompts, views)
-  mrope = isinstance(model.config, mllm_lib.MLLMConfig) and bool(model.config.llm.mrope_sections)
+  mrope = _llm_config(model.config).position_axes == 3
   if mrope != (positions is not None):
     raise ValueError("An M-RoPE model needs the prompts' positions, and only it takes them.")
   if views is not None:

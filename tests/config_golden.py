@@ -56,7 +56,7 @@ def _digest(params) -> str:
 def _shapes(c, config) -> dict:
   """The numbers of a config too large to run here, from its traced shapes."""
   blank = build.policy(c, config).blank()
-  batch = {k: np.zeros((1, 16) + ((3,) if k == "positions" and config.llm.mrope_sections else ()),
+  batch = {k: np.zeros((1, 16) + ((3,) if k == "positions" and config.llm.position_axes == 3 else ()),
                        np.int32) for k in ("tokens", "positions", "segment_ids")}
   batch.update({k: np.zeros((1,) + blank[k].shape, blank[k].dtype) for k in config.tower.INPUTS})
   params = jax.eval_shape(mllm.MLLM(config).init, jax.random.key(0), batch)["params"]

@@ -26,6 +26,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmjax-xla-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# Shape annotations (jaxtyping) are checked at test time, as the gemma library does: every
+# function of mmjax imported from here on checks its array arguments and result against their
+# annotations, and the axis letters of one call must agree (mmjax.shapes; tests/shape_check.py).
+import jaxtyping  # noqa: E402
+
+from tests import shape_check  # noqa: E402,F401  (imported for the hook's "tests.shape_check")
+
+jaxtyping.install_import_hook("mmjax", "tests.shape_check.check")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -58,3 +67,12 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def rng() -> np.random.Generator:
   return np.random.default_rng(0)
+
+
+@pytest.fixture
+def unchecked_shapes():
+  """Turns the annotation checks off for a test of a function's own error on input its
+  annotations already refuse (the error a user without the checks gets)."""
+  jaxtyping.config.update("jaxtyping_disable", True)
+  yield
+  jaxtyping.config.update("jaxtyping_disable", False)

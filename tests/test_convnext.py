@@ -301,7 +301,7 @@ def test_invalid_hf_config(hf_dir, override, field):
     hf.converter("ConvNextModel").config_from_hf({**hf_config, **override})
 
 
-def test_images_must_be_channels_last():
+def test_images_must_be_channels_last(unchecked_shapes):
   config = convnext.ConvNeXtConfig(widths=(8,), depths=(1,))
   with pytest.raises(ValueError, match="channels-last"):
     convnext.ConvNeXt(config).init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)))

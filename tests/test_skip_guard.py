@@ -20,6 +20,9 @@ MODULES = {
 
 def _run(tmp_path, module: str | None, workers: int) -> subprocess.CompletedProcess:
   shutil.copy(CONFTEST, tmp_path / "conftest.py")
+  (tmp_path / "tests").mkdir()  # The conftest's shape checker, which it imports.
+  for name in ("__init__.py", "shape_check.py"):
+    shutil.copy(CONFTEST.with_name(name), tmp_path / "tests" / name)
   (tmp_path / "test_passes.py").write_text("def test_passes():\n  assert True\n")
   if module is not None:
     (tmp_path / f"test_{module}.py").write_text(MODULES[module])

@@ -136,7 +136,7 @@ def test_antialiased_cubic_differs_from_the_plain_one_when_growing():
   assert np.abs(plain - smooth).max() > 1e-2
 
 
-def test_interpolation_rejects_unknown_mode():
+def test_interpolation_rejects_unknown_mode(unchecked_shapes):
   with pytest.raises(ValueError, match="nearest.*bicubic"):
     interpolate.interpolation_matrix(4, 8, "nearest")
   with pytest.raises(ValueError, match="align_corners=False only"):

@@ -4,7 +4,8 @@ A converter lists `Rule`s; `import_tensors` and `export_params` apply them in ei
 fail, listing the names, on tensors that are missing or that no rule consumes.
 """
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

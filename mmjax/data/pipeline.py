@@ -16,7 +16,8 @@ import dataclasses
 import json
 import math
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
@@ -468,7 +469,8 @@ class FormatExample(grain.transforms.RandomMap):
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
-    row = {"dropped": np.int32(0), "truncated": np.int32(0), "has_image": np.int32(has_image)}
+    row = {"dropped": np.array(0, np.int32), "truncated": np.array(0, np.int32),
+           "has_image": np.array(has_image, np.int32)}
     try:
       views = self.policy(record["image"]) if has_image else self.policy.blank()
       num_image_tokens = self.num_image_tokens
@@ -481,10 +483,10 @@ class FormatExample(grain.transforms.RandomMap):
           self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
           max_len=self.max_len)
       ids, mask = encoded.ids, encoded.loss_mask
-      row["truncated"] = np.int32(encoded.truncated)
+      row["truncated"] = np.array(encoded.truncated, np.int32)
     except (tokenizer_lib.ConversationError, ImageRefused):
       ids, mask, views = np.zeros(0, np.int32), np.zeros(0, np.int32), self.policy.blank()
-      row["dropped"] = np.int32(1)
+      row["dropped"] = np.array(1, np.int32)
     row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
                                           image_id=self.tokenizer.image_id))
     row.update(views)

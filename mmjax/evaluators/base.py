@@ -14,7 +14,8 @@ scores any parameters with `run`. Each evaluator file registers itself (`registe
 of this package is imported by its `__init__`, so a new evaluator is its file and its tests.
 """
 import dataclasses
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import ml_collections

@@ -8,18 +8,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
 
 from mmjax.models import layers
 from mmjax.models import rope as rope_lib
+from mmjax.shapes import Array, Bool, Float, Int
 
 IMPLEMENTATIONS = (None, "xla", "cudnn")
-KVCache = dict[str, Array]  # {"k": [B S K H], "v": [B S K H]}
+KVCache = dict[str, Array]  # {"k": [B S Nk Dh], "v": [B S Nk Dh]}
 
 
-def dot_product_attention(q: Float[Array, "B T N H"], k: Float[Array, "B S K H"],
-                          v: Float[Array, "B S K H"], mask: Bool[Array, "B 1 T S"] | None,
-                          implementation: str | None = None) -> Float[Array, "B T N H"]:
+def dot_product_attention(q: Float[Array, "B L Nh Dh"], k: Float[Array, "B S Nk Dh"],
+                          v: Float[Array, "B S Nk Dh"], mask: Bool[Array, "B 1 L S"] | None,
+                          implementation: str | None = None) -> Float[Array, "B L Nh Dh"]:
   """Softmax attention; K must divide N (grouped-query attention). Scale is 1/sqrt(H)."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown attention implementation {implementation!r}; "
@@ -41,10 +41,10 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Float[Array, "B T D"], mask: Bool[Array, "B 1 T S"] | None,
+  def __call__(self, x: Float[Array, "B L D"], mask: Bool[Array, "B 1 L S"] | None,
                rope: rope_lib.Angles | None = None, cache: KVCache | None = None,
                cache_index: Int[Array, ""] | None = None
-               ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+               ) -> tuple[Float[Array, "B L D"], KVCache | None]:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}.")
@@ -73,7 +73,7 @@ class Attention(nn.Module):
     return y, new_cache
 
 
-def causal_segment_mask(segment_ids: Int[Array, "B T"]) -> Bool[Array, "B 1 T T"]:
+def causal_segment_mask(segment_ids: Int[Array, "B L"]) -> Bool[Array, "B 1 L L"]:
   """Token t sees token s ≤ t of its own segment; segment 0 is padding and is never seen.
 
   Several sequences packed into one row get distinct segment ids (1, 2, …)."""
@@ -84,8 +84,8 @@ def causal_segment_mask(segment_ids: Int[Array, "B T"]) -> Bool[Array, "B 1 T T"
 
 
 def cache_mask(valid: Bool[Array, "B S"], cache_index: Int[Array, ""],
-               num_queries: int) -> Bool[Array, "B 1 T S"]:
-  """Queries written at cache slots index..index+T-1 see every valid slot up to their own."""
+               num_queries: int) -> Bool[Array, "B 1 L S"]:
+  """Queries written at cache slots index..index+L-1 see every valid slot up to their own."""
   query_slots = cache_index + jnp.arange(num_queries)
   key_slots = jnp.arange(valid.shape[1])
   causal = key_slots[None, :] <= query_slots[:, None]

@@ -10,10 +10,10 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
 from mmjax.models import stack
+from mmjax.shapes import Array, Float
 
 DTYPES = ("float32", "bfloat16")
 STEM_PATCH = 4  # Stem kernel and stride (HF `patch_size`; ConvNeXt always uses 4).
@@ -208,7 +208,7 @@ class PatchConv(nn.Module):
   param_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H/s W/s F"]:
+  def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B _h _w C2"]:
     b, h, w, c = x.shape
     s = self.size
     kernel = self.param(
@@ -257,7 +257,7 @@ class ConvNeXt(nn.Module):
     x = self.stem_norm(self.stem(images.astype(self.config.dtype)))
     return layers.constrain(x, ("batch", "height", "width", "embed"))
 
-  def run_stage(self, x: Float[Array, "B h w C"], stage: int) -> Float[Array, "B h2 w2 C2"]:
+  def run_stage(self, x: Float[Array, "B h w C"], stage: int) -> Float[Array, "B _h _w C2"]:
     """Stage `stage` (its downsampling included) on the previous stage's map or the stem."""
     if stage > 0:
       x = self.downs[stage](self.down_norms[stage](x))
@@ -269,7 +269,7 @@ class ConvNeXt(nn.Module):
     """HF `pooler_output`: the final LayerNorm of the last stage's spatial mean."""
     return self.final_norm(x.mean(axis=(1, 2)))
 
-  def __call__(self, images: Float[Array, "B H W 3"]) -> list[Float[Array, "B h_s w_s C_s"]]:
+  def __call__(self, images: Float[Array, "B H W 3"]) -> list[Float[Array, "B _h _w _C"]]:
     """Returns each stage's output (HF `hidden_states[1:]`); stage s has stride 4 · 2^s."""
     x = self.embed(images)
     maps = []

@@ -8,9 +8,9 @@ plus the attended value. Oryx uses ratio 1 for images (the region is one token: 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
+from mmjax.shapes import Array, Float
 
 
 class DynamicCompressor(nn.Module):

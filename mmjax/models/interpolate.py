@@ -14,7 +14,8 @@ from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+
+from mmjax.shapes import Array, Float
 
 Mode = Literal["bicubic", "bilinear"]
 MODES = ("bicubic", "bilinear")

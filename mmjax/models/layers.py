@@ -5,12 +5,14 @@ Logical names used across mmjax (mapped to mesh axes only in `mmjax/sharding.py`
   (attention heads), kv (per-head width), vocab, layers (stacked scan axis), conv_in / conv_out
   (channels of convolutions), conv_h / conv_w (kernel taps), height / width (feature-map axes).
 """
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+
+from mmjax.shapes import Array, Float
 
 Dtype = Any
 Axes = tuple[str | None, ...]

@@ -5,18 +5,19 @@ and the model is split into `embed` and `__call__` on embeddings so that an MLLM
 tokens into the sequence in between.
 """
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
 
 from mmjax.models import attention
 from mmjax.models import layers
 from mmjax.models import rope as rope_lib
 from mmjax.models import stack
+from mmjax.shapes import Array, Bool, Float, Int
 
-Cache = dict[str, Array]  # {"k", "v": [layers B S K H], "valid": [B S] bool, "index": [] int32}
+Cache = dict[str, Array]  # {"k", "v": [n B S Nk Dh], "valid": [B S] bool, "index": [] int32}
 
 
 # Named sizes (width, depth, heads, MLP width): the CPU sizes trained from scratch here and
@@ -38,6 +39,11 @@ def variant(name: str) -> dict[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
+  """The decoder named "llama" (`mmjax.models.decoders`): reads only the sequence."""
+
+  READS_VISUAL_MASK: ClassVar[bool] = False
+  READS_MEMORY: ClassVar[bool] = False
+
   vocab_size: int = 32000
   width: int = 4096  # hidden_size.
   depth: int = 32  # Number of decoder blocks.
@@ -78,14 +84,21 @@ class LLMConfig:
   def kv_dim(self) -> int:
     return self.head_dim or self.width // self.num_heads
 
+  @property
+  def position_axes(self) -> int:
+    return 3 if self.mrope_sections else 1
+
+  def init_cache(self, batch: int, length: int, dtype: str | None = None) -> "Cache":
+    return init_cache(self, batch, length, dtype)
+
 
 class DecoderBlock(nn.Module):
   """x + attn(norm(x)); x + swiglu(norm(x))."""
   config: LLMConfig
 
   @nn.compact
-  def __call__(self, x: Float[Array, "B T D"], cache: dict[str, Array] | None,
-               mask: Bool[Array, "B 1 T S"], rope: rope_lib.Angles,
+  def __call__(self, x: Float[Array, "B L D"], cache: dict[str, Array] | None,
+               mask: Bool[Array, "B 1 L S"], rope: rope_lib.Angles,
                cache_index: Int[Array, ""] | None):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
@@ -123,34 +136,34 @@ class Decoder(nn.Module):
       self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), name="lm_head",
                                   use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
-  def embed(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+  def embed(self, tokens: Int[Array, "B L"]) -> Float[Array, "B L D"]:
     return layers.constrain(self.embedder(tokens), ("batch", "length", "embed"))
 
-  def logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+  def logits(self, x: Float[Array, "B L D"]) -> Float[Array, "B L V"]:
     if self.config.tie_embeddings:
       out = self.embedder.attend(x)
     else:
       out = self.lm_head(x)
     return layers.constrain(out, ("batch", "length", "vocab"))
 
-  def rope(self, positions: Int[Array, "B T"] | Int[Array, "3 B T"]) -> rope_lib.Angles:
+  def rope(self, positions: Int[Array, "B L"] | Int[Array, "3 B L"]) -> rope_lib.Angles:
     cfg = self.config
     if cfg.mrope_sections:
       if positions.ndim != 3:
-        raise ValueError(f"An M-RoPE LLM needs positions of shape [3, B, T], got "
+        raise ValueError(f"An M-RoPE LLM needs positions of shape [3, B, L], got "
                          f"{positions.shape}.")
       return rope_lib.mrope_angles(positions, cfg.kv_dim, cfg.rope_theta, cfg.mrope_sections)
     return rope_lib.rope_angles(positions, cfg.kv_dim, cfg.rope_theta)
 
-  def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"] | Int[Array, "3 B T"],
-               segment_ids: Int[Array, "B T"], cache: Cache | None = None
-               ) -> tuple[Float[Array, "B T V"], Float[Array, "B T D"], Cache | None]:
+  def __call__(self, x: Float[Array, "B L D"], positions: Int[Array, "B L"] | Int[Array, "3 B L"],
+               segment_ids: Int[Array, "B L"], cache: Cache | None = None
+               ) -> tuple[Float[Array, "B L V"], Float[Array, "B L D"], Cache | None]:
     """Runs the blocks on embeddings; returns (logits, final hidden states, updated cache).
 
     Without a cache: causal attention within segments (`segment_ids`, 0 = padding). With one:
-    the T tokens are written at `cache["index"]`, tokens with segment id 0 are marked invalid
+    the L tokens are written at `cache["index"]`, tokens with segment id 0 are marked invalid
     (left padding of a prompt), and each token sees the valid slots up to its own. Positions are
-    [3, B, T] (temporal, height, width) for an M-RoPE model.
+    [3, B, L] (temporal, height, width) for an M-RoPE model.
     """
     if cache is None:
       mask, kv, index = attention.causal_segment_mask(segment_ids), None, None
@@ -166,15 +179,16 @@ class Decoder(nn.Module):
       new_cache = {**kv, "valid": valid, "index": index + x.shape[1]}
     return self.logits(x), x, new_cache
 
-  def forward_tokens(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"],
-                     segment_ids: Int[Array, "B T"], cache: Cache | None = None):
+  def forward_tokens(self, tokens: Int[Array, "B L"], positions: Int[Array, "B L"],
+                     segment_ids: Int[Array, "B L"], cache: Cache | None = None):
     """`embed` then `__call__`: a text-only forward pass."""
     return self(self.embed(tokens), positions, segment_ids, cache)
 
 
 def from_block(block, common: dict, vocab_size: int) -> LLMConfig:
-  """The LLMConfig of a config block holding its fields (`c.model.llm`), with the model's shared
-  settings; a `vocab_size` of 0 there takes the tokenizer's `vocab_size`."""
-  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(block).items()}
+  """The LLMConfig of a config block holding its fields (`c.model.llm`, its `name` aside), with
+  the model's shared settings; a `vocab_size` of 0 there takes the tokenizer's `vocab_size`."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(block).items()
+            if k != "name"}
   fields["vocab_size"] = fields.get("vocab_size") or vocab_size
   return LLMConfig(**fields, **common)

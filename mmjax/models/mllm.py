@@ -7,27 +7,31 @@ A batch is a flat dict of static-shape arrays:
   pixels), or a native-resolution tower's patches (the tower's `INPUTS`); ignored for rows
   without placeholders, so a batch can mix samples with and without an image.
 
-The parts are chosen by their configs' types (each part's registry, `towers.base` and
-`connectors.base`): this module never asks which tower or connector it holds.
+The parts are chosen by their configs' types (each part's registry: `towers.base`,
+`connectors.base`, `decoders.base`): this module never asks which part it holds, only what the
+part declares it reads.
 """
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
 
 from mmjax.models import connectors
+from mmjax.models import decoders
 from mmjax.models import layers
 from mmjax.models import llm as llm_lib
 from mmjax.models import towers
+from mmjax.shapes import Array, Bool, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
 class MLLMConfig:
   tower: towers.TowerConfig = towers.ViTTowerConfig()  # Which vision tower, and its config.
-  llm: llm_lib.LLMConfig = llm_lib.LLMConfig()  # The decoder (LLaMA-2-7B / Vicuna-7B shape by default).
+  # The decoder (`mmjax.models.decoders`; LLaMA-2-7B / Vicuna-7B shape by default).
+  llm: decoders.DecoderConfig = llm_lib.LLMConfig()
   # Tower features → the LLM's width (LLaVA-1.5's mlp2x_gelu projector by default).
   connector: connectors.ConnectorConfig = connectors.ProjectorConfig()
   image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).
@@ -37,6 +41,9 @@ class MLLMConfig:
       raise ValueError(f"image_token_id={self.image_token_id} lies inside the vocabulary "
                        f"[0, {self.llm.vocab_size}); use an id outside it, as LLaVA's -200.")
     self.max_visual_tokens  # A connector that cannot take the tower's tokens fails here.
+    if self.llm.READS_MEMORY:
+      raise ValueError(f"The decoder {type(self.llm).__name__} cross-attends to a memory stream "
+                       "(READS_MEMORY), and no tower of this MLLM provides one.")
 
   @property
   def max_visual_tokens(self) -> int:
@@ -71,7 +78,7 @@ class MLLM(nn.Module):
     # Named "projector" whatever the connector: LLaVA's parameter paths (`^projector/`).
     self.projector = connectors.module_for(cfg.connector, cfg.llm.width, dtype=cfg.llm.dtype,
                                            param_dtype=cfg.llm.param_dtype)
-    self.llm = llm_lib.Decoder(cfg.llm)
+    self.llm = decoders.module_for(cfg.llm)
 
   def encode_images(self, views: dict[str, Array], text: Float[Array, "B L D"] | None = None,
                     text_mask: Bool[Array, "B L"] | None = None) -> Float[Array, "B M D"]:
@@ -94,8 +101,9 @@ class MLLM(nn.Module):
     return layers.constrain(merge_embeddings(text, visual, is_visual),
                             ("batch", "length", "embed"))
 
-  def __call__(self, batch: dict[str, Array], cache: llm_lib.Cache | None = None
-               ) -> tuple[Float[Array, "B L V"], llm_lib.Cache | None]:
+  def __call__(self, batch: dict[str, Array], cache: Any = None
+               ) -> tuple[Float[Array, "B L V"], Any]:
+    """Logits of the batch's rows, and the decoder's updated cache when given one."""
     keys = self.config.tower.INPUTS
     present = [k for k in keys if k in batch]
     if present and len(present) != len(keys):
@@ -105,7 +113,10 @@ class MLLM(nn.Module):
     positions = batch["positions"]
     if positions.ndim == 3:  # M-RoPE: [B, L, 3] in the batch (batch axis first), [3, B, L] here.
       positions = jnp.moveaxis(positions, -1, 0)
-    logits, _, cache = self.llm(x, positions, batch["segment_ids"], cache)
+    reads = {}
+    if self.config.llm.READS_VISUAL_MASK:
+      reads["visual"] = batch["tokens"] == self.config.image_token_id
+    logits, _, cache = self.llm(x, positions, batch["segment_ids"], cache, **reads)
     return logits, cache
 
 

@@ -17,11 +17,11 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import convnext
 from mmjax.models import interpolate
 from mmjax.models import layers
+from mmjax.shapes import Array, Float
 
 GATES = ("scalar", "channel")
 
@@ -72,7 +72,7 @@ class MRAdapter(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Float[Array, "B N D"], grid: tuple[int, int],
-               high: Float[Array, "B h w Ch"]) -> Float[Array, "B N D"]:
+               high: Float[Array, "B h w C2"]) -> Float[Array, "B N D"]:
     cfg = self.config
     b, n, d = tokens.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

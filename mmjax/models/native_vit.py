@@ -12,12 +12,12 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
 
 from mmjax.models import layers
 from mmjax.models import rope as rope_lib
 from mmjax.models import stack
 from mmjax.models import vit
+from mmjax.shapes import Array, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ class NativeViT(nn.Module):
   config: NativeViTConfig
 
   @nn.compact
-  def __call__(self, patches: Float[Array, "B N K"], positions: Int[Array, "B N 2"],
+  def __call__(self, patches: Float[Array, "B N F"], positions: Int[Array, "B N 2"],
                segment_ids: Int[Array, "B N"]) -> dict[str, Array]:
     """Packed patches (K = config.patch_dim), their (row, column) in their image's patch grid and
     the image each belongs to (0 = padding) → `hidden` [B, N, width] (the last block's output)

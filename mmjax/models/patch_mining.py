@@ -10,12 +10,12 @@ costs encoder compute only.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
+from mmjax.shapes import Array, Float
 
 
-def regions(high: Float[Array, "B H W C"], grid: tuple[int, int]) -> Float[Array, "B N M2 C"]:
+def regions(high: Float[Array, "B H W C"], grid: tuple[int, int]) -> Float[Array, "B N _region C"]:
   """Splits a map into the row-major grid of M×M regions under each low-resolution token."""
   b, h, w, c = high.shape
   if h % grid[0] or w % grid[1] or h // grid[0] != w // grid[1]:
@@ -42,7 +42,7 @@ class PatchInfoMining(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Float[Array, "B N C"], grid: tuple[int, int],
-               high: Float[Array, "B H W Ch"]) -> Float[Array, "B N C"]:
+               high: Float[Array, "B H W C2"]) -> Float[Array, "B N C"]:
     c = tokens.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 

@@ -7,7 +7,8 @@ r = 2 `out[a, b] = concat(x[2a, 2b], x[2a, 2b+1], x[2a+1, 2b], x[2a+1, 2b+1])` (
 channels-first map, (c, dy, dx) order, which LEO applies to SAM's neck output.
 """
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+
+from mmjax.shapes import Array, Float
 
 
 def pixel_unshuffle(x: Float[Array, "B H W C"], factor: int,

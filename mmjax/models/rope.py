@@ -6,32 +6,33 @@ Three ways to turn positions into rotation angles, one per kind of sequence:
     frequencies split into sections that each follow one of the three.
   * `axial_rope_angles`: Qwen2-VL's vision 2D RoPE, the first half of the frequencies (a set of
     head_dim/4) turned by the row, the second half by the column.
-All give (cos, sin) of shape [B, T, head_dim] for `apply_rope`.
+All give (cos, sin) of shape [B, L, Dh] for `apply_rope`.
 """
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
 
-Angles = tuple[Float[Array, "B T H"], Float[Array, "B T H"]]
+from mmjax.shapes import Array, Float, Int
+
+Angles = tuple[Float[Array, "B L Dh"], Float[Array, "B L Dh"]]
 
 
-def inverse_frequencies(head_dim: int, theta: float) -> Float[Array, "H/2"]:
+def inverse_frequencies(head_dim: int, theta: float) -> Float[Array, "_half"]:
   if head_dim % 2:
     raise ValueError(f"Rotary embeddings need an even head_dim, got {head_dim}.")
   exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
   return 1.0 / (theta ** exponents)
 
 
-def _cos_sin(half: Float[Array, "B T H/2"]) -> Angles:
+def _cos_sin(half: Float[Array, "B L _half"]) -> Angles:
   angles = jnp.concatenate([half, half], axis=-1)
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def rope_angles(positions: Int[Array, "B T"], head_dim: int, theta: float) -> Angles:
+def rope_angles(positions: Int[Array, "B L"], head_dim: int, theta: float) -> Angles:
   """cos and sin of the rotation angles for integer positions, in float32."""
   return _cos_sin(positions.astype(jnp.float32)[..., None] * inverse_frequencies(head_dim, theta))
 
 
-def mrope_angles(positions: Int[Array, "3 B T"], head_dim: int, theta: float,
+def mrope_angles(positions: Int[Array, "3 B L"], head_dim: int, theta: float,
                  sections: tuple[int, ...]) -> Angles:
   """M-RoPE: frequency i (of head_dim/2) is turned by axis k of `positions` when it falls in the
   k-th of `sections` (Qwen2-VL: (16, 24, 24) = temporal, height, width for head_dim 128). Equal
@@ -43,12 +44,12 @@ def mrope_angles(positions: Int[Array, "3 B T"], head_dim: int, theta: float,
                      f"{len(sections)} sections.")
   axis = jnp.repeat(jnp.arange(len(sections)), jnp.array(sections),
                     total_repeat_length=head_dim // 2)
-  chosen = jnp.take(positions, axis, axis=0)  # [H/2, B, T]: each frequency's own axis.
+  chosen = jnp.take(positions, axis, axis=0)  # [Dh/2, B, L]: each frequency's own axis.
   half = jnp.moveaxis(chosen, 0, -1).astype(jnp.float32) * inverse_frequencies(head_dim, theta)
   return _cos_sin(half)
 
 
-def axial_rope_angles(positions: Int[Array, "B T 2"], head_dim: int, theta: float) -> Angles:
+def axial_rope_angles(positions: Int[Array, "B L 2"], head_dim: int, theta: float) -> Angles:
   """2D RoPE of Qwen2-VL's ViT: head_dim/4 frequencies (those of a head_dim/2 rotary), turned by
   the row for the first quarter of the dims and by the column for the second, then repeated."""
   if head_dim % 4:
@@ -58,7 +59,7 @@ def axial_rope_angles(positions: Int[Array, "B T 2"], head_dim: int, theta: floa
   return _cos_sin(jnp.concatenate([rows, cols], axis=-1))
 
 
-def apply_rope(x: Float[Array, "B T N H"], angles: Angles) -> Float[Array, "B T N H"]:
+def apply_rope(x: Float[Array, "B L Nh Dh"], angles: Angles) -> Float[Array, "B L Nh Dh"]:
   cos, sin = angles
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

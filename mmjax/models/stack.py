@@ -11,7 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+
+from mmjax.shapes import Array, Float
 
 
 class LayerStack(nn.Module):
@@ -22,8 +23,8 @@ class LayerStack(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x: Float[Array, "B T D"], cache: Any, *broadcast: Any
-               ) -> tuple[Float[Array, "B T D"], Float[Array, "n B T D"] | None, Any]:
+  def __call__(self, x: Float[Array, "B *rest"], cache: Any, *broadcast: Any
+               ) -> tuple[Float[Array, "B *rest"], Float[Array, "n B *rest"] | None, Any]:
     block = self.block
     if self.remat:
       block = nn.remat(block, prevent_cse=not self.scan)

@@ -16,12 +16,12 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import attention
 from mmjax.models import interpolate
 from mmjax.models import layers
 from mmjax.models import stack
+from mmjax.shapes import Array, Float
 
 POSITION_EMBEDDINGS = ("learned", "none")
 STEMS = ("patch", "hmlp")

@@ -17,7 +17,7 @@ from mmjax.data.datasets import finedetail
 from mmjax.data.datasets import questions
 from mmjax.data.datasets import scenes
 from mmjax.models import connectors
-from mmjax.models import llm
+from mmjax.models import decoders
 from mmjax.models import mllm
 from mmjax.models import towers
 
@@ -49,9 +49,9 @@ def _common(c: ml_collections.ConfigDict) -> dict[str, Any]:
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConfig:
   """The MLLM `c.model` describes: its tower (`c.model.tower.name`, `mmjax.models.towers`), its
   connector (`c.model.connector.name`, `mmjax.models.connectors`) and its decoder
-  (`c.model.llm`); `vocab_size` is the tokenizer's."""
+  (`c.model.llm.name`, `mmjax.models.decoders`); `vocab_size` is the tokenizer's."""
   m, common = c.model, _common(c)
-  decoder = llm.from_block(m.llm, common, vocab_size)
+  decoder = decoders.from_config(m.llm, common, vocab_size)
   if decoder.vocab_size < vocab_size:
     raise ValueError(f"model.llm.vocab_size={decoder.vocab_size} is smaller than the "
                      f"tokenizer's {vocab_size}.")

@@ -40,13 +40,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jaxtyping import Array, Float
 
 from mmjax import sharding
 from mmjax.convert import files
 from mmjax.data import pipeline
 from mmjax.data.datasets import questions
 from mmjax.models import towers
+from mmjax.shapes import Array, Float
 from mmjax.training import build
 from mmjax.training import optim
 from mmjax.training import state as state_lib

@@ -1,5 +1,6 @@
 """The jitted train step: forward, backward over micro-batches, one optimizer update."""
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

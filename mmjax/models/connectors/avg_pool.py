@@ -12,11 +12,11 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
 from mmjax.models.connectors import base
 from mmjax.models.connectors.projector import Projector, validate_projector
+from mmjax.shapes import Array, Float
 
 
 @dataclasses.dataclass(frozen=True)

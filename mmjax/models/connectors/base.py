@@ -8,8 +8,8 @@ prompt's token embeddings. Each connector file registers its config, module and 
 builder (`register`); every module of this package is imported by its `__init__`, so a new
 connector is its file, its config and its tests (docs/towers.md).
 """
-import dataclasses
-from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import flax.linen as nn
 import ml_collections
@@ -30,37 +30,22 @@ class ConnectorConfig(Protocol):
     ValueError names the connector and why when it cannot take N."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  config: type  # The connector's config dataclass.
-  # The Linen module (or a factory of it), built as module(config, out_dim, dtype=…,
-  # param_dtype=…, name=…).
-  module: Callable[..., nn.Module]
-  # (c.model.connector block) → config.
-  from_config: Callable[[ml_collections.ConfigDict], ConnectorConfig]
-
-
-REGISTRY: dict[str, Entry] = {}
+# {name: registry.Entry}; an entry's `module` is the Linen module (or a factory of it), built as
+# module(config, out_dim, dtype=…, param_dtype=…, name=…), its `from_config` maps the
+# c.model.connector block to the config.
+REGISTRY = registry.Parts("connector", "ConnectorConfig", ("READS_TEXT", "num_tokens"))
 
 
 def register(name: str, config: type, module: Callable[..., nn.Module],
              from_config: Callable[[ml_collections.ConfigDict], ConnectorConfig]) -> None:
-  registry.admit(REGISTRY, "connector", name, config, "ConnectorConfig",
-                 ("READS_TEXT", "num_tokens"))
-  REGISTRY[name] = Entry(config, module, from_config)
+  REGISTRY.register(name, config, module, from_config)
 
 
 def from_config(block: ml_collections.ConfigDict) -> ConnectorConfig:
   """The connector config `block` (`c.model.connector`) describes; `block.name` picks it."""
-  if block.name not in REGISTRY:
-    raise ValueError(f"Unknown connector {block.name!r}; valid: {sorted(REGISTRY)}.")
-  return REGISTRY[block.name].from_config(block)
+  return REGISTRY.entry(block.name).from_config(block)
 
 
 def module_for(config: ConnectorConfig, out_dim: int, name: str = "projector",
                **kw: Any) -> nn.Module:
-  for item in REGISTRY.values():
-    if type(config) is item.config:
-      return item.module(config, out_dim, name=name, **kw)
-  raise ValueError(f"No connector takes a {type(config).__name__}; connectors: "
-                   f"{sorted(REGISTRY)}.")
+  return REGISTRY.of(config)[1].module(config, out_dim, name=name, **kw)

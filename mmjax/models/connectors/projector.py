@@ -3,10 +3,10 @@ import dataclasses
 import re
 
 import flax.linen as nn
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
 from mmjax.models.connectors import base
+from mmjax.shapes import Array, Float
 
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 

@@ -8,8 +8,8 @@ row's views got, and the resolution policy that turns an image into those views.
 registers itself (`register`) with a builder that reads its block of the ml-collections config
 (`c.model.tower`, named by `c.model.tower.name`); `docs/towers.md` shows how to add one.
 """
-import dataclasses
-from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import flax.linen as nn
 import ml_collections
@@ -42,28 +42,20 @@ class TowerConfig(Protocol):
     `aspect` is the config's `data.aspect` for towers of one square view."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  config: type  # The tower's config dataclass.
-  module: type[nn.Module]  # The Linen module taking it as `config`.
-  # (c.model.tower block, shared dtype / scan / remat settings, the LLM's width) → config.
-  from_config: Callable[[ml_collections.ConfigDict, dict[str, Any], int], TowerConfig]
-
-
-REGISTRY: dict[str, Entry] = {}
+# {name: registry.Entry}; an entry's `module` is the Linen module taking the config as `config`,
+# its `from_config` maps (c.model.tower block, shared dtype / scan / remat settings, the LLM's
+# width) to the config.
+REGISTRY = registry.Parts("tower", "TowerConfig",
+                         ("INPUTS", "width", "max_tokens", "visual_tokens", "policy"))
 
 
 def register(name: str, config: type, module: type[nn.Module],
              from_config: Callable[..., TowerConfig]) -> None:
-  registry.admit(REGISTRY, "tower", name, config, "TowerConfig",
-                 ("INPUTS", "width", "max_tokens", "visual_tokens", "policy"))
-  REGISTRY[name] = Entry(config, module, from_config)
+  REGISTRY.register(name, config, module, from_config)
 
 
-def entry(name: str) -> Entry:
-  if name not in REGISTRY:
-    raise ValueError(f"Unknown tower {name!r}; valid: {sorted(REGISTRY)}.")
-  return REGISTRY[name]
+def entry(name: str) -> registry.Entry:
+  return REGISTRY.entry(name)
 
 
 def from_config(block: ml_collections.ConfigDict, common: dict[str, Any],
@@ -73,17 +65,11 @@ def from_config(block: ml_collections.ConfigDict, common: dict[str, Any],
 
 
 def module_for(config: TowerConfig, name: str = "tower") -> nn.Module:
-  for item in REGISTRY.values():
-    if type(config) is item.config:
-      return item.module(config, name=name)
-  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(REGISTRY)}.")
+  return REGISTRY.of(config)[1].module(config, name=name)
 
 
 def name_of(config: TowerConfig) -> str:
-  for name, item in REGISTRY.items():
-    if type(config) is item.config:
-      return name
-  raise ValueError(f"No tower takes a {type(config).__name__}; towers: {sorted(REGISTRY)}.")
+  return REGISTRY.of(config)[0]
 
 
 class OneSquareView:

@@ -15,13 +15,13 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import interpolate
 from mmjax.models import layers
 from mmjax.models import vit as vit_lib
 from mmjax.models.towers import base
 from mmjax.models.towers import encoders as encoders_lib
+from mmjax.shapes import Array, Float
 
 FUSIONS = ("channel", "sequence")
 
@@ -63,7 +63,7 @@ class EagleTower(nn.Module):
   config: EagleTowerConfig
 
   @nn.compact
-  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N C"]:
+  def __call__(self, images: Float[Array, "B R R 3"]) -> Float[Array, "B N C"]:
     cfg = self.config
     b = images.shape[0]
     tokens = []

@@ -7,15 +7,15 @@ tower's input image bilinearly resized to its own side (align_corners=True, as E
 import dataclasses
 
 import flax.linen as nn
-from jaxtyping import Array, Float
 
 from mmjax.models import convnext as convnext_lib
 from mmjax.models import interpolate
 from mmjax.models import vit as vit_lib
+from mmjax.shapes import Array, Float
 
 
 def resize_images(images: Float[Array, "B H W 3"], side: int,
-                  align_corners: bool) -> Float[Array, "B S S 3"]:
+                  align_corners: bool) -> Float[Array, "B R R 3"]:
   """A square bilinear resize of normalised pixels, as the reference towers make their views
   (`F.interpolate(..., mode="bilinear")`, no antialiasing): with align_corners=True in LLaVA-HR
   and EAGLE, False in Mini-Gemini — each tower names the authors' choice."""

@@ -11,7 +11,6 @@ import dataclasses
 
 import flax.linen as nn
 import numpy as np
-from jaxtyping import Array, Float
 
 from mmjax.data import pipeline
 from mmjax.models import layers
@@ -19,6 +18,7 @@ from mmjax.models import vit as vit_lib
 from mmjax.models.pixel_unshuffle import pixel_unshuffle
 from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+from mmjax.shapes import Array, Float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ class InternVLTower(nn.Module):
   config: InternVLTowerConfig
 
   @nn.compact
-  def __call__(self, tiles: Float[Array, "B T S S 3"]) -> Float[Array, "B N C"]:
+  def __call__(self, tiles: Float[Array, "B K R R 3"]) -> Float[Array, "B N C"]:
     """Padded tiles (T = max_tiles) → [B, T · tokens_per_tile, 4 · vit.width]."""
     cfg = self.config
     b, t = tiles.shape[:2]

@@ -16,12 +16,12 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import layers
 from mmjax.models import pixel_unshuffle
 from mmjax.models.towers import base
 from mmjax.models.towers import encoders as encoders_lib
+from mmjax.shapes import Array, Float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class LEOTower(nn.Module):
   config: LEOTowerConfig
 
   @nn.compact
-  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N D"]:
+  def __call__(self, images: Float[Array, "B R R 3"]) -> Float[Array, "B N D"]:
     cfg = self.config
     b = images.shape[0]
     streams = []

@@ -15,7 +15,6 @@ follows; the final features are `Linear(F) + Linear(align(G))` on the raw last-s
 import dataclasses
 
 import flax.linen as nn
-from jaxtyping import Array, Float
 
 from mmjax.models import convnext as convnext_lib
 from mmjax.models import layers
@@ -23,6 +22,7 @@ from mmjax.models import mr_adapter
 from mmjax.models import vit as vit_lib
 from mmjax.models.towers import base
 from mmjax.models.towers import encoders
+from mmjax.shapes import Array, Float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ class LLaVAHRTower(nn.Module):
   config: LLaVAHRTowerConfig
 
   @nn.compact
-  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N D"]:
+  def __call__(self, images: Float[Array, "B R R 3"]) -> Float[Array, "B N D"]:
     cfg = self.config
     if images.shape[1:3] != (cfg.image_size, cfg.image_size):
       raise ValueError(f"LLaVA-HR expects {cfg.image_size}x{cfg.image_size} images, got "

@@ -15,7 +15,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
 from mmjax.models import convnext as convnext_lib
 from mmjax.models import interpolate
@@ -24,6 +23,7 @@ from mmjax.models import patch_mining
 from mmjax.models import vit as vit_lib
 from mmjax.models.towers import base
 from mmjax.models.towers import encoders
+from mmjax.shapes import Array, Float
 
 HD_GRID = 2  # MGM-HD's crops per side.
 
@@ -60,7 +60,7 @@ class MiniGeminiTowerConfig(base.OneSquareView):
     return self.vit.grid ** 2 * (1 + HD_GRID ** 2 if self.hd else 1)
 
 
-def _crops(x: Float[Array, "B H W C"], n: int) -> Float[Array, "Bn h w C"]:
+def _crops(x: Float[Array, "B H W C"], n: int) -> Float[Array, "_rows h w C"]:
   """The n×n grid of crops, row-major, folded into the batch."""
   b, h, w, c = x.shape
   x = x.reshape(b, n, h // n, n, w // n, c).transpose(0, 1, 3, 2, 4, 5)
@@ -71,7 +71,7 @@ class MiniGeminiTower(nn.Module):
   config: MiniGeminiTowerConfig
 
   @nn.compact
-  def __call__(self, images: Float[Array, "B S S 3"]) -> Float[Array, "B N C"]:
+  def __call__(self, images: Float[Array, "B R R 3"]) -> Float[Array, "B N C"]:
     cfg = self.config
     if images.shape[1:3] != (cfg.image_size, cfg.image_size):
       raise ValueError(f"Mini-Gemini expects {cfg.image_size}x{cfg.image_size} images, got "

@@ -14,7 +14,6 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
 
 from mmjax.data import pipeline
 from mmjax.models import connectors
@@ -22,6 +21,7 @@ from mmjax.models import layers
 from mmjax.models import vit as vit_lib
 from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+from mmjax.shapes import Array, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class OneVisionTower(nn.Module):
   config: OneVisionTowerConfig
 
   @nn.compact
-  def __call__(self, crops: Float[Array, "B K S S 3"], index: Int[Array, "B P 4"],
+  def __call__(self, crops: Float[Array, "B K R R 3"], index: Int[Array, "B P 4"],
                weight: Float[Array, "B P 4"], kind: Int[Array, "B P"]) -> Float[Array, "B N D"]:
     """Padded crops (base first) and the plan → [B, grid² + P, out_width]."""
     cfg = self.config

@@ -16,7 +16,6 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
 
 from mmjax.data import pipeline
 from mmjax.models import connectors
@@ -25,6 +24,7 @@ from mmjax.models import stack
 from mmjax.models.dynamic_compressor import DynamicCompressor
 from mmjax.models.towers import base
 from mmjax.models.vit import ViTBlock, ViTConfig
+from mmjax.shapes import Array, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class OryxTower(nn.Module):
   config: OryxTowerConfig
 
   @nn.compact
-  def __call__(self, patches: Float[Array, "B N K"], segments: Int[Array, "B N"],
+  def __call__(self, patches: Float[Array, "B N F"], segments: Int[Array, "B N"],
                pos_index: Int[Array, "B N 4"], pos_weight: Float[Array, "B N 4"],
                index: Int[Array, "B P"], kind: Int[Array, "B P"]) -> Float[Array, "B P D"]:
     """Packed patches of both views (K = 3 · patch²) and the plans → [B, budget, out_width]."""

@@ -9,11 +9,11 @@ import dataclasses
 
 import flax.linen as nn
 import numpy as np
-from jaxtyping import Array, Float, Int
 
 from mmjax.data import pipeline
 from mmjax.models.native_vit import NativeViT, NativeViTConfig
 from mmjax.models.towers import base
+from mmjax.shapes import Array, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +48,11 @@ class Qwen2VLTowerConfig:
         max_patches=self.max_patches)
 
 
-
 class Qwen2VLTower(nn.Module):
   config: Qwen2VLTowerConfig
 
   @nn.compact
-  def __call__(self, patches: Float[Array, "B N K"], patch_positions: Int[Array, "B N 2"],
+  def __call__(self, patches: Float[Array, "B N F"], patch_positions: Int[Array, "B N 2"],
                patch_segments: Int[Array, "B N"]) -> Float[Array, "B M D"]:
     return NativeViT(self.config.vit, name="vit")(patches, patch_positions,
                                                    patch_segments)["merged"]

@@ -2,11 +2,11 @@
 import dataclasses
 
 import flax.linen as nn
-from jaxtyping import Array, Float
 
 from mmjax.models import vit as vit_lib
 from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+from mmjax.shapes import Array, Float
 
 FEATURE_SELECTS = ("patch", "cls_patch")
 

@@ -13,7 +13,6 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
 
 from mmjax.data import pipeline
 from mmjax.models import layers
@@ -21,6 +20,7 @@ from mmjax.models import vit as vit_lib
 from mmjax.models.pixel_unshuffle import pixel_unshuffle
 from mmjax.models.towers import base
 from mmjax.models.vit import ViT, ViTConfig, check_select_layer
+from mmjax.shapes import Array, Float, Int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class XComposerTower(nn.Module):
   config: XComposerTowerConfig
 
   @nn.compact
-  def __call__(self, crops: Float[Array, "B K S S 3"], index: Int[Array, "B P"],
+  def __call__(self, crops: Float[Array, "B K R R 3"], index: Int[Array, "B P"],
                kind: Int[Array, "B P"]) -> Float[Array, "B P C"]:
     """Global view + padded tiles (K = 1 + hd_num) and the plan → [B, budget, 4 · vit.width]."""
     cfg = self.config
