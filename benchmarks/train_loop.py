@@ -1,9 +1,11 @@
 """The training loop against its own step: how much of train.py's wall time per step is the step.
 
 For each size, in one run: the default config's compiled train step timed alone on one batch
-already on the device (the isolated step), then `mmjax.training.loop.train` on the same config
-(one stage, no stage 0), its wall time per step taken between logged steps after the first
-window (data loading, host→device copies, metrics and all). With `--ref REV` the same two
+already on the device (the isolated step: the median of five groups of steps), then
+`mmjax.training.loop.train` on the same config (one stage, no stage 0), its wall time per step
+between consecutive logged steps (windows of LOG_EVERY steps: data loading, host→device copies,
+metrics and all), the first window left out as warm-up; `loop_step_s` is the median window
+(a pause of the shared CPU lands in one window), `loop_mean_step_s` the mean over all of them. With `--ref REV` the same two
 measurements run first on the code at git revision REV (a temporary worktree, in a subprocess),
 so a change to the loop is compared with what it replaced on the same machine, minutes apart.
 
@@ -20,7 +22,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = {"tiny": 60, "small": 40, "base": 30}  # Loop steps per size (the first window warms up).
+STEPS = {"tiny": 60, "small": 70, "base": 40}  # Loop steps per size (the first window warms up).
 LOG_EVERY = 10
 
 
@@ -56,13 +58,23 @@ def child(size: str, out: str) -> None:
   for _ in range(3):
     state, m = compiled(state, batch)
   jax.block_until_ready(m)
-  repeats = 20 if size == "tiny" else 10
+  repeats = 8 if size == "tiny" else 3
+  groups = []
+  for _ in range(5):
+    tick = time.perf_counter()
+    for _ in range(repeats):
+      state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    groups.append((time.perf_counter() - tick) / repeats)
+  isolated = float(np.median(groups))
+  # The input pipeline alone (read, decode, format, copy to the devices), nothing else running:
+  # on a CPU its work shares the cores with the step's.
   tick = time.perf_counter()
-  for _ in range(repeats):
-    state, m = compiled(state, batch)
-  jax.block_until_ready(m)
-  isolated = (time.perf_counter() - tick) / repeats
-  del state, setup
+  for _ in range(20):
+    batch = pipeline.to_global(setup.device_batch(next(setup.iterator)), mesh)
+  jax.block_until_ready(batch)
+  data_batch = (time.perf_counter() - tick) / 20
+  del state, setup, batch
 
   walls = []
   write = metrics_lib.MetricsWriter.write
@@ -76,11 +88,13 @@ def child(size: str, out: str) -> None:
     loop.train(c, workdir)
     rows = [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
   (s0, t0), (s1, t1) = walls[0], walls[-1]
-  looped = (t1 - t0) / (s1 - s0)
+  windows = [(tb - ta) / (sb - sa) for (sa, ta), (sb, tb) in zip(walls, walls[1:])]
+  looped = float(np.median(windows))
   tokens = float(np.mean([r["tokens_per_sec"] * r["step_time"] for r in rows]))
   pathlib.Path(out).write_text(json.dumps({
-      "size": size, "isolated_step_s": isolated, "loop_step_s": looped,
-      "loop_over_isolated": looped / isolated, "tokens_per_step": tokens,
+      "size": size, "isolated_step_s": isolated, "isolated_groups_s": groups,
+      "loop_step_s": looped, "loop_mean_step_s": (t1 - t0) / (s1 - s0), "loop_windows_s": windows,
+      "loop_over_isolated": looped / isolated, "data_batch_s": data_batch, "tokens_per_step": tokens,
       "isolated_tokens_per_s": tokens / isolated, "loop_tokens_per_s": tokens / looped,
       "loop_steps_timed": s1 - s0}))
 
@@ -126,10 +140,11 @@ def main():
       subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT,
                      check=False, capture_output=True)
   print(f"\n{'code':<26}{'size':<7}{'isolated s':>11}{'loop s':>9}{'loop/iso':>10}"
-        f"{'loop tok/s':>12}")
+        f"{'loop tok/s':>12}{'data s/batch':>14}")
   for r in rows:
     print(f"{r['code']:<26}{r['size']:<7}{r['isolated_step_s']:>11.4f}{r['loop_step_s']:>9.4f}"
-          f"{r['loop_over_isolated']:>10.3f}{r['loop_tokens_per_s']:>12.0f}")
+          f"{r['loop_over_isolated']:>10.3f}{r['loop_tokens_per_s']:>12.0f}"
+          f"{r.get('data_batch_s', float('nan')):>14.4f}")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({
