@@ -19,6 +19,8 @@ def get_config(arg: str | None = None):
   tower = common.block(
       name="onevision",
       vit=common.vit_block(a, side),  # Its image_size is the crop side.
+      # The penultimate hidden state: LLaVA-OneVision's code deletes SigLIP's last layer and
+      # feeds the last one left.
       select_layer=-2,
       projector="mlp2x_gelu",  # Per crop token, before the map is resampled.
       anyres_grid=6 if a.big else 2,  # Canvases of 1…anyres_grid crops a side (OneVision: 6).

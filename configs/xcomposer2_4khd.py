@@ -19,6 +19,8 @@ def get_config(arg: str | None = None):
   tower = common.block(
       name="xcomposer",
       vit=common.vit_block(a, 336 if a.big else grid * a.patch),  # Its image_size: the tile.
-      select_layer=-2,
+      # The ViT's last hidden state, class token dropped: the authors' 4KHD build_mlp.py
+      # (`CLIPVisionTower`: select_layer -1, 'patch').
+      select_layer=-1,
       hd_num=25 if a.big else 4)  # Most tiles of the HD canvas (HD-25).
   return common.config(a, tower, common.mlp("mlp2x_gelu"))

@@ -17,18 +17,29 @@ from absl import logging as absl_logging
 LOG_FILE = "log.txt"
 
 
+_SAID = "mmjax.console"  # The logger of `say`'s lines: stderr has them already.
+
+
 class _StderrFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or "tensorflow_datasets" not in record.pathname
 
 
+class _NotSaid(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.name != _SAID
+
+
 def quiet() -> None:
   """Unless --verbosity was given: only warnings and errors on stderr (call first, before any
-  library logs)."""
+  library logs). Either way `say`'s lines reach stderr once."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _NotSaid) for f in handler.filters):
+    handler.addFilter(_NotSaid())
   if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
     return
-  handler = absl_logging.get_absl_handler()
   handler.setLevel(logging.WARNING)
   if not any(isinstance(f, _StderrFilter) for f in handler.filters):
     handler.addFilter(_StderrFilter())
@@ -53,4 +64,4 @@ def say(message: str, *args) -> None:
   """One line for the user on stderr (above a progress bar, if one is drawn), also logged."""
   text = message % args if args else message
   tqdm.tqdm.write(text, file=sys.stderr)
-  logging.getLogger("mmjax").info(text)
+  logging.getLogger(_SAID).info(text)

@@ -2,7 +2,8 @@
 tokens, row length and, at the CPU sizes, the first step's loss on a fixed batch
 (tests/config_golden.py says how each is measured). The ten wave-1 methods' numbers were measured
 on the code before the configs were split per method (commit 115d518), so the split changed
-none of them; a config added since records its own with its commit."""
+none of them; a config added since records its own with its commit, and so does an intended
+change of a config's behaviour (xcomposer2_4khd's select_layer −1, the authors')."""
 import json
 import pathlib
 import subprocess

@@ -474,8 +474,9 @@ class FormatExample(grain.transforms.RandomMap):
     try:
       views = self.policy(record["image"]) if has_image else self.policy.blank()
       num_image_tokens = self.num_image_tokens
-      if has_image and self.policy.num_tokens(record["image"]) is not None:
-        num_image_tokens = self.policy.num_tokens(record["image"])
+      image_tokens = self.policy.num_tokens(record["image"]) if has_image else None
+      if image_tokens is not None:  # A dynamic policy: this image's own count.
+        num_image_tokens = image_tokens
         if self.visual_tokens is not None:
           num_image_tokens = self.visual_tokens(num_image_tokens)
       encoded = tokenizer_lib.encode_conversation(
