@@ -207,6 +207,40 @@ def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(data_dir, tmp_pa
   assert checkpoints.all_steps() == [1]
 
 
+def test_small_replicated_arrays_are_saved_whole_and_restore_on_another_mesh(tmp_path):
+  """Orbax would split every replicated array into one slice per device (an eager slice each);
+  arrays under MIN_REPLICA_SLICE_BYTES are written whole, and restore equal, on another mesh."""
+  mesh = sharding.make_mesh((8, 1, 1))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = {f"w{i}": jax.device_put(np.full((8, i + 1), i, np.float32), replicated)
+            for i in range(6)}
+  state = state_lib.TrainState(step=jax.device_put(np.int32(2), replicated), params=params,
+                               opt_state={"count": jax.device_put(np.int32(7), replicated)})
+  slices = []
+  from jax._src import dispatch  # Where eager primitives run.
+  apply = dispatch.apply_primitive
+
+  def counting(prim, *args, **kw):
+    slices.append(prim.name) if prim.name == "slice" else None
+    return apply(prim, *args, **kw)
+
+  dispatch.apply_primitive = counting
+  try:
+    saver = checkpoint_lib.Checkpointer(tmp_path)
+    saver.save(state, None)
+    saver.wait()
+  finally:
+    dispatch.apply_primitive = apply
+  assert not slices
+  other = sharding.make_mesh((1, 1, 8))
+  shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(
+      other, jax.sharding.PartitionSpec()), state)
+  restored = saver.restore(2, jax.eval_shape(lambda: state), shardings)
+  for k, v in params.items():
+    np.testing.assert_array_equal(restored.params[k], v)
+  saver.close()
+
+
 def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_path):
   short, long = tmp_path / "short", tmp_path / "long"
   # The process's first run also compiles eager ops once; only a second run's count is the loop's.
