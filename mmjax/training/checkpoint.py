@@ -22,11 +22,6 @@ import orbax.checkpoint as ocp
 from mmjax.training.state import TrainState
 
 
-def _target(abstract: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
-
-
 # Orbax saves a replicated array replica-parallel (off GPUs): one slice per device, each written
 # by its own replica. For an array of a few kilobytes that is only an eager slice per device —
 # thousands per save of a small model, each new shape compiled (on a CPU, a third of a tiny
@@ -46,12 +41,10 @@ def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
         if t is not jax.Array], (jax.Array, array))
 
 
-def _save(tree: Any) -> ocp.args.PyTreeSave:
-  return ocp.args.PyTreeSave(tree)
-
-
 def _restore_to(abstract: Any, shardings: Any) -> ocp.args.PyTreeRestore:
-  target = _target(abstract, shardings)
+  """Restores `abstract`'s arrays placed with `shardings`."""
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
   return ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(
       target))
 
@@ -100,7 +93,8 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, state: TrainState, data_iterator: grain.DatasetIterator | None) -> None:
-    items = {"params": _save(state.params), "opt_state": _save(state.opt_state)}
+    items = {"params": ocp.args.PyTreeSave(state.params),
+             "opt_state": ocp.args.PyTreeSave(state.opt_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)

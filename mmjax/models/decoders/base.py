@@ -24,7 +24,7 @@ keyword (`**reads`):
 The cache is the decoder's own pytree, made by its config's `init_cache`: the sampler never looks
 inside it. Each decoder file registers its config, module and config-block builder (`register`);
 every module of this package is imported by its `__init__`, so a new decoder is its file, its
-config and its tests (docs/towers.md, "Adding a decoder").
+config and its tests (docs/towers.md, "Adding a part").
 """
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
