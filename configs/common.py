@@ -212,6 +212,10 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   c.train.log_every = 10  # Steps between metrics.jsonl / TensorBoard rows.
   c.train.checkpoint_every = 100  # Steps between checkpoints (also at the end and on SIGTERM).
   c.train.keep_checkpoints = 3
+  # The largest share of rows a run may drop as longer than data.max_len (counted in the metrics'
+  # `dropped`): the start checks the first rows of each stage, the loop every logged window; a
+  # run over it stops with an error naming data.max_len.
+  c.train.max_dropped_share = 0.25
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Mesh axis sizes; -1 takes the remaining devices.

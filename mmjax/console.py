@@ -11,7 +11,6 @@ import pathlib
 import sys
 
 import tqdm
-from absl import flags
 from absl import logging as absl_logging
 
 LOG_FILE = "log.txt"
@@ -32,13 +31,16 @@ class _NotSaid(logging.Filter):
     return record.name != _SAID
 
 
-def quiet() -> None:
-  """Unless --verbosity was given: only warnings and errors on stderr (call first, before any
-  library logs). Either way `say`'s lines reach stderr once."""
+def quiet(verbose: bool = False) -> None:
+  """Unless `verbose` (--verbosity was given): only warnings and errors on stderr (call first,
+  before any library logs). Either way `say`'s lines reach stderr once."""
+  absl_logging.use_absl_handler()  # Python logging's records through absl's handler.
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _NotSaid) for f in handler.filters):
     handler.addFilter(_NotSaid())
-  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+  if verbose:  # Everything absl's verbosity lets through, whatever an earlier call set.
+    handler.setLevel(logging.NOTSET)
+    handler.filters = [f for f in handler.filters if not isinstance(f, _StderrFilter)]
     return
   handler.setLevel(logging.WARNING)
   if not any(isinstance(f, _StderrFilter) for f in handler.filters):

@@ -14,24 +14,22 @@ import jax
 from absl import logging
 import ml_collections
 
+from mmjax import errors
 from mmjax import evaluators
+from mmjax import files
 from mmjax import sharding
 from mmjax.models import mllm
 from mmjax.training import build
 from mmjax.training import checkpoint as checkpoint_lib
 from mmjax.training import loop
 from mmjax.training import step as step_lib
+from mmjax.training import validate
 
 
 def _restore(c, workdir, model, spec, mesh, step):
   """The parameters of checkpoint `step`, or of the newest one that restores when `step` is None
   (a damaged newer one is moved aside with a one-line warning, as training's resume does)."""
   checkpoints = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")
-  if not checkpoints.all_steps():
-    raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}; train first "
-                            "(python train.py ... --workdir DIR).")
-  if step is not None and step not in checkpoints.all_steps():
-    raise ValueError(f"No checkpoint for step {step}; saved: {checkpoints.all_steps()}.")
   boxed = jax.eval_shape(model.init, jax.random.key(0), spec)["params"]
   target, shardings = nn.unbox(boxed), sharding.shardings(boxed, mesh)
   steps = [step] if step is not None else sorted(checkpoints.all_steps(), reverse=True)
@@ -51,24 +49,92 @@ def _restore(c, workdir, model, spec, mesh, step):
     checkpoints.close()
 
 
-def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-             step: int | None = None) -> dict[str, Any]:
-  """Runs every evaluator of `c.evals` on the checkpoint at `step` (default: the newest) and
-  writes their results, merged, to WORKDIR/eval/<step>.json."""
+def _steps(workdir: pathlib.Path) -> list[int]:
+  directory = workdir / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.is_dir() else []
+
+
+def _fields(allow_eval_changes: bool) -> tuple[str, ...]:
+  return ("model",) + validate.FORMAT_FIELDS + (() if allow_eval_changes
+                                                else validate.EVAL_FIELDS)
+
+
+def _check_output(c: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+  """An earlier result at `path` is replaced only by an evaluation of the same config."""
+  if not path.exists():
+    return
+  earlier = files.read_json(path, "the earlier evaluation")
+  recorded = earlier.get("config") if isinstance(earlier, dict) else None
+  changed = (validate.differences(recorded, validate.as_json(c), _fields(False))
+             if isinstance(recorded, dict) else None)
+  if changed is None or changed:
+    why = ("records no config" if changed is None else
+           f"was evaluated with another config: {validate.describe(changed)}")
+    raise errors.OutputError(errors.message(
+        f"{path}", f"an earlier result that {why}", "move it aside to evaluate again"))
+
+
+def check(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None,
+          allow_eval_changes: bool = False) -> jax.sharding.Mesh:
+  """Checks an evaluation before any work, writing nothing: `c`'s values and mesh, the run
+  folder and its checkpoints, that `c` is the config the run trained with (model, formatting
+  and, unless `allow_eval_changes`, the eval settings), and that an earlier result of the step
+  would not be replaced by another config's. Returns the mesh."""
   workdir = pathlib.Path(workdir)
-  mesh = loop.mesh_from_config(c)
-  tok = build.tokenizer(c)
-  config = build.model_config(c, tok.vocab_size)
-  model = mllm.MLLM(config)
+  validate.config(c)
   if not c.evals:
-    raise ValueError("c.evals lists no evaluator; valid types: "
-                     f"{sorted(evaluators.EVALUATORS)}.")
-  # Built before any checkpoint is read: their settings fail first.
-  built = evaluators.build(evaluators.Context(c, model, config, tok, mesh))
-  source = build.data_source(c, c.data.eval_split)
+    raise errors.ConfigError(errors.message("evals", "lists no evaluator",
+                                            f"valid types: {sorted(evaluators.EVALUATORS)}"))
+  with errors.expected():
+    evaluators.check(c)
+    build.question_kinds(c)
+  mesh = validate.mesh(c, batches=())
+  validate.workdir(workdir, must_exist=True)
+  steps = _steps(workdir)
+  if not steps:
+    raise errors.InputError(errors.message(
+        f"--workdir {workdir}", "holds no checkpoint", "train first (python train.py ... "
+        "--workdir DIR)"))
+  if step is not None and step not in steps:
+    raise errors.ConfigError(errors.message(f"--step={step}", "no checkpoint of that step",
+                                            f"saved: {steps}"))
+  saved = validate.saved_config(workdir)
+  if saved is None:
+    raise errors.InputError(errors.message(
+        f"--workdir {workdir}", f"has no {validate.CONFIG_FILE} to check the config against",
+        "evaluate a run trained by train.py"))
+  validate.same_run(c, workdir, saved, _fields(allow_eval_changes), "evaluating",
+                    "pass the run's config" + ("" if allow_eval_changes else
+                                               " (--allow_eval_changes for other eval settings)"))
+  with errors.expected():
+    tok = build.tokenizer(c)
+  if saved.get("derived", {}).get("tokenizer", tok.fingerprint()) != tok.fingerprint():
+    raise errors.RunMismatch(errors.message(
+        f"data.tokenizer={c.data.tokenizer!r} for evaluating {workdir}",
+        "its vocabulary differs from the one the run trained with", "pass the run's config"))
+  _check_output(c, workdir / "eval" / f"{step if step is not None else steps[-1]}.json")
+  return mesh
+
+
+def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+             step: int | None = None, allow_eval_changes: bool = False) -> dict[str, Any]:
+  """Runs every evaluator of `c.evals` on the checkpoint at `step` (default: the newest) and
+  writes their results, merged, with the config, to WORKDIR/eval/<step>.json (`check` first)."""
+  workdir = pathlib.Path(workdir)
+  mesh = check(c, workdir, step, allow_eval_changes)
+  with errors.expected():
+    tok = build.tokenizer(c)
+    config = build.model_config(c, tok.vocab_size)
+    model = mllm.MLLM(config)
+    # Built before any checkpoint is read: their settings fail first.
+    built = evaluators.build(evaluators.Context(c, model, config, tok, mesh))
+    source = build.data_source(c, c.data.eval_split)
   fmt = build.formatter(c, c.train.task, config, tok)
   spec = step_lib.model_batch(build.example_batch(fmt, source, 1))
   step, params = _restore(c, workdir, model, spec, mesh, step)
+  out = workdir / "eval"
+  _check_output(c, out / f"{step}.json")  # A fallback step's result, too.
   result = {"step": step, "split": c.data.eval_split, "dataset": c.data.dataset,
             "kinds": list(build.question_kinds(c)) or "all"}
   lines = [f"step {step}  {c.data.dataset} / {c.data.eval_split}"]
@@ -81,7 +147,7 @@ def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                          "step's record) reports too; list each evaluator once.")
       result.update(scores)
       lines += evaluator.lines(scores)
-  out = workdir / "eval"
+  result["config"] = validate.as_json(c)
   out.mkdir(parents=True, exist_ok=True)
   (out / f"{step}.json").write_text(json.dumps(result, indent=1))
   print("\n".join(lines))

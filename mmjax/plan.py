@@ -18,7 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmjax import cli
 from mmjax import config_args
+from mmjax import errors
 from mmjax import sharding
 from mmjax.models import mllm
 from mmjax.training import build
@@ -26,6 +28,7 @@ from mmjax.training import flops as flops_lib
 from mmjax.training import optim
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
+from mmjax.training import validate
 
 
 def example_batch(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, rows: int,
@@ -86,20 +89,56 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
   }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is below 1")
+  return value
+
+
+def _mesh(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(x) for x in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated integers "
+                                     "(data,fsdp,tensor; -1: the rest)") from None
+
+
+def _main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="path.py[:argument string]")
-  parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1: the rest).")
-  parser.add_argument("--batch", type=int, default=8, help="Global rows per step.")
-  parser.add_argument("--text_len", type=int, default=512, help="Text tokens per row.")
+  parser.add_argument("--mesh", default="1,-1,1", type=_mesh,
+                      help="data,fsdp,tensor sizes (-1: the rest).")
+  parser.add_argument("--batch", type=_positive, default=8, help="Global rows per step.")
+  parser.add_argument("--text_len", type=_positive, default=512, help="Text tokens per row.")
   args = parser.parse_args(argv)
   path, _, arg = args.config.partition(":")
-  c = config_args.get_config(path, arg or None)
-  mesh = sharding.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
+  with errors.expected(f"--config {args.config}"):
+    c = config_args.get_config(path, arg or None)
+  if len(args.mesh) != 3:
+    raise errors.ConfigError(errors.message(f"--mesh {','.join(map(str, args.mesh))}",
+                                            "needs three sizes (data,fsdp,tensor)"))
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = args.mesh
+  validate.config(c)
+  mesh = validate.mesh(c, batches=(), flag="--mesh")
+  shards = sharding.num_batch_shards(mesh)
+  if args.batch % shards:
+    raise errors.ConfigError(errors.message(
+        f"--batch {args.batch}", f"does not split over the mesh's {shards} data-parallel devices",
+        f"give a multiple of {shards}"))
+  with errors.expected(f"--config {args.config}"):  # The model's own checks, before compiling.
+    build.model_config(c, build.tokenizer(c).vocab_size)
   result = plan(c, mesh, args.batch, args.text_len)
   print(json.dumps(result, indent=1))
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ def with_defaults(flags: str) -> str:
 
 def apply() -> None:
   """Adds the defaults to this process's XLA_FLAGS (and its children's)."""
+  current = os.environ.get("XLA_FLAGS", "")
+  if with_defaults(current) == current:
+    return  # Already there (e.g. a test process that runs a command's main after importing jax).
   if "jax" in sys.modules:
     raise RuntimeError("mmjax.xla_flags.apply() must run before jax is imported: XLA has "
                        "read XLA_FLAGS already, and the flags would not take effect.")

@@ -3,7 +3,6 @@ libraries' INFO logs to stderr); the run's log file keeps both."""
 import logging
 
 import pytest
-from absl import flags
 from absl import logging as absl_logging
 
 from mmjax import console
@@ -18,10 +17,7 @@ def test_a_said_line_reaches_stderr_once_and_the_log_file(tmp_path, capfd, verbo
   handler = absl_logging.get_absl_handler()  # What writes the logs to stderr.
   monkeypatch.setattr(handler, "filters", list(handler.filters))
   monkeypatch.setattr(handler, "level", handler.level)
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-  monkeypatch.setattr(flags.FLAGS["verbosity"], "present", int(verbose))
-  console.quiet()
+  console.quiet(verbose)
   shown = lambda r: r.levelno >= handler.level and bool(handler.filter(r))
   assert not shown(_record(console._SAID))  # `say` writes its own line.
   assert shown(_record("orbax")) == verbose

@@ -185,7 +185,8 @@ def test_hidden_figures_cover_one_area_whatever_their_shape():
 
 
 def test_unknown_config_is_rejected(tmp_path):
-  with pytest.raises(ValueError, match="valid: \\['large', 'small', 'tiny'\\]"):
+  with pytest.raises(ValueError,
+                     match="fine-detail config 'medium' — unknown; valid: large, small, tiny"):
     finedetail.prepare("medium", str(tmp_path))
 
 

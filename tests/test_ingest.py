@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax import errors
 from mmjax.data import images
 from mmjax.data import ingest
 from mmjax.data.datasets import llava_json
@@ -348,7 +349,7 @@ def test_all_rejected_still_reports_every_record(tmp_path):
   assert report["rejected"] == {"image_missing": 9} and report["accepted"] == 0
   assert report["dataset"] is None
   assert json.loads((tmp_path / "out" / ingest.REPORT).read_text()) == report
-  with pytest.raises(FileNotFoundError, match="No ingested dataset"):
+  with pytest.raises(errors.InputError, match="llava_json/1.0.0 does not exist"):
     ingest.load(tmp_path / "out")
 
 
@@ -376,12 +377,15 @@ def test_command_line(tmp_path, capsys):
 def test_unusable_inputs_fail_before_writing_anything(tmp_path, capsys):
   (tmp_path / "object.json").write_text('{"id": "a"}')
   (tmp_path / "broken.json").write_text('[{"id": "a"')
-  for name, message in [("object.json", "holds a dict"), ("broken.json", "cannot be read"),
-                        ("absent.json", "does not exist")]:
+  for name, message in [("object.json", "holds a dict"), ("broken.json", "not valid JSON"),
+                        ("absent.json", "no such file")]:
     assert ingest.main(["--json", str(tmp_path / name), "--images", str(tmp_path),
                         "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
   (tmp_path / "empty.json").write_text("[]")
-  with pytest.raises(llava_json.InputError, match="nowhere is not a directory"):
-    ingest.ingest(tmp_path / "empty.json", tmp_path / "nowhere", tmp_path / "out")
+  with pytest.raises(llava_json.InputError, match="empty.json — holds no records"):
+    ingest.ingest(tmp_path / "empty.json", tmp_path, tmp_path / "out")
+  (tmp_path / "one.json").write_text('[{"id": "a"}]')
+  with pytest.raises(llava_json.InputError, match="nowhere — no such folder"):
+    ingest.ingest(tmp_path / "one.json", tmp_path / "nowhere", tmp_path / "out")
   assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import tokenizers
 from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from mmjax import errors
 from mmjax.data import tokenizer as tok_lib
 
 N = 4  # Visual tokens per image in these tests.
@@ -150,7 +151,7 @@ def test_hf_tokenizer_missing_specials_are_listed(tmp_path, qwen_like):
   (tmp_path / "bad.json").write_text("{}")
   with pytest.raises(ValueError, match="not a valid tokenizer.json"):
     tok_lib.HFTokenizer.from_file(tmp_path / "bad.json", eos="</s>", pad="</s>")
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(errors.InputError, match="absent.json — no such file"):
     tok_lib.HFTokenizer.from_file(tmp_path / "absent.json", eos="</s>", pad="</s>")
 
 

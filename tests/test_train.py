@@ -258,20 +258,26 @@ def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_p
           "mfu"} <= rows[-1].keys()
   assert list((long / "tensorboard").glob("events.out.tfevents.*"))
   asked = ("background_colour", "box_position", "pattern_colours")  # One kind per family.
-  result = evaluation.evaluate(tiny(data_dir, steps=8, **{"mesh.data": 2, "mesh.fsdp": 2,
-                                                          "mesh.tensor": 2,
-                                                          "data.kinds": ",".join(asked)}), long)
+  on_kinds = tiny(data_dir, steps=8, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+                                        "data.kinds": ",".join(asked)})
+  with pytest.raises(ValueError, match=r"data.kinds '' → 'background_colour,box_position,"
+                     r"pattern_colours'; pass the run's config \(--allow_eval_changes"):
+    evaluation.evaluate(on_kinds, long)  # Other eval settings than the run's, unasked.
+  result = evaluation.evaluate(on_kinds, long, allow_eval_changes=True)
   saved = json.loads((long / "eval" / "8.json").read_text())
   assert saved["step"] == 8 and set(saved["accuracy"]) == {"fine", "coarse", "position"}
   assert tuple(saved["accuracy_by_kind"]) == asked
   # A fixed-resolution tower spends its whole budget on every image.
   assert saved["visual_tokens_per_image"] == saved["visual_token_budget"] > 0
   assert saved == json.loads(json.dumps(result))
-  # Checked before any checkpoint is looked for: this workdir has none.
+  assert saved["config"]["data"]["kinds"] == ",".join(asked)  # The config it was computed with.
+  # Checked before any checkpoint is read: this run's checkpoint folder is empty.
+  (tmp_path / "untrained" / "checkpoints" / "8").mkdir(parents=True)
+  shutil.copy(long / "config.json", tmp_path / "untrained")
   with pytest.raises(ValueError, match="eval.max_new_tokens=8 cannot hold the answer"):
     evaluation.evaluate(tiny(data_dir, steps=8, **{"eval.max_new_tokens": 8,
                                                    "data.kinds": "pattern_colours"}),
-                        tmp_path / "untrained")
+                        tmp_path / "untrained", allow_eval_changes=True)
 
 
 def test_evaluators_run_during_training_as_eval_py_runs_them(data_dir, tmp_path):
@@ -469,7 +475,8 @@ def test_config_arguments_resize_the_budgets_and_keep_the_text_room(method):
 
 def test_resuming_with_another_model_fails_clearly(data_dir, tmp_path):
   loop.train(tiny(data_dir, steps=2), tmp_path)
-  with pytest.raises(ValueError, match=r"model\.llm\.width.*\(64, 128\)"):
+  with pytest.raises(ValueError, match=r"differs from the run's config.json in 1 field: "
+                     r"model\.llm\.width 64 → 128"):
     loop.train(tiny(data_dir, steps=4, **{"model.llm.width": 128}), tmp_path)
 
 

@@ -16,8 +16,10 @@ def test_defaults_are_appended_and_a_users_own_value_is_kept():
   assert xla_flags.with_defaults(f"{flag}=individual_dot") == f"{flag}=individual_dot"
 
 
-def test_applying_after_jax_is_imported_is_refused():
+def test_applying_after_jax_is_imported_is_refused(monkeypatch):
   import jax  # noqa: F401  (already imported by the other tests; made sure of here)
+  xla_flags.apply()  # The flags are there already (tests/conftest.py): nothing to do.
+  monkeypatch.setenv("XLA_FLAGS", "")
   with pytest.raises(RuntimeError, match="must run before jax is imported"):
     xla_flags.apply()
 

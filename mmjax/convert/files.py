@@ -5,32 +5,61 @@ from typing import Any
 
 import numpy as np
 from safetensors import numpy as st_numpy
+from safetensors import SafetensorError
 from safetensors import safe_open
+
+from mmjax import errors
+from mmjax import files as mmjax_files
 
 from mmjax.convert import mapping
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 64 << 20  # A model's config.json is kilobytes.
+
+
+def checkpoint_dir(directory: str | pathlib.Path, flag: str) -> pathlib.Path:
+  """`directory` if it is a folder holding a config.json; an `InputError` naming `flag`."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise errors.InputError(errors.message(
+        f"{flag} {directory}", "no such folder" if not directory.exists() else "not a folder",
+        "give a checkpoint folder"))
+  return directory
+
+
+def read_config(directory: pathlib.Path, flag: str) -> dict[str, Any]:
+  """The checkpoint folder's config.json, a JSON object."""
+  value = mmjax_files.read_json(directory / CONFIG_FILE, f"{flag}'s config",
+                                MAX_CONFIG_BYTES)
+  if not isinstance(value, dict):
+    raise errors.InputError(errors.message(f"{directory / CONFIG_FILE}", "not a JSON object"))
+  return value
 
 
 def read_hf(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """A Hugging Face checkpoint directory → (config.json as a dict, {name: array})."""
-  directory = pathlib.Path(directory)
-  config_path = directory / CONFIG_FILE
-  if not config_path.is_file():
-    raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}.")
-  files = sorted(directory.glob("*.safetensors"))
-  if not files:
-    raise FileNotFoundError(f"No *.safetensors files in {directory} (pickled .bin checkpoints "
-                            "are not read; re-save the model with safe_serialization=True).")
+  directory = checkpoint_dir(directory, "--hf")
+  config = read_config(directory, "--hf")
+  paths = sorted(directory.glob("*.safetensors"))
+  if not paths:
+    raise errors.InputError(errors.message(
+        f"--hf {directory}", "holds no *.safetensors file", "pickled .bin checkpoints are not "
+        "read: re-save the model with safe_serialization=True"))
   tensors: dict[str, np.ndarray] = {}
-  for path in files:
-    with safe_open(path, framework="numpy") as f:
-      for name in f.keys():
-        if name in tensors:
-          raise ValueError(f"Tensor {name!r} appears in more than one file of {directory}.")
-        tensors[name] = f.get_tensor(name)
-  return json.loads(config_path.read_text()), tensors
+  for path in paths:
+    mmjax_files.regular_file(path, "checkpoint file")
+    try:
+      with safe_open(path, framework="numpy") as f:
+        for name in f.keys():
+          if name in tensors:
+            raise errors.InputError(errors.message(
+                f"tensor {name!r}", f"appears in more than one file of {directory}"))
+          tensors[name] = f.get_tensor(name)
+    except (SafetensorError, OSError) as e:
+      raise errors.InputError(errors.message(f"checkpoint file {path}",
+                                             f"not readable safetensors ({e})")) from None
+  return config, tensors
 
 
 def write_hf(directory: str | pathlib.Path, config: dict[str, Any],
@@ -50,8 +79,15 @@ def save_params(path: str | pathlib.Path, params: dict[str, Any]) -> None:
 
 
 def load_params(path: str | pathlib.Path) -> dict[str, Any]:
+  """A file of `save_params` → nested params; an `InputError` if it is not one."""
+  path = mmjax_files.regular_file(path, "parameter file")
+  try:
+    flat = st_numpy.load_file(str(path))
+  except (SafetensorError, OSError) as e:
+    raise errors.InputError(errors.message(f"parameter file {path}",
+                                           f"not readable safetensors ({e})")) from None
   params: dict[str, Any] = {}
-  for name, value in st_numpy.load_file(str(path)).items():
+  for name, value in flat.items():
     node = params
     *parents, leaf = name.split("/")
     for key in parents:

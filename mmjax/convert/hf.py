@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mmjax import errors
 from mmjax.convert import files
 from mmjax.convert import layout
 from mmjax.convert import mapping
@@ -97,8 +98,12 @@ def save(directory: str | pathlib.Path, config: Any, params: dict[str, Any],
 
 def load(directory: str | pathlib.Path) -> tuple[Any, dict[str, Any], str]:
   """Reads an mmjax checkpoint directory → (config, params, architecture)."""
-  directory = pathlib.Path(directory)
-  meta = json.loads((directory / files.CONFIG_FILE).read_text())
+  directory = files.checkpoint_dir(directory, "--mmjax")
+  meta = files.read_config(directory, "--mmjax")
+  if not isinstance(meta.get("architecture"), str) or not isinstance(meta.get("config"), dict):
+    raise errors.InputError(errors.message(
+        f"{directory / files.CONFIG_FILE}", "not an mmjax checkpoint's config (no "
+        "'architecture' and 'config')", "give a folder written by python -m mmjax.convert"))
   conv = converter(meta["architecture"])
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
   config = conv.CONFIG_TYPE(**fields)

@@ -50,6 +50,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from mmjax import errors
+
 PathOrBytes = str | os.PathLike | bytes | bytearray
 
 # 64 Mpixel: above common camera output (a 50 Mpixel photo is 8688x5792) and below PIL's own
@@ -82,7 +84,7 @@ _DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _WARNINGS_LOCK = threading.Lock()
 
 
-class ImageError(ValueError):
+class ImageError(errors.InputError):
   """An input rejected by `load_image`.
 
   Attributes:

@@ -27,7 +27,11 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
+from mmjax import cli
+from mmjax import errors
+from mmjax import files
 from mmjax.data import images
+from mmjax.data import records
 from mmjax.data.datasets import llava_json
 
 REPORT = "report.json"
@@ -55,19 +59,24 @@ def ingest(json_path: str | os.PathLike, images_dir: str | os.PathLike,
 
   Raises:
     llava_json.InputError: the JSON is unreadable or not a list, or `images_dir` is no folder.
-    FileExistsError: `out_dir` holds an earlier ingestion and `overwrite` is False.
-    ValueError: max_pixels or workers below 1, val_fraction outside [0, 1).
+    errors.OutputError (a FileExistsError): `out_dir` holds an earlier ingestion and
+      `overwrite` is False.
+    errors.InputError: `out_dir` is not a writable folder (nor can be created).
+    errors.ConfigError (a ValueError): max_pixels or workers below 1, val_fraction outside
+      [0, 1).
   """
   out_dir = os.fspath(out_dir)
   # Everything that can fail before the build is checked before an earlier output is removed.
   llava_json.check_options(max_pixels, val_fraction, workers)
+  files.output_folder(out_dir, "--out")
   entries = llava_json.read_entries(json_path)
   llava_json.image_root(images_dir)
   outputs = [os.path.join(out_dir, name) for name in (llava_json.LlavaJson.name, REPORT)]
   existing = [path for path in outputs if os.path.lexists(path)]
   if existing and not overwrite:
-    raise FileExistsError(f"{out_dir} already holds an ingestion ({', '.join(existing)}); choose "
-                          "another output folder or overwrite it.")
+    raise errors.OutputError(errors.message(
+        f"--out {out_dir}", f"already holds an ingestion ({', '.join(existing)})",
+        "choose another output folder, or pass --overwrite"))
   for path in existing:
     if os.path.isdir(path) and not os.path.islink(path):
       shutil.rmtree(path)
@@ -107,9 +116,12 @@ def load(out_dir: str | os.PathLike) -> dict[str, Sequence[dict]]:
   """
   path = os.path.join(os.fspath(out_dir), DATASET)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"No ingested dataset in {os.fspath(out_dir)}: {path} does not exist "
-                            "(see its report.json, or run python -m mmjax.data.ingest).")
-  return dict(tfds.builder_from_directory(path).as_data_source())
+    raise errors.InputError(errors.message(
+        f"ingested dataset {os.fspath(out_dir)}", f"{path} does not exist",
+        "see its report.json, or run python -m mmjax.data.ingest"))
+  builder = tfds.builder_from_directory(path)
+  records.verify(builder)
+  return dict(builder.as_data_source())
 
 
 def summary(report: dict) -> str:
@@ -144,7 +156,7 @@ def _fraction(text: str) -> float:
   return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--json", required=True, help="LLaVA-format JSON file.")
@@ -161,23 +173,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="Replace an earlier ingestion in --out.")
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  try:
-    report = ingest(args.json, args.images, args.out, max_pixels=args.max_pixels,
-                    workers=args.workers, val_fraction=args.val_fraction,
-                    overwrite=args.overwrite)
-  except (llava_json.InputError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  report = ingest(args.json, args.images, args.out, max_pixels=args.max_pixels,
+                  workers=args.workers, val_fraction=args.val_fraction,
+                  overwrite=args.overwrite)
   print(summary(report))
   print(f"{time.perf_counter() - start:.1f} s; report: {os.path.join(args.out, REPORT)}")
   if report["dataset"] is None:
     wanted = ["train"] + ["validation"] * bool(args.val_fraction)
     empty = [split for split in wanted if split not in report["splits"]]
-    print(f"error: no dataset written: no record was accepted into {', '.join(empty)}.",
-          file=sys.stderr)
+    print(f"error: no dataset written — no record was accepted into {', '.join(empty)}; see "
+          f"the report's rejection reasons", file=sys.stderr)
     return 1
   print(f"dataset: {os.path.join(args.out, report['dataset'])}")
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,14 @@ tokenizer that prepends "▁" to every encoded text would add a space at each pi
 """
 import abc
 import dataclasses
+import hashlib
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tokenizers
+
+from mmjax import files
 
 IMAGE_TAG = "<image>"  # The image's place in LLaVA-format text.
 IMAGE_ID = -200  # LLaVA's IMAGE_TOKEN_INDEX: outside every vocabulary.
@@ -65,6 +68,10 @@ class Tokenizer(abc.ABC):
     Text spelling a special token ("</s>") is encoded as plain text, so data cannot inject one.
     Raises ValueError for text that is not valid Unicode (a lone surrogate).
     """
+
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """A short string that identifies the vocabulary (runs record it)."""
 
   @abc.abstractmethod
   def token_id(self, token: str) -> int:
@@ -127,6 +134,10 @@ class ByteTokenizer(Tokenizer):
   def encode(self, text: str) -> list[int]:
     return [b + self.OFFSET for b in _utf8(text, "text")]
 
+  def fingerprint(self) -> str:
+    """What identifies the vocabulary (a run records it: resuming with another is refused)."""
+    return "byte"
+
   def token_id(self, token: str) -> int:
     if token not in self.SPECIALS:
       raise ValueError(f"ByteTokenizer has no special token {token!r}; valid: "
@@ -182,14 +193,16 @@ class HFTokenizer(Tokenizer):
                 image_id: int = IMAGE_ID) -> "HFTokenizer":
     """Loads a `tokenizer.json`, e.g. LLaMA/Vicuna: bos="<s>", eos="</s>", pad="<unk>" (LLaVA
     pads with unk); Qwen2: bos=None, eos="<|im_end|>", pad="<|endoftext|>"."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"No tokenizer file at {path}.")
+    path = os.fspath(files.regular_file(path, "tokenizer file"))
     try:
       tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # `tokenizers` raises a bare Exception for unreadable files.
       raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from None
     return cls(tok, bos=bos, eos=eos, pad=pad, image_id=image_id, source=path)
+
+  def fingerprint(self) -> str:
+    """What identifies the vocabulary: a hash of the tokenizer's JSON."""
+    return "sha256:" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
 
   def encode(self, text: str) -> list[int]:
     _utf8(text, "text")  # The backend would raise a TypeError that does not say why.

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from mmjax import errors
 from mmjax.training.state import TrainState
 
 
@@ -49,7 +50,7 @@ def _restore_to(abstract: Any, shardings: Any) -> ocp.args.PyTreeRestore:
       target))
 
 
-class UnreadableCheckpoint(RuntimeError):
+class UnreadableCheckpoint(errors.Error, RuntimeError):
   """A checkpoint's files could not be read."""
 
   def __init__(self, step: int, directory: pathlib.Path, reason: str):

@@ -5,6 +5,7 @@ optimizer, step and data iterator — so a preempted or killed run continues exa
 last checkpoint left it. SIGTERM (preemption) saves a checkpoint before exiting; a non-finite
 loss stops the run with the last good checkpoint kept.
 """
+import dataclasses
 import functools
 import json
 import pathlib
@@ -18,6 +19,8 @@ import numpy as np
 from absl import logging
 
 from mmjax import console
+from mmjax import errors
+from mmjax import files
 from mmjax import evaluators as evaluators_lib
 from mmjax import sharding
 from mmjax.data import pipeline
@@ -30,16 +33,27 @@ from mmjax.training import optim
 from mmjax.training import pretrain_tower as pretrain_tower_lib
 from mmjax.training import state as state_lib
 from mmjax.training import step as step_lib
+from mmjax.training import validate
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process it terminated.
 
 
-class NonFiniteLossError(RuntimeError):
+# Rows of each stage's data formatted before the run starts, to check they fit data.max_len;
+# the loop checks the share over every logged window once it has seen this many.
+PROBE_ROWS = 16
+MIN_ROWS_FOR_SHARE = 64
+
+
+class NonFiniteLossError(errors.Error, RuntimeError):
   """The loss became NaN or infinite; the run stopped without saving that state."""
 
 
-class NoCheckpointRestores(RuntimeError):
+class NoCheckpointRestores(errors.Error, RuntimeError):
   """Every checkpoint of the workdir failed to restore (each was moved aside)."""
+
+
+class TooManyDropped(errors.Error, RuntimeError):
+  """More rows than `train.max_dropped_share` were longer than data.max_len."""
 
 
 class Preempted(SystemExit):
@@ -62,21 +76,112 @@ class _SigtermFlag:
 
 
 def mesh_from_config(c: ml_collections.ConfigDict):
-  return sharding.make_mesh((c.mesh.data, c.mesh.fsdp, c.mesh.tensor))
+  """The config's mesh (`validate.mesh`; the batches are checked where a run starts)."""
+  return validate.mesh(c, batches=())
 
 
-def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What `prepare` checked and built for a run; nothing of it is written anywhere."""
+  mesh: jax.sharding.Mesh
+  tok: Any  # The tokenizer (mmjax.data.tokenizer).
+  config: mllm.MLLMConfig
+  stages: list[build.Stage]
+
+
+def _has_checkpoints(directory: pathlib.Path) -> bool:
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepared:
+  """Checks a run before any work and writes nothing: `c`'s values, mesh and batch split, the
+  workdir, the saved config of a run being resumed (model and text/image formatting), the model,
+  stages, question kinds, evaluators and parameter files, and that each stage's first rows fit
+  data.max_len. Raises an `errors.Error` naming the field. (The embedded dataset and a BPE
+  vocabulary are generated if absent: caches beside the dataset, not the run's files.)"""
+  workdir = pathlib.Path(workdir)
+  validate.config(c)
+  with errors.expected():  # The config alone: no data, no devices.
+    all_stages = build.stages(c)
+    for field in ("data.kinds", "pretrain.kinds"):  # An unknown kind fails now, not at its stage.
+      build.question_kinds(c, field)
+    evaluators_lib.check(c)
+    if c.pretrain.steps:
+      pretrain_tower_lib.check(c)
+  mesh = validate.mesh(c)
+  validate.workdir(workdir)
+  saved = (validate.saved_config(workdir) if _has_checkpoints(workdir / "checkpoints")
+           else None)
+  fields = ("model",) + validate.FORMAT_FIELDS
+  todo = "train in a new --workdir, or resume with the run's config"
+  if saved is not None:
+    validate.same_run(c, workdir, saved, fields, "resuming", todo)
+  with errors.expected():  # A BPE tokenizer is learned from the data on first use.
+    tok = build.tokenizer(c)
+    config = build.model_config(c, tok.vocab_size)
+  for field in ("train.init_params", "pretrain.init_params"):
+    with errors.expected():
+      entries = build.init_params_entries(validate.value(c, field), field)
+    for subtree, _, path in entries:
+      path = pathlib.Path(path.partition("#")[0])
+      files.regular_file(path / build.files.PARAMS_FILE if path.is_dir() else path,
+                         f"{field} {subtree}=")
+  derived = (saved or {}).get("derived", {})
+  if derived.get("tokenizer", tok.fingerprint()) != tok.fingerprint():
+    raise errors.RunMismatch(errors.message(
+        f"data.tokenizer={c.data.tokenizer!r} for resuming {workdir}",
+        "its vocabulary differs from the one the run trained with", todo))
+  _rows_fit(c, config, tok, all_stages)
+  return Prepared(mesh, tok, config, all_stages)
+
+
+def _rows_fit(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, tok: Any,
+              all_stages: list[build.Stage]) -> None:
+  """Rows leave room for text beside the visual tokens, and each stage's first `PROBE_ROWS`
+  rows are dropped as too long at most `train.max_dropped_share` of the time."""
+  length = build.max_len(c, config)
+  field = "data.max_len" if c.data.max_len else "data.text_len"
+  value = c.data.max_len or c.data.text_len
+  if length <= config.max_visual_tokens:
+    raise errors.ConfigError(errors.message(
+        f"{field}={value}", f"rows of {length} tokens leave no room for text beside the model's "
+        f"{config.max_visual_tokens} visual tokens", f"raise --config.{field}"))
+  if not all_stages:
+    return
+  with errors.expected():
+    source = build.data_source(c, "train")
+  n = min(PROBE_ROWS, len(source))
+  for task in sorted({stage.task for stage in all_stages}):
+    fmt = build.formatter(c, task, config, tok)
+    rng = np.random.default_rng(c.seed)
+    dropped = sum(int(fmt.random_map(source[i], rng)["dropped"]) for i in range(n))
+    if dropped > c.train.max_dropped_share * n:
+      raise errors.ConfigError(errors.message(
+          f"{field}={value}", f"{dropped} of the first {n} rows of the {task!r} task are longer "
+          f"than {length} tokens and would be dropped (over train.max_dropped_share="
+          f"{c.train.max_dropped_share})", f"raise --config.{field}"))
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+          prepared: Prepared | None = None) -> dict[str, Any]:
   """Trains `c` in `workdir` (resuming if it holds checkpoints); returns the last metrics.
+  `prepared`: `prepare(c, workdir)`'s result, if the caller checked the run already.
 
   A newest checkpoint that does not restore is moved aside with a one-line warning and the run
   resumes from the newest one that does; with none left, a `NoCheckpointRestores` error."""
-  return _falling_back(_train, c, workdir)
+  prepared = prepared or prepare(c, workdir)
+  return _falling_back(functools.partial(_train, prepared=prepared), c, workdir)
 
 
 def pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path) -> dict[str, Any]:
   """Stage 0 alone (`mmjax.training.pretrain_tower`): the tower pre-trained into `directory`
   (resuming as `train` does); returns its last validation accuracy per question kind ({} when
   nothing trains or a finished one is kept)."""
+  validate.config(c)
+  with errors.expected():
+    pretrain_tower_lib.check(c)
+  validate.mesh(c, batches=("pretrain",))
+  validate.workdir(directory)
   return _falling_back(_pretrain_tower, c, directory)
 
 
@@ -113,18 +218,14 @@ def _open(directory: pathlib.Path, keep: int) -> tuple[checkpoint_lib.Checkpoint
   return checkpoints, start
 
 
-def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def _train(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, prepared: Prepared
+           ) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
-  mesh = mesh_from_config(c)
-  tok = build.tokenizer(c)
-  config = build.model_config(c, tok.vocab_size)
+  mesh, tok, config, all_stages = (prepared.mesh, prepared.tok, prepared.config,
+                                   prepared.stages)
   model = mllm.MLLM(config)
-  all_stages = build.stages(c)
-  for field in ("data.kinds", "pretrain.kinds"):  # An unknown kind fails now, not at its stage.
-    build.question_kinds(c, field)
-  evaluators_lib.check(c)
+  _record_config(c, workdir, tok)
   checkpoints, start = _open(workdir / "checkpoints", c.train.keep_checkpoints)
-  _check_same_model(c, workdir, resuming=start > 0)
   if start >= c.train.steps and all_stages:
     checkpoints.close()
     console.say("Already trained %d steps in %s.", start, workdir)
@@ -237,27 +338,14 @@ def _pretrain_tower(c: ml_collections.ConfigDict, directory: str | pathlib.Path
   return {k: v for k, v in setup.curve[-1].items() if k not in ("step", "loss")}
 
 
-def _flat(tree: Any, prefix: str) -> dict[str, Any]:
-  """A nested config dict as {"model.llm.width": value, …}."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
-
-
-def _check_same_model(c: ml_collections.ConfigDict, workdir: pathlib.Path, resuming: bool):
-  """Records the config in `workdir/config.json`; a resumed run must build the same model."""
-  path = workdir / "config.json"
-  if resuming and path.exists():
-    saved = _flat(json.loads(path.read_text())["model"], "model")
-    now = _flat(json.loads(c.to_json())["model"], "model")  # Through JSON: tuples as lists.
-    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k)}
-    if changed:
-      raise ValueError(f"{workdir} holds checkpoints of another model; changed fields "
-                       f"(saved, now): {changed}. Use a new --workdir.")
+def _record_config(c: ml_collections.ConfigDict, workdir: pathlib.Path, tok: Any) -> None:
+  """Writes `workdir/config.json` (after `prepare` compared a resumed run's): the config, and
+  under "derived" what it does not say itself (the tokenizer's vocabulary fingerprint)."""
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(c.to_json(indent=1))
+    record = {**validate.as_json(c), "derived": {"tokenizer": tok.fingerprint(),
+                                                  "vocab_size": tok.vocab_size}}
+    (workdir / validate.CONFIG_FILE).write_text(json.dumps(record, indent=1))
 
 
 class _Setup:
@@ -275,6 +363,7 @@ class _Setup:
     self.evaluators = evaluators or {}
     self.log_every, self.checkpoint_every = c.train.log_every, c.train.checkpoint_every
     self.batch_rows = c.train.batch_size
+    self.max_dropped_share = c.train.max_dropped_share
     self.hint = "Lower train.lr or raise train.warmup_fraction."
     fmt = build.formatter(c, stage.task, config, tok)
     self.batch_spec = step_lib.model_batch(build.example_batch(fmt, source,
@@ -382,6 +471,7 @@ def _run(setup, state, checkpoints, writer, peak, sigterm):
   window = _Window()
   last = {}
   step = int(state.step)
+  rows_seen, rows_dropped = 0, 0  # This process's, for train.max_dropped_share.
   previous = None
   while step < stage.end:
     host = next(setup.iterator)
@@ -397,6 +487,14 @@ def _run(setup, state, checkpoints, writer, peak, sigterm):
     if not (log or save or setup.evaluates(step)):
       continue
     fetched = window.fetch()  # The one wait for the device: the whole window's metrics.
+    rows_seen += window.steps * setup.batch_rows // jax.process_count()
+    rows_dropped += window.dropped
+    if rows_seen >= MIN_ROWS_FOR_SHARE and rows_dropped > setup.max_dropped_share * rows_seen:
+      raise TooManyDropped(errors.message(
+          f"data.max_len={setup.c.data.max_len}", f"{rows_dropped} of {rows_seen} rows so far "
+          f"were longer than the row length and dropped (over train.max_dropped_share="
+          f"{setup.max_dropped_share}); the last checkpoint is step "
+          f"{checkpoints.latest_step()}", "raise --config.data.max_len (or data.text_len)"))
     bad = next((r for r in fetched if not r["finite"]), None)
     if bad is not None:
       raise NonFiniteLossError(

@@ -189,7 +189,7 @@ def settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
   return {**{k: c.pretrain[k] for k in SETTINGS}, **{k: c.train[k] for k in SHARED}}
 
 
-def _check(c: ml_collections.ConfigDict) -> None:
+def check(c: ml_collections.ConfigDict) -> None:
   """Refuses settings stage 0 cannot run, naming the field and why."""
   p = c.pretrain
   if p.encoders_from and (p.init_params or p.frozen):
@@ -221,7 +221,7 @@ class Setup:
 
   def __init__(self, c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                directory: pathlib.Path):
-    _check(c)
+    check(c)
     p = c.pretrain
     self.c, self.mesh, self.directory = c, mesh, pathlib.Path(directory)
     shards = sharding.num_batch_shards(mesh)
@@ -239,6 +239,7 @@ class Setup:
     self.stage = build.Stage("tower", 0, p.steps, "classify", "", p.lr)
     self.log_every, self.checkpoint_every = c.train.log_every, p.eval_every
     self.batch_rows = p.batch
+    self.max_dropped_share = 1.0  # Stage 0's rows are images, never dropped for length.
     self.hint = "Lower pretrain.lr."
     one = self.device_batch(self.train.batch(self.train.images[:1]))
     self.batch_spec = {k: np.zeros((len(v) * p.batch, *v.shape[1:]), v.dtype)

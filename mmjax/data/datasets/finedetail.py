@@ -19,7 +19,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mmjax import cli
 from mmjax import console
+from mmjax import errors
+from mmjax import files
+from mmjax.data import records
 from mmjax.data.datasets import questions
 from mmjax.data.datasets import scenes
 
@@ -129,7 +133,8 @@ class FineDetail(tfds.core.GeneratorBasedBuilder):
 def prepare(config: str = "small", data_dir: str | None = None) -> FineDetail:
   """Generates the dataset if it is not already in `data_dir`; returns the builder."""
   if config not in CONFIGS:
-    raise ValueError(f"Unknown fine-detail config {config!r}; valid: {sorted(CONFIGS)}.")
+    raise errors.ConfigError(errors.message(f"fine-detail config {config!r}", "unknown",
+                                            f"valid: {', '.join(sorted(CONFIGS))}"))
   builder = FineDetail(config=config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     console.say("Generating the embedded dataset fine_detail/%s (%s) in %s …", config,
@@ -142,6 +147,7 @@ def prepare(config: str = "small", data_dir: str | None = None) -> FineDetail:
       builder.download_and_prepare()
     for line in filter(None, printed.getvalue().splitlines()):
       logging.info("tfds: %s", line)
+  records.verify(builder)
   return builder
 
 
@@ -154,16 +160,23 @@ def _no_progress_bars():
     tfds.enable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
   parser.add_argument("--data_dir", default=None, help="TFDS data directory.")
   args = parser.parse_args(argv)
+  if args.data_dir is not None:
+    files.output_folder(args.data_dir, "--data_dir")
   builder = prepare(args.config, args.data_dir)
   print(f"{builder.info.full_name} in {builder.data_dir}: "
-        + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
+        + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
+        + " (record files verified)")
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

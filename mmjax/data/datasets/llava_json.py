@@ -55,6 +55,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmjax import errors
+from mmjax import files
 from mmjax.data import images
 from mmjax.data import tokenizer
 
@@ -74,7 +76,7 @@ _CHECK_TOKENIZER = tokenizer.ByteTokenizer()
 _MIN_POOL_JOBS = 64
 
 
-class InputError(ValueError):
+class InputError(errors.InputError):
   """The JSON file or image folder as a whole is unusable (no record can be judged)."""
 
 
@@ -100,29 +102,28 @@ class Record:
 
 
 def check_options(max_pixels: int, val_fraction: float, workers: int | None) -> None:
-  """ValueError naming the option out of range."""
-  if max_pixels < 1:
-    raise ValueError(f"max_pixels must be at least 1, got {max_pixels}.")
-  if not 0 <= val_fraction < 1:
-    raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}.")
-  if workers is not None and workers < 1:
-    raise ValueError(f"workers must be at least 1 (or None for the CPU count), got {workers}.")
+  """`errors.ConfigError` (a ValueError) naming the option out of range."""
+  for name, bad, requirement in (
+      ("max_pixels", max_pixels < 1, "at least 1"),
+      ("val_fraction", not 0 <= val_fraction < 1, "in [0, 1)"),
+      ("workers", workers is not None and workers < 1, "at least 1 (or None: the CPU count)")):
+    if bad:
+      value = {"max_pixels": max_pixels, "val_fraction": val_fraction, "workers": workers}[name]
+      raise errors.ConfigError(errors.message(f"{name}={value}", f"must be {requirement}"))
 
 
 def read_entries(json_path: str | os.PathLike) -> list:
   """The JSON file's list of entries; InputError if the file is unreadable or not a JSON list."""
   path = os.fspath(json_path)
   try:
-    with open(path, encoding="utf-8") as f:
-      entries = json.load(f)
-  except FileNotFoundError:
-    raise InputError(f"LLaVA JSON {path} does not exist.") from None
-  # ValueError: bad UTF-8, bad JSON, an integer over Python's digit limit.
-  except (OSError, ValueError, RecursionError) as e:
-    raise InputError(f"LLaVA JSON {path} cannot be read as JSON: {e}") from None
+    entries = files.read_json(path, "LLaVA JSON")
+  except errors.InputError as e:
+    raise InputError(str(e)) from None
   if not isinstance(entries, list):
-    raise InputError(f"LLaVA JSON {path} holds a {type(entries).__name__}; expected a list of "
-                     "records.")
+    raise InputError(errors.message(f"LLaVA JSON {path}", f"holds a {type(entries).__name__}",
+                                    "expected a list of records"))
+  if not entries:
+    raise InputError(errors.message(f"LLaVA JSON {path}", "holds no records"))
   return entries
 
 
@@ -193,7 +194,9 @@ def image_root(images_dir: str | os.PathLike) -> str:
   """The image folder's real path (symlinks resolved); InputError if it is not a directory."""
   root = os.path.realpath(images_dir)
   if not os.path.isdir(root):
-    raise InputError(f"Image folder {os.fspath(images_dir)} is not a directory.")
+    raise InputError(errors.message(f"image folder {os.fspath(images_dir)}",
+                                    "not a folder" if os.path.exists(root) else "no such folder",
+                                    "give --images the folder the records' paths start in"))
   return root
 
 
