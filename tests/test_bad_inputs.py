@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from safetensors import numpy as st_numpy
 
 from mmjax import cli
@@ -413,7 +414,10 @@ def test_json_is_read_up_to_its_limit(world, tmp_path, monkeypatch, capfd):
 
 
 def test_a_traceback_is_shown_when_asked(world, capfd, monkeypatch):
-  assert _train(world, "--config.train.lr=-1", "--verbosity=debug") == cli.EXIT_ERROR
+  try:
+    assert _train(world, "--config.train.lr=-1", "--verbosity=debug") == cli.EXIT_ERROR
+  finally:
+    absl_logging.set_verbosity("info")  # The command set the process's level: put it back.
   err = capfd.readouterr().err
   assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: train.lr=-1.0")
   monkeypatch.setenv(cli.TRACEBACK_ENV, "1")

@@ -121,7 +121,7 @@ def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepar
     config = build.model_config(c, tok.vocab_size)
   for field in ("train.init_params", "pretrain.init_params"):
     with errors.expected():
-      entries = build.init_params_entries(validate.value(c, field), field)
+      entries = build.init_params_entries(validate.field_value(c, field), field)
     for subtree, _, path in entries:
       path = pathlib.Path(path.partition("#")[0])
       files.regular_file(path / build.files.PARAMS_FILE if path.is_dir() else path,

@@ -66,7 +66,7 @@ EVAL_FIELDS = ("eval", "evals", "data.dataset", "data.eval_split", "data.eval_ex
                "data.kinds")
 
 
-def value(c: ml_collections.ConfigDict, field: str) -> Any:
+def field_value(c: ml_collections.ConfigDict, field: str) -> Any:
   """The value of a dotted `field` of `c`."""
   node = c
   for key in field.split("."):
@@ -78,7 +78,7 @@ def config(c: ml_collections.ConfigDict) -> None:
   """Every value of `c` that has a range, and the rules between fields that need no devices."""
   for field, ok, requirement in _RULES:
     try:
-      value = value(c, field)
+      value = field_value(c, field)
     except (KeyError, AttributeError):
       continue  # A config without the field (an older run's) has nothing to check there.
     try:
@@ -119,9 +119,9 @@ def mesh(c: ml_collections.ConfigDict, batches: tuple[str, ...] = ("train", "pre
   if "pretrain" in batches and c.pretrain.steps:
     checked.append(("pretrain.batch", c.pretrain.batch, "stage 0's batch"))
   for field, rows, what in checked:
-    if rows % shards or value(c, field) % processes:
+    if rows % shards or field_value(c, field) % processes:
       raise errors.ConfigError(errors.message(
-          f"{field}={value(c, field)}",
+          f"{field}={field_value(c, field)}",
           f"{what} of {rows} rows does not split over the mesh's {shards} data-parallel devices "
           f"(mesh.data × mesh.fsdp) and {processes} processes",
           f"make it a multiple of {math.lcm(shards, processes)}"))
