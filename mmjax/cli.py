@@ -56,6 +56,9 @@ def run(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> 
       traceback.print_exc()
     print(f"error: {e}", file=sys.stderr)
     return EXIT_ERROR
+  except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C)", file=sys.stderr)
+    return 130  # 128 + SIGINT, as a shell reports it.
   except SystemExit as e:  # argparse's usage errors, --help, a preempted run's 143.
     if e.code is None or isinstance(e.code, int):
       return e.code or 0

@@ -497,11 +497,11 @@ def _run(setup, state, checkpoints, writer, peak, sigterm):
           f"{checkpoints.latest_step()}", "raise --config.data.max_len (or data.text_len)"))
     bad = next((r for r in fetched if not r["finite"]), None)
     if bad is not None:
-      raise NonFiniteLossError(
-          f"Loss {bad['loss']}, gradient norm {bad['grad_norm']} at step {bad['step']} (stage "
-          f"{stage.name}): not finite, or the update overflowed the parameters; stopping without "
-          f"saving this state. The last good checkpoint is step {checkpoints.latest_step()} in "
-          f"{checkpoints.directory}. {setup.hint}")
+      raise NonFiniteLossError(errors.message(
+          f"loss {bad['loss']}, gradient norm {bad['grad_norm']} at step {bad['step']} (stage "
+          f"{stage.name})", "not finite, or the update overflowed the parameters: stopped without "
+          f"saving this state (the last good checkpoint is step {checkpoints.latest_step()} in "
+          f"{checkpoints.directory})", setup.hint))
     evaluated, ended = setup.evaluate(step, state, fetched[-1]["loss"], sigterm.raised)
     if log or evaluated:
       seconds = window.seconds / window.steps
