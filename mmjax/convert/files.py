@@ -78,6 +78,19 @@ def save_params(path: str | pathlib.Path, params: dict[str, Any]) -> None:
   st_numpy.save_file(flat, str(path))
 
 
+def check_params(path: str | pathlib.Path, what: str = "parameter file") -> pathlib.Path:
+  """`path` if it is a regular file with a readable safetensors header (its tensors are not
+  read); an `InputError` naming `what` if not."""
+  path = mmjax_files.regular_file(path, what)
+  try:
+    with safe_open(path, framework="numpy") as f:
+      f.keys()
+  except (SafetensorError, OSError) as e:
+    raise errors.InputError(errors.message(f"{what} {path}",
+                                           f"not readable safetensors ({e})")) from None
+  return path
+
+
 def load_params(path: str | pathlib.Path) -> dict[str, Any]:
   """A file of `save_params` → nested params; an `InputError` if it is not one."""
   path = mmjax_files.regular_file(path, "parameter file")

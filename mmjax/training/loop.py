@@ -20,9 +20,9 @@ from absl import logging
 
 from mmjax import console
 from mmjax import errors
-from mmjax import files
 from mmjax import evaluators as evaluators_lib
 from mmjax import sharding
+from mmjax.convert import files as param_files
 from mmjax.data import pipeline
 from mmjax.models import mllm
 from mmjax.training import build
@@ -40,7 +40,7 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process it term
 
 # Rows of each stage's data formatted before the run starts, to check they fit data.max_len;
 # the loop checks the share over every logged window once it has seen this many.
-PROBE_ROWS = 16
+PROBE_ROWS = 8
 MIN_ROWS_FOR_SHARE = 64
 
 
@@ -124,8 +124,8 @@ def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepar
       entries = build.init_params_entries(validate.field_value(c, field), field)
     for subtree, _, path in entries:
       path = pathlib.Path(path.partition("#")[0])
-      files.regular_file(path / build.files.PARAMS_FILE if path.is_dir() else path,
-                         f"{field} {subtree}=")
+      param_files.check_params(path / param_files.PARAMS_FILE if path.is_dir() else path,
+                               f"{field} {subtree}=")
   derived = (saved or {}).get("derived", {})
   if derived.get("tokenizer", tok.fingerprint()) != tok.fingerprint():
     raise errors.RunMismatch(errors.message(
