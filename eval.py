@@ -38,10 +38,11 @@ def _define(fv: flags.FlagValues, argv: list[str]) -> None:
 def _main(argv: list[str]) -> int:
   fv = cli.parse_flags(argv, _define, ("config", "workdir"), __doc__)
   console.quiet(fv.verbosity is not None)
-  evaluation.check(fv.config, fv.workdir, fv.step, fv.allow_eval_changes)  # Writes nothing.
+  checked = evaluation.check(fv.config, fv.workdir, fv.step,
+                             fv.allow_eval_changes)  # Writes nothing.
   with errors.expected(f"--workdir {fv.workdir}"):
     console.log_to(fv.workdir, jax.process_index())
-  evaluation.evaluate(fv.config, fv.workdir, fv.step, fv.allow_eval_changes)
+  evaluation.evaluate(fv.config, fv.workdir, fv.step, fv.allow_eval_changes, checked)
   return 0
 
 

@@ -83,6 +83,9 @@ def parse_flags(argv: Sequence[str],
   if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
     print(usage.strip() + "\n\nflags:\n" + fv.get_help(include_special_flags=False))
     raise SystemExit(0)
+  # The config file loaded once on its own first: one that is missing or fails is named with its
+  # reason (config_flags wraps a traceback's text into its message, or defers a missing file's
+  # error to the config's first use).
   _load_config(argv)
   try:
     rest = fv(full)
@@ -125,9 +128,8 @@ def _config_value(argv: Sequence[str]) -> str | None:
 
 
 def _load_config(argv: Sequence[str]) -> None:
-  """Loads the --config file once before the flags do, so that a file that is missing or fails
-  (an unknown size, a bad argument) is named with its reason (config_flags would wrap the whole
-  traceback into its message)."""
+  """Loads the --config file of `argv` (if given): one that is missing or fails (an unknown
+  size, a bad argument) is a `ConfigError` naming it with its reason."""
   value = _config_value(argv)
   if value is None:
     return

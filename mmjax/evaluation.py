@@ -7,7 +7,7 @@ a table.
 """
 import json
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -49,12 +49,6 @@ def _restore(c, workdir, model, spec, mesh, step):
     checkpoints.close()
 
 
-def _steps(workdir: pathlib.Path) -> list[int]:
-  directory = workdir / "checkpoints"
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
-      if directory.is_dir() else []
-
-
 def _fields(allow_eval_changes: bool) -> tuple[str, ...]:
   return ("model",) + validate.FORMAT_FIELDS + (() if allow_eval_changes
                                                 else validate.EVAL_FIELDS)
@@ -75,12 +69,18 @@ def _check_output(c: ml_collections.ConfigDict, path: pathlib.Path) -> None:
         f"{path}", f"an earlier result that {why}", "move it aside to evaluate again"))
 
 
+class Checked(NamedTuple):
+  """What `check` built: the evaluation's mesh and tokenizer."""
+  mesh: jax.sharding.Mesh
+  tok: Any
+
+
 def check(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int | None = None,
-          allow_eval_changes: bool = False) -> jax.sharding.Mesh:
+          allow_eval_changes: bool = False) -> Checked:
   """Checks an evaluation before any work, writing nothing: `c`'s values and mesh, the run
   folder and its checkpoints, that `c` is the config the run trained with (model, formatting
   and, unless `allow_eval_changes`, the eval settings), and that an earlier result of the step
-  would not be replaced by another config's. Returns the mesh."""
+  would not be replaced by another config's."""
   workdir = pathlib.Path(workdir)
   validate.config(c)
   if not c.evals:
@@ -91,7 +91,7 @@ def check(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int |
     build.question_kinds(c)
   mesh = validate.mesh(c, batches=())
   validate.workdir(workdir, must_exist=True)
-  steps = _steps(workdir)
+  steps = validate.checkpoint_steps(workdir)
   if not steps:
     raise errors.InputError(errors.message(
         f"--workdir {workdir}", "holds no checkpoint", "train first (python train.py ... "
@@ -114,17 +114,18 @@ def check(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int |
         f"data.tokenizer={c.data.tokenizer!r} for evaluating {workdir}",
         "its vocabulary differs from the one the run trained with", "pass the run's config"))
   _check_output(c, workdir / "eval" / f"{step if step is not None else steps[-1]}.json")
-  return mesh
+  return Checked(mesh, tok)
 
 
 def evaluate(c: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-             step: int | None = None, allow_eval_changes: bool = False) -> dict[str, Any]:
+             step: int | None = None, allow_eval_changes: bool = False,
+             checked: Checked | None = None) -> dict[str, Any]:
   """Runs every evaluator of `c.evals` on the checkpoint at `step` (default: the newest) and
-  writes their results, merged, with the config, to WORKDIR/eval/<step>.json (`check` first)."""
+  writes their results, merged, with the config, to WORKDIR/eval/<step>.json. `checked`:
+  `check(c, workdir, step, allow_eval_changes)`'s result, if the caller checked already."""
   workdir = pathlib.Path(workdir)
-  mesh = check(c, workdir, step, allow_eval_changes)
+  mesh, tok = checked or check(c, workdir, step, allow_eval_changes)
   with errors.expected():
-    tok = build.tokenizer(c)
     config = build.model_config(c, tok.vocab_size)
     model = mllm.MLLM(config)
     # Built before any checkpoint is read: their settings fail first.

@@ -89,10 +89,6 @@ class Prepared:
   stages: list[build.Stage]
 
 
-def _has_checkpoints(directory: pathlib.Path) -> bool:
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepared:
   """Checks a run before any work and writes nothing: `c`'s values, mesh and batch split, the
   workdir, the saved config of a run being resumed (model and text/image formatting), the model,
@@ -110,8 +106,7 @@ def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepar
       pretrain_tower_lib.check(c)
   mesh = validate.mesh(c)
   validate.workdir(workdir)
-  saved = (validate.saved_config(workdir) if _has_checkpoints(workdir / "checkpoints")
-           else None)
+  saved = validate.saved_config(workdir) if validate.checkpoint_steps(workdir) else None
   fields = ("model",) + validate.FORMAT_FIELDS
   todo = "train in a new --workdir, or resume with the run's config"
   if saved is not None:
@@ -119,7 +114,7 @@ def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepar
   with errors.expected():  # A BPE tokenizer is learned from the data on first use.
     tok = build.tokenizer(c)
     config = build.model_config(c, tok.vocab_size)
-  for field in ("train.init_params", "pretrain.init_params"):
+  for field in ("train.init_params",) + ("pretrain.init_params",) * bool(c.pretrain.steps):
     with errors.expected():
       entries = build.init_params_entries(validate.field_value(c, field), field)
     for subtree, _, path in entries:

@@ -144,6 +144,15 @@ def workdir(path: str | pathlib.Path, *, must_exist: bool = False) -> pathlib.Pa
   return files.output_folder(path, "--workdir")
 
 
+def checkpoint_steps(run: str | pathlib.Path) -> list[int]:
+  """The steps a run folder holds checkpoints of (its `checkpoints/<step>` folders), sorted;
+  read from the folder names, without opening a checkpoint manager (which would create it)."""
+  directory = pathlib.Path(run) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def as_json(c: ml_collections.ConfigDict) -> dict[str, Any]:
   """`c` as its JSON record reads back (tuples as lists)."""
   return json.loads(c.to_json())
