@@ -71,9 +71,9 @@ def parse_flags(argv: Sequence[str],
                 required: Sequence[str], usage: str) -> flags.FlagValues:
   """absl flags of one command, parsed from `argv` (without the program name) into a fresh
   FlagValues: `define(flag_values, full_argv)` declares them (a config flag reads its overrides
-  from `full_argv`), `--verbosity` is added. Unknown flags, bad
-  values, a config file that does not load and a misspelt `--config.FIELD` are `ConfigError`s;
-  `--help` prints the flags and exits 0."""
+  from `full_argv`), `--verbosity` is added. Unknown flags, bad values, a config file that does
+  not load and a misspelt `--config.FIELD` are `ConfigError`s; `--help` prints the flags and
+  exits 0."""
   fv = flags.FlagValues()
   full = [sys.argv[0] if sys.argv else "mmjax", *argv]
   define(fv, full)
