@@ -104,15 +104,13 @@ def check(c: ml_collections.ConfigDict, workdir: str | pathlib.Path, step: int |
     raise errors.InputError(errors.message(
         f"--workdir {workdir}", f"has no {validate.CONFIG_FILE} to check the config against",
         "evaluate a run trained by train.py"))
+  todo = "pass the run's config"
   validate.same_run(c, workdir, saved, _fields(allow_eval_changes), "evaluating",
-                    "pass the run's config" + ("" if allow_eval_changes else
-                                               " (--allow_eval_changes for other eval settings)"))
+                    todo + ("" if allow_eval_changes else
+                            " (--allow_eval_changes for other eval settings)"))
   with errors.expected():
     tok = build.tokenizer(c)
-  if saved.get("derived", {}).get("tokenizer", tok.fingerprint()) != tok.fingerprint():
-    raise errors.RunMismatch(errors.message(
-        f"data.tokenizer={c.data.tokenizer!r} for evaluating {workdir}",
-        "its vocabulary differs from the one the run trained with", "pass the run's config"))
+  validate.same_vocabulary(c, workdir, saved, tok.fingerprint(), "evaluating", todo)
   _check_output(c, workdir / "eval" / f"{step if step is not None else steps[-1]}.json")
   return Checked(mesh, tok)
 

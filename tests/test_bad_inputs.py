@@ -63,6 +63,8 @@ class World:
     (self.evaluated / "eval").mkdir()
     (self.evaluated / "eval" / "2.json").write_text(json.dumps(
         {"step": 2, "config": validate.as_json(other)}))
+    # The same config, but a run trained with another vocabulary under the tokenizer's name.
+    self.other_vocabulary = self._run("other_vocabulary", c, vocabulary="sha256:0123456789abcdef")
     self.bare = self._run("bare", c, config=False)
     self.corrupt = self._run("corrupt", c, config=False)
     (self.corrupt / "config.json").write_text('{"model": ')
@@ -106,12 +108,12 @@ class World:
     shutil.copytree(data_dir, self.missing)
     next(self.missing.rglob("fine_detail-validation.array_record-*")).unlink()
 
-  def _run(self, name: str, c, config: bool = True) -> pathlib.Path:
+  def _run(self, name: str, c, config: bool = True, vocabulary: str = "byte") -> pathlib.Path:
     run = self.root / name
     (run / "checkpoints" / "2").mkdir(parents=True)
     if config:
       (run / "config.json").write_text(json.dumps(
-          {**validate.as_json(c), "derived": {"tokenizer": "byte", "vocab_size": 261}}))
+          {**validate.as_json(c), "derived": {"tokenizer": vocabulary, "vocab_size": 261}}))
     return run
 
   @staticmethod
@@ -256,6 +258,9 @@ CASES = [
     ("train-resume-other-format", lambda w: TRAIN.main([*w.base, f"--workdir={w.run}",
                                                         "--config.data.template=chatml"]),
      "data.template 'vicuna_short' → 'chatml'"),
+    ("train-resume-other-vocabulary", lambda w: TRAIN.main([*w.base,
+                                                            f"--workdir={w.other_vocabulary}"]),
+     "data.tokenizer='byte' for resuming"),
     ("train-distributed", lambda w: _train(w, "--coordinator_address=localhost:1234"),
      "--coordinator_address — needs --num_processes and --process_id"),
     # eval.py.
@@ -274,6 +279,8 @@ CASES = [
     ("eval-overwrite", lambda w: _eval(w, w.evaluated, "--allow_eval_changes"),
      "2.json — an earlier result that was evaluated with another config: "
      "eval.max_new_tokens 8 → 24"),
+    ("eval-other-vocabulary", lambda w: _eval(w, w.other_vocabulary),
+     "other_vocabulary — its vocabulary differs from the one the run trained with"),
     ("eval-no-config", lambda w: _eval(w, w.bare), "bare — has no config.json"),
     ("eval-corrupt-config", lambda w: _eval(w, w.corrupt), "config.json — not valid JSON"),
     ("eval-fifo-config", lambda w: _eval(w, w.fifo_run), "config.json — is a FIFO"),

@@ -121,11 +121,8 @@ def prepare(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Prepar
       path = pathlib.Path(path.partition("#")[0])
       param_files.check_params(path / param_files.PARAMS_FILE if path.is_dir() else path,
                                f"{field} {subtree}=")
-  derived = (saved or {}).get("derived", {})
-  if derived.get("tokenizer", tok.fingerprint()) != tok.fingerprint():
-    raise errors.RunMismatch(errors.message(
-        f"data.tokenizer={c.data.tokenizer!r} for resuming {workdir}",
-        "its vocabulary differs from the one the run trained with", todo))
+  if saved is not None:
+    validate.same_vocabulary(c, workdir, saved, tok.fingerprint(), "resuming", todo)
   _rows_fit(c, config, tok, all_stages)
   return Prepared(mesh, tok, config, all_stages)
 

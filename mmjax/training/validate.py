@@ -206,3 +206,13 @@ def same_run(c: ml_collections.ConfigDict, run: pathlib.Path, saved: dict[str, A
     raise errors.RunMismatch(errors.message(
         f"--config for {doing} {run}", f"differs from the run's {CONFIG_FILE} in "
         f"{len(changed)} field{'s' * (len(changed) > 1)}: {describe(changed)}", todo))
+
+
+def same_vocabulary(c: ml_collections.ConfigDict, run: pathlib.Path, saved: dict[str, Any],
+                    fingerprint: str, doing: str, todo: str) -> None:
+  """Refuses a tokenizer whose vocabulary (`fingerprint`) is not the one the run recorded
+  (`"derived"` of its config.json; a run that recorded none is not checked)."""
+  if saved.get("derived", {}).get("tokenizer", fingerprint) != fingerprint:
+    raise errors.RunMismatch(errors.message(
+        f"data.tokenizer={c.data.tokenizer!r} for {doing} {run}",
+        "its vocabulary differs from the one the run trained with", todo))
