@@ -112,19 +112,20 @@ def mesh(c: ml_collections.ConfigDict, batches: tuple[str, ...] = ("train", "pre
         f"mesh (data, fsdp, tensor) = {shape}", errors.first_line(e),
         f"set {flag} for {jax.device_count()} devices (-1: the rest)")) from None
   shards, processes = sharding.num_batch_shards(m), jax.process_count()
-  checked = []
+  checked = []  # (field, micro-batches per batch, what the rows are)
   if "train" in batches and c.train.steps:
-    checked.append(("train.batch_size", c.train.batch_size // c.train.grad_accum_steps,
+    checked.append(("train.batch_size", c.train.grad_accum_steps,
                     "each micro-batch (train.batch_size / train.grad_accum_steps)"))
   if "pretrain" in batches and c.pretrain.steps:
-    checked.append(("pretrain.batch", c.pretrain.batch, "stage 0's batch"))
-  for field, rows, what in checked:
-    if rows % shards or field_value(c, field) % processes:
+    checked.append(("pretrain.batch", 1, "stage 0's batch"))
+  for field, micro, what in checked:
+    batch = field_value(c, field)
+    if (batch // micro) % shards or batch % processes:
       raise errors.ConfigError(errors.message(
-          f"{field}={field_value(c, field)}",
-          f"{what} of {rows} rows does not split over the mesh's {shards} data-parallel devices "
-          f"(mesh.data × mesh.fsdp) and {processes} processes",
-          f"make it a multiple of {math.lcm(shards, processes)}"))
+          f"{field}={batch}",
+          f"{what} of {batch // micro} rows does not split over the mesh's {shards} "
+          f"data-parallel devices (mesh.data × mesh.fsdp) and {processes} processes",
+          f"make it a multiple of {math.lcm(shards * micro, processes)}"))
   return m
 
 
