@@ -103,12 +103,12 @@ class Record:
 
 def check_options(max_pixels: int, val_fraction: float, workers: int | None) -> None:
   """`errors.ConfigError` (a ValueError) naming the option out of range."""
-  for name, bad, requirement in (
-      ("max_pixels", max_pixels < 1, "at least 1"),
-      ("val_fraction", not 0 <= val_fraction < 1, "in [0, 1)"),
-      ("workers", workers is not None and workers < 1, "at least 1 (or None: the CPU count)")):
+  for name, value, bad, requirement in (
+      ("max_pixels", max_pixels, max_pixels < 1, "at least 1"),
+      ("val_fraction", val_fraction, not 0 <= val_fraction < 1, "in [0, 1)"),
+      ("workers", workers, workers is not None and workers < 1,
+       "at least 1 (or None: the CPU count)")):
     if bad:
-      value = {"max_pixels": max_pixels, "val_fraction": val_fraction, "workers": workers}[name]
       raise errors.ConfigError(errors.message(f"{name}={value}", f"must be {requirement}"))
 
 
