@@ -51,7 +51,7 @@ def _main(argv: list[str]) -> int:
     _check_out(out, pathlib.Path(args.mmjax), "--mmjax", args.overwrite)
     with errors.expected(f"--mmjax {args.mmjax}"):
       config, params, arch = hf.load(args.mmjax)
-      tensors = hf.to_hf_tensors(config, params, arch)
+      tensors = hf.to_hf_tensors(config, params, arch, hf.load_kept(args.mmjax))
     files.write_hf(out, *tensors)
   else:
     if not args.hf or args.mmjax:
@@ -62,7 +62,8 @@ def _main(argv: list[str]) -> int:
       arch = hf.held_architecture(hf.architecture_of(hf_config))
       config, params = hf.from_hf_tensors(hf_config, tensors, scan_layers=args.scan_layers,
                                           param_dtype=args.param_dtype)
-    hf.save(out, config, params, arch)
+      kept = hf.kept_tensors(hf_config, tensors)
+    hf.save(out, config, params, arch, kept)
   print(f"wrote {out}")
   return 0
 

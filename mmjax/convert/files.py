@@ -73,9 +73,7 @@ def write_hf(directory: str | pathlib.Path, config: dict[str, Any],
 
 def save_params(path: str | pathlib.Path, params: dict[str, Any]) -> None:
   """Nested params → one safetensors file whose names are '/'-joined tree paths."""
-  flat = {"/".join(k): np.ascontiguousarray(np.asarray(v))
-          for k, v in mapping.flatten(params).items()}
-  st_numpy.save_file(flat, str(path))
+  save_tensors(path, {"/".join(k): v for k, v in mapping.flatten(params).items()})
 
 
 def check_params(path: str | pathlib.Path, what: str = "parameter file") -> pathlib.Path:
@@ -91,14 +89,25 @@ def check_params(path: str | pathlib.Path, what: str = "parameter file") -> path
   return path
 
 
+def save_tensors(path: str | pathlib.Path, tensors: dict[str, Any]) -> None:
+  """{name: array} → one safetensors file."""
+  st_numpy.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()},
+                     str(path))
+
+
+def load_tensors(path: str | pathlib.Path, what: str = "parameter file") -> dict[str, np.ndarray]:
+  """A safetensors file → {name: array}; an `InputError` naming `what` if it is not one."""
+  path = mmjax_files.regular_file(path, what)
+  try:
+    return st_numpy.load_file(str(path))
+  except (SafetensorError, OSError) as e:
+    raise errors.InputError(errors.message(f"{what} {path}",
+                                           f"not readable safetensors ({e})")) from None
+
+
 def load_params(path: str | pathlib.Path) -> dict[str, Any]:
   """A file of `save_params` → nested params; an `InputError` if it is not one."""
-  path = mmjax_files.regular_file(path, "parameter file")
-  try:
-    flat = st_numpy.load_file(str(path))
-  except (SafetensorError, OSError) as e:
-    raise errors.InputError(errors.message(f"parameter file {path}",
-                                           f"not readable safetensors ({e})")) from None
+  flat = load_tensors(path)
   params: dict[str, Any] = {}
   for name, value in flat.items():
     node = params

@@ -45,6 +45,13 @@ def norm_rules(hf: str, path: tuple[str, ...], bias: bool = True,
   return rules
 
 
+def moved(rules: list[Rule], hf_name: Callable[[str], str],
+          path_prefix: tuple[str, ...]) -> list[Rule]:
+  """A part's rules inside a whole model: each HF name renamed by `hf_name`, each path under
+  `path_prefix` (e.g. a CLIP's rules as a LLaVA's `model.vision_tower.…` → `tower/vit/…`)."""
+  return [dataclasses.replace(r, hf=hf_name(r.hf), path=path_prefix + r.path) for r in rules]
+
+
 def _unknown_error(kind: str, names: list[str]) -> ValueError:
   shown = ", ".join(sorted(names)[:20])
   more = f" (and {len(names) - 20} more)" if len(names) > 20 else ""

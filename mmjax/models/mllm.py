@@ -35,11 +35,20 @@ class MLLMConfig:
   # Tower features → the LLM's width (LLaVA-1.5's mlp2x_gelu projector by default).
   connector: connectors.ConnectorConfig = connectors.ProjectorConfig()
   image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).
+  # True: image_token_id is a special token of the vocabulary that the tokenizer gives only for
+  # the image marker (a converted Hugging Face checkpoint's "<image>", e.g. LLaVA-1.5's 32000);
+  # its embedding row is never read. False: it must lie outside the vocabulary, so no text token
+  # can be taken for an image.
+  image_token_in_vocab: bool = False
 
   def __post_init__(self):
-    if 0 <= self.image_token_id < self.llm.vocab_size:
-      raise ValueError(f"image_token_id={self.image_token_id} lies inside the vocabulary "
-                       f"[0, {self.llm.vocab_size}); use an id outside it, as LLaVA's -200.")
+    inside = 0 <= self.image_token_id < self.llm.vocab_size
+    if inside != self.image_token_in_vocab:
+      raise ValueError(
+          f"image_token_id={self.image_token_id} lies {'in' if inside else 'out'}side the "
+          f"vocabulary [0, {self.llm.vocab_size}) but image_token_in_vocab="
+          f"{self.image_token_in_vocab}: use an id outside it (LLaVA's -200), or a special token "
+          "of the tokenizer with image_token_in_vocab=True.")
     self.max_visual_tokens  # A connector that cannot take the tower's tokens fails here.
     if self.llm.READS_MEMORY:
       raise ValueError(f"The decoder {type(self.llm).__name__} cross-attends to a memory stream "
