@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "jaxtyping==0.3.11",
     "tokenizers==0.23.3",
+    "jinja2==3.1.6",  # Checkpoints' chat templates, rendered in its sandbox.
     "importlib_resources==7.1.0",  # etils.epath needs it for TFDS builders defined in packages.
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",

@@ -12,12 +12,14 @@ through the same code; `decode` picks the forward pass from the type of its stat
 """
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from mmjax.models import decoders
 from mmjax.models import mllm as mllm_lib
@@ -155,7 +157,8 @@ def _forward(config: ModelConfig, variables, batch: dict[str, Array], cache: Any
 
 def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKeyArray | None,
            *, max_new_tokens: int, eos_id: int | None, pad_id: int, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0) -> Generation:
+           top_k: int = 0, top_p: float = 1.0,
+           on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Generation:
   """Prefills a fresh KV cache with `batch` and decodes up to `max_new_tokens` per row.
 
   Runs one jitted function (also callable under an outer `jax.jit`) whose static arguments are
@@ -173,6 +176,9 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
     eos_id: the token that ends a row, in [0, vocab_size); None: rows never stop early.
     pad_id: written after a row's EOS (never fed to the model).
     temperature, top_k, top_p: as in `sample_logits`.
+    on_tokens: called on the host as each step's tokens are drawn, in order, with the step (int32
+      []) and the tokens (int32 [B], `pad_id` on finished rows): streams the output while the
+      loop runs on the device. Part of the compiled program (one compilation per function).
 
   Returns:
     A `Generation`.
@@ -191,13 +197,17 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
   rng = None if temperature == 0 else rng
   return _decode(config, variables, batch, rng, int(max_new_tokens),
                  None if eos_id is None else int(eos_id), int(pad_id), float(temperature),
-                 int(top_k), float(top_p))
+                 int(top_k), float(top_p), on_tokens)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10))
 def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKeyArray | None,
             max_new_tokens: int, eos_id: int | None, pad_id: int, temperature: float,
-            top_k: int, top_p: float) -> Generation:
+            top_k: int, top_p: float, on_tokens: Callable | None = None) -> Generation:
+  def emit(step, tokens):
+    if on_tokens is not None:
+      io_callback(on_tokens, None, step, tokens, ordered=True)
+
   sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
   step_key = lambda step: None if rng is None else jax.random.fold_in(rng, step)
   is_eos = lambda token: jnp.zeros(token.shape, jnp.bool_) if eos_id is None else token == eos_id
@@ -212,6 +222,7 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
       "lengths": jnp.ones((rows,), jnp.int32), "cache": cache,
       "tokens": jnp.full((rows, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first),
   }
+  emit(jnp.zeros((), jnp.int32), first)
 
   def running(state):
     return (state["step"] < max_new_tokens) & ~jnp.all(state["done"])
@@ -225,6 +236,7 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
     logits, cache = _forward(config, variables, feed, state["cache"])
     token = sample(logits[:, -1], step_key(n))
     done = state["done"]
+    emit(n, jnp.where(done, pad_id, token))
     return {
         "step": n + 1, "token": token, "done": done | is_eos(token),
         "lengths": state["lengths"] + (~done).astype(jnp.int32), "cache": cache,
@@ -276,7 +288,9 @@ def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
              images: np.ndarray | dict[str, np.ndarray] | None = None, *, max_new_tokens: int,
              eos_id: int | None, pad_id: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, rng: PRNGKeyArray | None = None, bucket: int = 64,
-             positions: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             positions: Sequence[np.ndarray] | None = None,
+             on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
   """Generates continuations of a batch of prompts of different lengths.
 
   Args:
@@ -293,6 +307,7 @@ def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with
       similar prompt lengths reuse one compilation.
     positions: per-prompt M-RoPE positions [len, 3] for an M-RoPE model (`pad_prompts`).
+    on_tokens: streams each step's tokens to the host (`decode`).
 
   Returns:
     tokens: int32 [B, max_new_tokens] (after EOS: `pad_id`); lengths: int32 [B] (see
@@ -311,5 +326,6 @@ def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
   if views is not None:
     batch.update({k: np.asarray(views[k]) for k in model.config.tower.INPUTS})
   out = decode(model.config, variables, batch, rng, max_new_tokens=max_new_tokens,
-               eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
+               eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+               on_tokens=on_tokens)
   return np.asarray(out.tokens), np.asarray(out.lengths)

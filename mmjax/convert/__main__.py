@@ -1,4 +1,5 @@
-"""Converts checkpoints between Hugging Face and mmjax.
+"""Converts checkpoints between Hugging Face and mmjax (with the processor files: tokenizer,
+chat template, image processor, generation config, copied as they are).
 
   python -m mmjax.convert --hf HF_DIR --out MMJAX_DIR [--scan_layers] [--param_dtype bfloat16]
   python -m mmjax.convert --to_hf --mmjax MMJAX_DIR --out HF_DIR
@@ -8,6 +9,7 @@ the source is read and converted whole before anything is written.
 """
 import argparse
 import pathlib
+import shutil
 import sys
 
 from mmjax import cli
@@ -15,6 +17,7 @@ from mmjax import errors
 from mmjax import files as mmjax_files
 from mmjax.convert import files
 from mmjax.convert import hf
+from mmjax.data import hf_processor
 
 
 def _check_out(out: pathlib.Path, source: pathlib.Path, source_flag: str,
@@ -29,6 +32,13 @@ def _check_out(out: pathlib.Path, source: pathlib.Path, source_flag: str,
     raise errors.OutputError(errors.message(
         f"--out {out}", "is not empty", "choose an empty folder, or pass --overwrite to "
         "replace its config.json and weights"))
+
+
+def _copy_processor_files(source: pathlib.Path, out: pathlib.Path) -> None:
+  """The processor files `source` holds (`hf_processor.FILES`), copied into `out`."""
+  for name in hf_processor.FILES:
+    if (source / name).exists():
+      shutil.copyfile(mmjax_files.regular_file(source / name, "processor file"), out / name)
 
 
 def _main(argv: list[str]) -> int:
@@ -53,6 +63,7 @@ def _main(argv: list[str]) -> int:
       config, params, arch = hf.load(args.mmjax)
       tensors = hf.to_hf_tensors(config, params, arch, hf.load_kept(args.mmjax))
     files.write_hf(out, *tensors)
+    _copy_processor_files(pathlib.Path(args.mmjax), out)
   else:
     if not args.hf or args.mmjax:
       parser.error("give --hf DIR (import) or --to_hf --mmjax DIR (export).")
@@ -64,6 +75,7 @@ def _main(argv: list[str]) -> int:
                                           param_dtype=args.param_dtype)
       kept = hf.kept_tensors(hf_config, tensors)
     hf.save(out, config, params, arch, kept)
+    _copy_processor_files(pathlib.Path(args.hf), out)
   print(f"wrote {out}")
   return 0
 

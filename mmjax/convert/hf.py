@@ -132,10 +132,11 @@ def save(directory: str | pathlib.Path, config: Any, params: dict[str, Any],
     files.save_tensors(directory / KEPT_FILE, kept)
 
 
-def load(directory: str | pathlib.Path) -> tuple[Any, dict[str, Any], str]:
-  """Reads an mmjax checkpoint directory → (config, params, architecture)."""
-  directory = files.checkpoint_dir(directory, "--mmjax")
-  meta = files.read_config(directory, "--mmjax")
+def load(directory: str | pathlib.Path, flag: str = "--mmjax") -> tuple[Any, dict[str, Any], str]:
+  """Reads an mmjax checkpoint directory → (config, params, architecture); errors name it as the
+  command's `flag` gave it."""
+  directory = files.checkpoint_dir(directory, flag)
+  meta = files.read_config(directory, flag)
   if not isinstance(meta.get("architecture"), str) or not isinstance(meta.get("config"), dict):
     raise errors.InputError(errors.message(
         f"{directory / files.CONFIG_FILE}", "not an mmjax checkpoint's config (no "

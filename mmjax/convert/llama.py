@@ -42,7 +42,8 @@ def config_from_hf(hf: dict[str, Any]) -> LLMConfig:
       head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
       mlp_dim=hf["intermediate_size"], act="silu", norm_eps=hf.get("rms_norm_eps", 1e-6),
       rope_theta=_rope(hf), qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias,
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      max_positions=int(hf.get("max_position_embeddings") or 0))
 
 
 def config_to_hf(config: LLMConfig, architecture: str) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def config_to_hf(config: LLMConfig, architecture: str) -> dict[str, Any]:
       "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
       "tie_word_embeddings": config.tie_embeddings, "dtype": config.param_dtype,
   }
+  if config.max_positions:
+    common["max_position_embeddings"] = config.max_positions
   if architecture == "Qwen2ForCausalLM":
     if not config.qkv_bias or config.out_bias or config.mlp_bias:
       raise ValueError("Qwen2 has biases on q/k/v only: need qkv_bias=True, out_bias=False, "

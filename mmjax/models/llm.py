@@ -59,6 +59,9 @@ class LLMConfig:
   out_bias: bool = False  # LLaMA's `attention_bias` puts a bias on q, k, v and o.
   mlp_bias: bool = False
   tie_embeddings: bool = False  # Output head shares the token embedding table.
+  # The context a converted checkpoint was trained for (max_position_embeddings); 0: not set.
+  # RoPE has no table to bound positions: generation refuses prompts longer than this.
+  max_positions: int = 0
   scan_layers: bool = False
   remat: bool = False
   attention_impl: str | None = None  # None (XLA chooses), "xla" or "cudnn".

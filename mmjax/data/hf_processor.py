@@ -1,0 +1,344 @@
+"""A Hugging Face checkpoint's input processing, read from its folder without transformers: the
+tokenizer (`tokenizer.json`, through the `tokenizers` library), the chat template (jinja2, in a
+sandbox, rendered as transformers renders it), the image processor, and the expansion of each image
+marker into as many image tokens as the model's tower gives.
+
+Given the same images and text, `Processor.__call__` returns the `input_ids` and `pixel_values` of
+the transformers processor saved in that folder (pixels channels-last, mmjax's layout); tests
+compare them (`tests/test_hf_processor.py`). Supported: LLaVA-1.5's (`LlavaProcessor` with a
+`CLIPImageProcessor`).
+
+Files read (as transformers 5 saves them, or as the public checkpoints hold them):
+  tokenizer.json                    the tokenizer, its special tokens and post-processor (BOS);
+  tokenizer_config.json             special token strings, `clean_up_tokenization_spaces`, and
+                                    the chat template in older checkpoints;
+  chat_template.jinja / .json       the chat template;
+  processor_config.json             the processor's fields (`patch_size`, `image_token`, …) and,
+                                    from transformers 5, the image processor's;
+  preprocessor_config.json          the image processor's, in older checkpoints.
+"""
+import dataclasses
+import datetime
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+import numpy as np
+import tokenizers
+from tokenizers import decoders
+from tokenizers import pre_tokenizers
+from tokenizers import processors
+from PIL import Image
+
+from mmjax import errors
+from mmjax import files
+
+# The files `Processor.from_dir` may read; a conversion copies them beside the weights.
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+         "chat_template.jinja", "chat_template.json", "processor_config.json",
+         "preprocessor_config.json", "generation_config.json")
+MAX_FILE_BYTES = 256 << 20  # A tokenizer.json is megabytes.
+IMAGE_PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
+SELECT_STRATEGIES = ("default", "full")
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
+# Tokenizer classes that use tokenizer.json as it is saved.
+_AS_SAVED = ("PreTrainedTokenizerFast", "TokenizersBackend")
+_LLAMA = "LlamaTokenizer"
+TOKENIZER_CLASSES = _AS_SAVED + (_LLAMA,)
+# transformers 5.23's AutoTokenizer (models/auto/tokenization_auto.py): the tokenizer class its
+# registry gives a model type, and the model types whose checkpoints' declared class it
+# overrides (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), for the types mmjax converts.
+_REGISTERED = {"llava": "TokenizersBackend", "llava_next": "TokenizersBackend",
+               "qwen2_vl": "Qwen2Tokenizer", "internvl": "Qwen2Tokenizer",
+               "qwen2": "Qwen2Tokenizer"}
+_HUB_CLASS_OVERRIDDEN = ("llava", "llava_next", "qwen2")
+
+
+def tokenizer_class(model_type: str | None, declared: str | None, byte_level: bool) -> str:
+  """The tokenizer class transformers' AutoTokenizer loads for a checkpoint of `model_type`
+  whose tokenizer_config.json declares `declared`: the declared class unless the model type's
+  registered class differs (then the registered one for overridden types, and tokenizer.json as
+  saved when that is a generic class); a declared LlamaTokenizer over a byte-level tokenizer.json
+  (LLaMA-3 style) loads as saved too."""
+  declared = (declared or "TokenizersBackend").removesuffix("Fast")
+  registered = _REGISTERED.get(model_type or "")
+  if declared == _LLAMA and byte_level and model_type not in _HUB_CLASS_OVERRIDDEN:
+    return "TokenizersBackend"
+  if registered is None or registered == declared:
+    return declared
+  if registered in _AS_SAVED:
+    return "TokenizersBackend"
+  return registered if model_type in _HUB_CLASS_OVERRIDDEN else declared
+
+
+def _byte_level(tok: tokenizers.Tokenizer) -> bool:
+  return any("ByteLevel" in repr(part) for part in (tok.pre_tokenizer, tok.decoder))
+
+
+def _as_transformers_loads(tok: tokenizers.Tokenizer, config: dict[str, Any],
+                           model_type: str | None) -> None:
+  """Sets `tok`'s pipeline as transformers 5 builds it for the class AutoTokenizer picks
+  (`tokenizer_class`): its `LlamaTokenizer` keeps only the vocabulary, merges and added tokens of tokenizer.json (a BPE
+  with byte fallback and unknown pieces fused) and replaces the rest — no normaliser, a Metaspace pre-tokeniser that prepends "▁" to the first
+  piece only (`legacy=False`; every piece with `legacy=True`), the matching decoder, and BOS
+  (`add_bos_token`, default True) / EOS (`add_eos_token`) added by the post-processor."""
+  kind = tokenizer_class(model_type, config.get("tokenizer_class"), _byte_level(tok))
+  if kind not in TOKENIZER_CLASSES:
+    raise ValueError(f"tokenizer_class {kind!r} is not supported; valid: "
+                     f"{list(TOKENIZER_CLASSES)}.")
+  if kind in _AS_SAVED:
+    return
+  prefix = config.get("add_prefix_space")
+  prefix = True if prefix is None else bool(prefix)
+  scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
+  if not isinstance(tok.model, tokenizers.models.BPE):
+    raise ValueError(f"tokenizer_class {kind!r} needs a BPE tokenizer.json, got "
+                     f"{type(tok.model).__name__}.")
+  tok.model.fuse_unk, tok.model.byte_fallback = True, True
+  tok.normalizer = None
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme,
+                                               split=False)
+  steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+  tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] * prefix)
+  bos, eos = (_token_text(config.get(k)) for k in ("bos_token", "eos_token"))
+  add_bos = bool(config.get("add_bos_token", True)) and bos is not None
+  add_eos = bool(config.get("add_eos_token", False)) and eos is not None
+  single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
+  pair = " ".join([single] + [f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
+  tok.post_processor = processors.TemplateProcessing(
+      single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t, add in
+                                                ((bos, add_bos), (eos, add_eos)) if add])
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipImageProcessor:
+  """transformers' `CLIPImageProcessor`: resize (the shortest edge to `shortest_edge`, or to
+  `size` (height, width)) with PIL, centre crop to `crop`, rescale, normalise — each step as
+  transformers computes it, so the pixels are the same floats."""
+  shortest_edge: int | None = 336
+  size: tuple[int, int] | None = None
+  crop: tuple[int, int] | None = (336, 336)
+  resample: int = 3  # PIL's BICUBIC.
+  rescale_factor: float | None = 1 / 255
+  mean: tuple[float, ...] | None = (0.48145466, 0.4578275, 0.40821073)
+  std: tuple[float, ...] | None = (0.26862954, 0.26130258, 0.27577711)
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> "ClipImageProcessor":
+    kind = config.get("image_processor_type", "CLIPImageProcessor")
+    if kind not in IMAGE_PROCESSORS:
+      raise ValueError(f"image_processor_type {kind!r} is not supported; valid: "
+                       f"{list(IMAGE_PROCESSORS)}.")
+    for flag in ("do_pad", "do_image_splitting"):
+      if config.get(flag):
+        raise ValueError(f"image processor {flag}=True is not supported by {kind}.")
+    size = config.get("size") or {}
+    if not config.get("do_resize", True):
+      shortest, hw = None, None
+    elif "shortest_edge" in size:
+      shortest, hw = int(size["shortest_edge"]), None
+    elif "height" in size and "width" in size:
+      shortest, hw = None, (int(size["height"]), int(size["width"]))
+    else:
+      raise ValueError(f"image processor size {size!r} is not supported; valid: "
+                       "{'shortest_edge': N} or {'height': H, 'width': W}.")
+    crop = config.get("crop_size") or {}
+    return cls(
+        shortest_edge=shortest, size=hw,
+        crop=(int(crop["height"]), int(crop["width"])) if config.get("do_center_crop", True)
+        else None,
+        resample=int(config.get("resample", 3)),
+        rescale_factor=float(config.get("rescale_factor", 1 / 255))
+        if config.get("do_rescale", True) else None,
+        mean=tuple(config.get("image_mean", cls.mean)) if config.get("do_normalize", True)
+        else None,
+        std=tuple(config.get("image_std", cls.std)) if config.get("do_normalize", True) else None)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] RGB → float32 [h, w, 3]."""
+    pil = Image.fromarray(np.asarray(image, np.uint8))
+    if self.shortest_edge is not None:
+      height, width = image.shape[:2]
+      short, long = min(height, width), max(height, width)
+      new_long = int(self.shortest_edge * long / short)
+      pil = pil.resize((self.shortest_edge, new_long) if width <= height
+                       else (new_long, self.shortest_edge), self.resample)
+    elif self.size is not None:
+      pil = pil.resize((self.size[1], self.size[0]), self.resample)
+    x = np.asarray(pil)
+    if self.crop is not None:
+      x = _centre_crop(x, *self.crop)
+    if self.rescale_factor is not None:
+      x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+    x = x.astype(np.float32)
+    if self.mean is not None:
+      x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+    return x
+
+
+def _centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
+  """transformers' `center_crop`: the centre window, zero-padded where the image is smaller."""
+  h, w = x.shape[:2]
+  top, left = (h - height) // 2, (w - width) // 2
+  if top >= 0 and left >= 0:
+    return x[top:top + height, left:left + width]
+  out = np.zeros((max(height, h), max(width, w)) + x.shape[2:], x.dtype)
+  pad_top, pad_left = -(-(out.shape[0] - h) // 2), -(-(out.shape[1] - w) // 2)
+  out[pad_top:pad_top + h, pad_left:pad_left + w] = x
+  top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
+  return out[top:top + height, left:left + width]
+
+
+class _Generation(jinja2.ext.Extension):
+  """`{% generation %}…{% endgeneration %}` (marks assistant text for training masks in
+  transformers): rendered as its body."""
+  tags = {"generation"}
+
+  def parse(self, parser):
+    lineno = next(parser.stream).lineno
+    body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+  def _body(self, caller):
+    return caller()
+
+
+def _raise(message: str):
+  raise jinja2.exceptions.TemplateError(message)
+
+
+def _template(source: str) -> jinja2.Template:
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+      trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
+  env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, \
+      sort_keys=False: json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+                                  separators=separators, sort_keys=sort_keys)
+  env.globals["raise_exception"] = _raise
+  env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+  return env.from_string(source)
+
+
+def _token_text(value: Any) -> str | None:
+  """A special token as tokenizer_config.json writes it: a string or {"content": …}."""
+  return value.get("content") if isinstance(value, dict) else value
+
+
+class Processor:
+  """The checkpoint's processor: `apply_chat_template`, `__call__` (text and images → ids and
+  pixels), `decode`."""
+
+  def __init__(self, directory: str | pathlib.Path, model_type: str | None = None):
+    """`model_type`: the Hugging Face model type the files belong to (it decides how transformers
+    loads the tokenizer); default: the folder's config.json's `model_type`."""
+    self.directory = directory = pathlib.Path(directory)
+    self._path(directory / "tokenizer.json")
+    try:
+      self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file.
+      raise errors.InputError(errors.message(f"{directory / 'tokenizer.json'}",
+                                             f"not a tokenizers file ({e})")) from None
+    tok_config = self._json("tokenizer_config.json") or {}
+    if model_type is None:
+      model_type = (self._json("config.json") or {}).get("model_type")
+    _as_transformers_loads(self.tokenizer, tok_config, model_type)
+    processor = self._json("processor_config.json") or {}
+    image_config = processor.get("image_processor") or self._json("preprocessor_config.json")
+    self.special = {k: _token_text(tok_config.get(k)) for k in _SPECIAL}
+    self.clean_up_spaces = bool(tok_config.get("clean_up_tokenization_spaces", False))
+    # The token that ends an answer: generation_config.json's (its first), else the tokenizer's.
+    eos = (self._json("generation_config.json") or {}).get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if not isinstance(eos, int) and self.special["eos_token"] is not None:
+      eos = self.tokenizer.token_to_id(self.special["eos_token"])
+    self.eos_token_id: int | None = eos if isinstance(eos, int) else None
+    self.chat_template = self._chat_template(tok_config)
+    self.image = ClipImageProcessor.from_config(image_config) if image_config else None
+    self.image_token = processor.get("image_token", "<image>")
+    self.image_token_id = self.tokenizer.token_to_id(self.image_token)
+    if self.image is not None and self.image_token_id is None:
+      raise ValueError(f"The image token {self.image_token!r} is not in {directory}'s "
+                       "tokenizer.json.")
+    self.patch_size = processor.get("patch_size")
+    self.extra_tokens = int(processor.get("num_additional_image_tokens", 0))
+    self.strategy = processor.get("vision_feature_select_strategy", "default")
+    if self.strategy not in SELECT_STRATEGIES:
+      raise ValueError(f"processor vision_feature_select_strategy={self.strategy!r} is not "
+                       f"supported; valid: {list(SELECT_STRATEGIES)}.")
+    if self.image is not None and not self.patch_size:
+      raise ValueError(f"{directory / 'processor_config.json'} gives no patch_size: the image "
+                       "token count is unknown.")
+
+  def _path(self, path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+      raise errors.InputError(errors.message(
+          f"{path}", "missing", "give the checkpoint's folder with its processor files "
+          f"({', '.join(FILES[:2])}, …)"))
+    return files.regular_file(path, "processor file")
+
+  def _json(self, name: str) -> dict[str, Any] | None:
+    path = self.directory / name
+    if not path.exists():
+      return None
+    value = files.read_json(path, "processor file", MAX_FILE_BYTES)
+    if not isinstance(value, dict):
+      raise errors.InputError(errors.message(f"{path}", "not a JSON object"))
+    return value
+
+  def _chat_template(self, tok_config: dict[str, Any]) -> str | None:
+    jinja = self.directory / "chat_template.jinja"
+    if jinja.exists():
+      return files.regular_file(jinja, "chat template").read_text()
+    as_json = self._json("chat_template.json")
+    if as_json and isinstance(as_json.get("chat_template"), str):
+      return as_json["chat_template"]
+    template = tok_config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+  def apply_chat_template(self, messages: Sequence[dict[str, Any]],
+                          add_generation_prompt: bool = True) -> str:
+    """The prompt text of `messages` ([{"role", "content": str or [{"type": "image"},
+    {"type": "text", "text": …}]}]), as transformers' `apply_chat_template(tokenize=False)`."""
+    if self.chat_template is None:
+      raise ValueError(f"{self.directory} has no chat template (chat_template.jinja, "
+                       "chat_template.json or tokenizer_config.json's chat_template): pass the "
+                       "prompt as it is (--raw).")
+    return _template(self.chat_template).render(
+        messages=list(messages), add_generation_prompt=add_generation_prompt,
+        **{k: v for k, v in self.special.items() if v is not None})
+
+  def image_tokens(self, pixels: np.ndarray) -> int:
+    """The image tokens transformers' processor writes for an image of `pixels` [h, w, 3]."""
+    n = (pixels.shape[0] // self.patch_size) * (pixels.shape[1] // self.patch_size)
+    return n + self.extra_tokens - (self.strategy == "default")
+
+  def __call__(self, text: str, images: Sequence[np.ndarray] = ()) -> dict[str, np.ndarray]:
+    """`text` with one image marker per image → `input_ids` int32 [L] (the markers expanded into
+    image tokens) and, with images, `pixel_values` float32 [N, h, w, 3]."""
+    ids = np.asarray(self.tokenizer.encode(text).ids, np.int32)
+    markers = int(np.sum(ids == self.image_token_id)) if self.image_token_id is not None else 0
+    if markers != len(images):
+      raise ValueError(f"The prompt holds {markers} image markers {self.image_token!r} for "
+                       f"{len(images)} images; place one marker per image.")
+    if not images:
+      return {"input_ids": ids}
+    if self.image is None:
+      raise ValueError(f"{self.directory} has no image processor config.")
+    pixels = np.stack([self.image(np.asarray(image)) for image in images])
+    counts = iter([self.image_tokens(p) for p in pixels])
+    ids = np.concatenate([np.full(next(counts), t, np.int32) if t == self.image_token_id
+                          else [t] for t in ids]).astype(np.int32)
+    return {"input_ids": ids, "pixel_values": pixels}
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """transformers' `decode(ids, skip_special_tokens=True)`."""
+    text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    if self.clean_up_spaces:
+      for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                            (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                            (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
