@@ -33,6 +33,7 @@ CONVERTERS = {
     "Qwen2ForCausalLM": "mmjax.convert.llama",
     "Qwen2VisionTransformerPretrainedModel": "mmjax.convert.qwen2_vl_vision",
     "LlavaForConditionalGeneration": "mmjax.convert.llava",
+    "Qwen2VLForConditionalGeneration": "mmjax.convert.qwen2_vl",
 }
 KEPT_FILE = "kept.safetensors"
 

@@ -10,12 +10,12 @@ The tower reads hidden state `vision_feature_layer` (before CLIP's `post_layerno
 layer applies): those two tensors are kept beside the parameters (`KEPT`) so the export gives them
 back unchanged.
 """
-import dataclasses
 from typing import Any
 
 from mmjax.convert import clip_vision
 from mmjax.convert import llama
 from mmjax.convert import mapping
+from mmjax.convert import whole
 from mmjax.models import connectors
 from mmjax.models import mllm
 from mmjax.models import towers
@@ -71,14 +71,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> mllm.MLLMConfig:
                          image_token_id=_image_token(hf), image_token_in_vocab=True)
 
 
-def override(config: mllm.MLLMConfig, *, scan_layers: bool | None = None,
-             param_dtype: str | None = None) -> mllm.MLLMConfig:
-  """`config` with the layout and storage dtype of both the ViT and the decoder replaced."""
-  fields = {k: v for k, v in (("scan_layers", scan_layers), ("param_dtype", param_dtype))
-            if v is not None}
-  vit = dataclasses.replace(config.tower.vit, **fields)
-  return dataclasses.replace(config, tower=dataclasses.replace(config.tower, vit=vit),
-                             llm=dataclasses.replace(config.llm, **fields))
+override = whole.override
 
 
 def _check(config: Any) -> None:
@@ -116,13 +109,7 @@ def config_to_hf(config: mllm.MLLMConfig, architecture: str) -> dict[str, Any]:
 def select_tensors(hf_config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
   """Every tensor under the name transformers 5 writes to disk."""
   del hf_config
-  out: dict[str, Any] = {}
-  for name, value in tensors.items():
-    new = next((to + name[len(old):] for old, to in _OTHER_NAMES if name.startswith(old)), name)
-    if new in out:
-      raise ValueError(f"Tensor {new!r} appears under two names.")
-    out[new] = value
-  return out
+  return whole.renamed(tensors, _OTHER_NAMES)
 
 
 def _language_name(name: str) -> str:
