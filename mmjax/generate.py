@@ -9,15 +9,30 @@ template places images; `--raw` passes the text as it is, with one `<image>` mar
 checkpoint's image token) per `--image`. The answer is printed as it is generated, and nothing else
 goes to stdout (logs and progress go to stderr), so the output can be compared and piped: it is
 transformers' `decode(generated, skip_special_tokens=True)` followed by a newline.
+
+  python -m mmjax.generate --checkpoint DIR --input records.jsonl --output answers.jsonl
+
+answers many records in batches (`--batch_size`) with a progress bar on stderr. A record is
+{"id": …, "prompt": …, "image": PATH or [PATH, …], "raw": false} (image paths relative to the
+input file's folder; ids unique; no "id": "line N"); each output line is {"id", "answer"}, or
+{"id", "error"} for a record that cannot be answered (a missing or unreadable image, a prompt over
+the context, image markers that do not match the images), which the run reports and goes past.
+Re-running the same command resumes: records whose id the output already holds are not redone,
+and a last line cut short by a kill is replaced.
 """
 import argparse
+import json
+import pathlib
 import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from mmjax import cli
 from mmjax import errors
+from mmjax import files
 from mmjax.convert import hf
 from mmjax.data import hf_processor
 from mmjax.data import images as images_lib
@@ -31,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="A converted checkpoint folder (python -m mmjax.convert --hf … --out).")
   parser.add_argument("--image", action="append", default=[],
                       help="An image file; repeat for several (the model's limit applies).")
-  parser.add_argument("--prompt", required=True, help="The user's message.")
+  parser.add_argument("--prompt", help="The user's message.")
+  parser.add_argument("--input", help="A JSONL file of records to answer (instead of --prompt).")
+  parser.add_argument("--output", help="With --input: the JSONL file of answers (resumed).")
+  parser.add_argument("--batch_size", type=int, default=8, help="With --input: records a batch.")
   parser.add_argument("--raw", action="store_true",
                       help="Use --prompt as the model's whole input text, without the chat "
                            "template; it holds one image marker per --image.")
@@ -87,68 +105,206 @@ def _check_model(config: Any, directory: str) -> None:
         "model", "convert a whole checkpoint (e.g. LlavaForConditionalGeneration)"))
 
 
+class Server:
+  """A converted whole checkpoint ready to answer: its model, processor and sampling settings."""
+
+  def __init__(self, args: argparse.Namespace):
+    self.args = args
+    with errors.expected(f"--checkpoint {args.checkpoint}"):
+      self.config, self.params, arch = hf.load(args.checkpoint, "--checkpoint")
+      _check_model(self.config, args.checkpoint)
+      # The Hugging Face model type decides how transformers loads the tokenizer.
+      model_type = hf.converter(arch).config_to_hf(self.config, arch)["model_type"]
+      self.processor = hf_processor.Processor(args.checkpoint, model_type)
+    if (self.processor.image is not None
+        and self.processor.image_token_id != self.config.image_token_id):
+      raise errors.InputError(errors.message(
+          f"--checkpoint {args.checkpoint}", f"its tokenizer's image token "
+          f"{self.processor.image_token!r} is id {self.processor.image_token_id}, the model's "
+          f"{self.config.image_token_id}"))
+
+  def encode(self, prompt: str, image_paths: Sequence[str], raw: bool, record: Any = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The prompt's token ids and its image's pixels [1, H, W, 3] (None without one); an
+    `InputError` naming the flag, or the `record`, that cannot be answered."""
+    images_what, prompt_what = (("--image", "--prompt") if record is None
+                                else (f"record {record!r}",) * 2)
+    pictures = [images_lib.load_image(path) for path in image_paths]
+    if len(pictures) > 1:
+      raise errors.InputError(errors.message(
+          f"{len(pictures)} images of {images_what}" if record is not None
+          else f"{len(pictures)} --image", "this model reads one image per prompt in mmjax so far",
+          "give one image"))
+    if raw:
+      text = prompt
+    else:
+      content = [{"type": "image"}] * len(pictures) + [{"type": "text", "text": prompt}]
+      with errors.expected(f"--checkpoint {self.args.checkpoint}'s chat template"):
+        text = self.processor.apply_chat_template([{"role": "user", "content": content}])
+    with errors.expected(prompt_what):
+      inputs = self.processor(text, pictures)
+    ids, config = inputs["input_ids"], self.config
+    if pictures:
+      pixels, side = inputs["pixel_values"], config.tower.image_size
+      if pixels.shape[1:3] != (side, side):
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its image processor gives "
+            f"{pixels.shape[1]}×{pixels.shape[2]} pixels, the model's tower reads {side}×{side}"))
+      if int(np.sum(ids == config.image_token_id)) != config.max_visual_tokens:
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
+            f"{int(np.sum(ids == config.image_token_id))} image tokens per image, the model "
+            f"gives {config.max_visual_tokens} visual tokens"))
+    context = config.llm.max_positions
+    if context and len(ids) >= context:
+      raise errors.InputError(errors.message(
+          prompt_what, f"is {len(ids)} tokens with its images, "
+          f"the model's context is {context}", "shorten the prompt"))
+    return ids, inputs["pixel_values"] if pictures else None
+
+  def limit(self, ids: np.ndarray) -> int:
+    """New tokens for a prompt of `ids`: --max_new_tokens, or fewer where the context ends."""
+    context = self.config.llm.max_positions
+    return min(self.args.max_new_tokens, context - len(ids)) if context else \
+        self.args.max_new_tokens
+
+  def answer(self, rows: Sequence[tuple[np.ndarray, np.ndarray | None]],
+             on_tokens: Any = None) -> list[np.ndarray]:
+    """Each row's answer tokens (up to its EOS or its `limit`), generated in one batch."""
+    import jax  # Here: importing jax starts its runtime, after the arguments are checked.
+    from mmjax import sampling
+    side = self.config.tower.image_size
+    views = None
+    if any(pixels is not None for _, pixels in rows):  # Rows without an image ignore theirs.
+      views = np.concatenate([pixels if pixels is not None else
+                              np.zeros((1, side, side, 3), np.float32) for _, pixels in rows])
+    limits = [self.limit(ids) for ids, _ in rows]
+    args = self.args
+    with errors.expected("sampling"):
+      tokens, lengths = sampling.generate(
+          mllm.MLLM(self.config), {"params": self.params}, [ids for ids, _ in rows], views,
+          max_new_tokens=max(limits), eos_id=self.processor.eos_token_id, pad_id=0,
+          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+          rng=jax.random.key(args.seed), on_tokens=on_tokens)
+    return [t[:min(n, limit)] for t, n, limit in zip(tokens, lengths, limits)]
+
+
+def _one(server: Server, args: argparse.Namespace) -> None:
+  ids, pixels = server.encode(args.prompt, args.image, args.raw)
+  limit = server.limit(ids)
+  if limit < args.max_new_tokens:
+    print(f"generating {limit} tokens: the context ({server.config.llm.max_positions}) ends "
+          "there", file=sys.stderr)
+  stream = _Stream(server.processor, server.processor.eos_token_id)
+  stream.finish(server.answer([(ids, pixels)], on_tokens=stream)[0])
+
+
+def _records(path: pathlib.Path) -> Iterator[tuple[Any, dict[str, Any] | None, str | None]]:
+  """(id, record, None), or (id, None, why) for a line that is not a record; a line without an
+  id is "line N"."""
+  files.regular_file(path, "--input")
+  with path.open(encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        yield f"line {number}", None, f"not JSON ({e.msg})"
+        continue
+      if not isinstance(record, dict):
+        yield f"line {number}", None, "not a JSON object"
+        continue
+      rid = record.get("id", f"line {number}")
+      prompt, images = record.get("prompt"), record.get("image", [])
+      images = [images] if isinstance(images, str) else images
+      if not isinstance(prompt, str) or not (isinstance(images, list)
+                                             and all(isinstance(x, str) for x in images)):
+        yield rid, None, "needs a string 'prompt' and 'image' as a path or a list of paths"
+        continue
+      yield rid, {**record, "image": [str(path.parent / x) for x in images]}, None
+
+
+def _done(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The complete lines of an earlier run's output (a last line cut by a kill is left out)."""
+  if not path.exists():
+    return []
+  files.regular_file(path, "--output")
+  done = []
+  for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    try:
+      value = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+      value = None
+    if not isinstance(value, dict) or "id" not in value:
+      break
+    done.append(value)
+  return done
+
+
+def _many(server: Server, args: argparse.Namespace) -> None:
+  source, out = pathlib.Path(args.input), pathlib.Path(args.output)
+  if files.inside(out, source) or out.resolve() == source.resolve():
+    raise errors.OutputError(errors.message(f"--output {out}", "is the --input file"))
+  records = list(_records(source))
+  seen: dict[str, int] = {}
+  for index, (rid, _, _) in enumerate(records):
+    if seen.setdefault(json.dumps(rid), index) != index:
+      raise errors.InputError(errors.message(
+          f"--input {source}", f"id {rid!r} belongs to two records (numbers "
+          f"{seen[json.dumps(rid)] + 1} and {index + 1})", "give each record its own id: the output and its "
+          "resumption go by id"))
+  done = _done(out)
+  finished = {json.dumps(r["id"]) for r in done}
+  todo = [r for r in records if json.dumps(r[0]) not in finished]
+  if done:
+    print(f"resuming: {len(done)} of {len(records)} records answered already", file=sys.stderr)
+  # Rewritten with the complete lines only, so a line cut short by a kill is not kept.
+  with out.open("w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+  failed = 0
+  with out.open("a", encoding="utf-8") as f, tqdm.tqdm(
+      total=len(todo), desc="answering", unit="record", file=sys.stderr, leave=False) as bar:
+    for start in range(0, len(todo), args.batch_size):
+      batch, results, rows = todo[start:start + args.batch_size], {}, []
+      for rid, record, why in batch:
+        if record is not None:
+          try:
+            rows.append((rid, server.encode(record["prompt"], record["image"],
+                                            bool(record.get("raw")), rid)))
+          except errors.Error as e:
+            why = str(e)
+        if why is not None:
+          results[json.dumps(rid)] = {"id": rid, "error": why}
+      if rows:
+        answers = server.answer([row for _, row in rows])
+        for (rid, _), tokens in zip(rows, answers):
+          results[json.dumps(rid)] = {"id": rid, "answer": server.processor.decode(tokens)}
+      for rid, _, _ in batch:
+        f.write(json.dumps(results[json.dumps(rid)], ensure_ascii=False) + "\n")
+      f.flush()
+      failed += sum("error" in r for r in results.values())
+      bar.update(len(batch))
+  print(f"answered {len(todo) - failed} records, {failed} with an error, into {out}",
+        file=sys.stderr)
+
+
 def _main(argv: list[str]) -> int:
-  args = _parser().parse_args(argv)
-  if args.max_new_tokens < 1:
-    raise errors.ConfigError(errors.message(f"--max_new_tokens {args.max_new_tokens}",
-                                            "must be at least 1"))
-  with errors.expected(f"--checkpoint {args.checkpoint}"):
-    config, params, arch = hf.load(args.checkpoint, "--checkpoint")
-    _check_model(config, args.checkpoint)
-    # The Hugging Face model type decides how transformers loads the tokenizer.
-    model_type = hf.converter(arch).config_to_hf(config, arch)["model_type"]
-    processor = hf_processor.Processor(args.checkpoint, model_type)
-  if processor.image is not None and processor.image_token_id != config.image_token_id:
-    raise errors.InputError(errors.message(
-        f"--checkpoint {args.checkpoint}", f"its tokenizer's image token "
-        f"{processor.image_token!r} is id {processor.image_token_id}, the model's "
-        f"{config.image_token_id}"))
-  pictures = [images_lib.load_image(path) for path in args.image]
-  if len(pictures) > 1:
-    raise errors.InputError(errors.message(
-        f"{len(pictures)} --image", "this model reads one image per prompt in mmjax so far",
-        "give one --image"))
-  if args.raw:
-    text = args.prompt
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if (args.prompt is None) == (args.input is None):
+    parser.error("give --prompt (one answer) or --input FILE --output FILE (many).")
+  if args.input is not None and (args.output is None or args.image or args.raw):
+    parser.error("--input takes --output, and its records give their images and raw flags.")
+  for flag in ("max_new_tokens", "batch_size"):
+    if getattr(args, flag) < 1:
+      raise errors.ConfigError(errors.message(f"--{flag} {getattr(args, flag)}",
+                                              "must be at least 1"))
+  server = Server(args)
+  if args.input is None:
+    _one(server, args)
   else:
-    content = [{"type": "image"}] * len(pictures) + [{"type": "text", "text": args.prompt}]
-    with errors.expected(f"--checkpoint {args.checkpoint}'s chat template"):
-      text = processor.apply_chat_template([{"role": "user", "content": content}])
-  with errors.expected("--prompt"):
-    inputs = processor(text, pictures)
-  ids = inputs["input_ids"]
-  views = None
-  if pictures:
-    pixels = inputs["pixel_values"]
-    side = config.tower.image_size
-    if pixels.shape[1:3] != (side, side):
-      raise errors.InputError(errors.message(
-          f"--checkpoint {args.checkpoint}", f"its image processor gives {pixels.shape[1]}×"
-          f"{pixels.shape[2]} pixels, the model's tower reads {side}×{side}"))
-    if int(np.sum(ids == config.image_token_id)) != config.max_visual_tokens:
-      raise errors.InputError(errors.message(
-          f"--checkpoint {args.checkpoint}", f"its processor writes "
-          f"{int(np.sum(ids == config.image_token_id))} image tokens per image, the model "
-          f"gives {config.max_visual_tokens} visual tokens"))
-    views = pixels
-  context = config.llm.max_positions
-  if context and len(ids) >= context:
-    raise errors.InputError(errors.message(
-        "--prompt", f"is {len(ids)} tokens with its images, the model's context is {context}",
-        "shorten the prompt"))
-  max_new = min(args.max_new_tokens, context - len(ids)) if context else args.max_new_tokens
-  if max_new < args.max_new_tokens:
-    print(f"generating {max_new} tokens: the context ({context}) ends there", file=sys.stderr)
-  import jax  # After the arguments are checked: importing jax starts its runtime.
-  from mmjax import sampling
-  eos = processor.eos_token_id
-  stream = _Stream(processor, eos)
-  with errors.expected("sampling"):
-    tokens, lengths = sampling.generate(
-        mllm.MLLM(config), {"params": params}, [ids], views, max_new_tokens=max_new,
-        eos_id=eos, pad_id=0, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, rng=jax.random.key(args.seed), on_tokens=stream)
-  stream.finish(tokens[0, :lengths[0]])
+    _many(server, args)
   return 0
 
 

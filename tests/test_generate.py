@@ -1,6 +1,7 @@
 """`python -m mmjax.generate` on a converted tiny LLaVA-1.5 (model and processor built offline)
 prints exactly what transformers' processor, `generate` and `decode(skip_special_tokens=True)`
 give, and refuses bad input with one line."""
+import json
 import os
 import re
 import subprocess
@@ -102,3 +103,58 @@ def test_a_missing_checkpoint_or_a_part_of_a_model_is_refused(checkpoint, tmp_pa
     code = generate.main(["--checkpoint", str(folder), "--prompt", "Hi"])
     err = capsys.readouterr().err
     assert code == 2 and f"error: --checkpoint {folder}" in err and message in err, err
+
+
+def _reference_text_only(model, processor, prompt, max_new_tokens):
+  messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+  text = processor.apply_chat_template(messages, add_generation_prompt=True)
+  inputs = processor(text=[text], return_tensors="pt")
+  gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=processor.tokenizer.eos_token_id,
+                                      pad_token_id=processor.tokenizer.pad_token_id)
+  with torch.no_grad():
+    out = model.generate(**inputs, generation_config=gen)
+  return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
+                                    skip_special_tokens=True)
+
+
+def test_jsonl_answers_reports_bad_records_and_resumes(checkpoint, tmp_path, capsys):
+  """Records in batches of two: answers equal transformers' one at a time, bad records are
+  reported in the output, and a re-run after a kill (the output cut mid-line) redoes nothing
+  finished and ends with the same file."""
+  model, processor, directory, image = checkpoint
+  other = tmp_path / "other.png"
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 60, 3), np.uint8)).save(other)
+  (tmp_path / "image.png").write_bytes(image.read_bytes())
+  records = [
+      {"id": "a", "prompt": "What is shown in the image?", "image": "image.png"},
+      {"id": 7, "prompt": "Describe the picture.", "image": ["other.png"]},
+      {"id": "text", "prompt": "Which of the two images shows more figures?"},
+      {"id": "missing", "prompt": "Describe it.", "image": "absent.png"},
+      {"id": "long", "prompt": "the cat " * 60, "image": "image.png"},
+      {"prompt": "Describe it.", "image": "other.png", "raw": True},  # No <image> marker.
+  ]
+  source = tmp_path / "records.jsonl"
+  source.write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+  out = tmp_path / "answers.jsonl"
+  argv = ["--checkpoint", str(directory), "--input", str(source), "--output", str(out),
+          "--batch_size", "2", "--max_new_tokens", "12"]
+  assert generate.main(argv) == 0
+  assert "answered 3 records, 4 with an error" in capsys.readouterr().err
+  lines = out.read_text().splitlines()
+  got = [json.loads(line) for line in lines]
+  assert [r["id"] for r in got] == ["a", 7, "text", "missing", "long", "line 6", "line 7"]
+  assert got[0]["answer"] == _reference(model, processor, image, records[0]["prompt"], 12)[0]
+  assert got[1]["answer"] == _reference(model, processor, other, records[1]["prompt"], 12)[0]
+  assert got[2]["answer"] == _reference_text_only(model, processor, records[2]["prompt"], 12)
+  assert "absent.png" in got[3]["error"] and "context is" in got[4]["error"]
+  assert "0 image markers" in got[5]["error"] and "not JSON" in got[6]["error"]
+  # A kill during the third line: the re-run keeps two, redoes the rest, gives the same file.
+  out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+  assert generate.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "resuming: 2 of 7 records answered already" in err and "answered 1 records" in err
+  assert out.read_text().splitlines() == lines
+  source.write_text(source.read_text() + json.dumps({"id": 7, "prompt": "Again."}) + "\n")
+  assert generate.main(argv) == 2
+  assert "id 7 belongs to two records (numbers 2 and 8)" in capsys.readouterr().err

@@ -205,3 +205,15 @@ def test_scanned_layers_and_bfloat16_run_the_same_model(pair, rng):
   got = logits(bf16_config, bf16)
   assert np.isfinite(got).all()
   assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_an_image_token_without_an_image_reads_its_own_embedding(pair, rng):
+  """A decoding step feeds back a generated `<image>` token: transformers embeds it by its own row
+  (no pixels to replace it with), and so does the MLLM."""
+  model, _, config, params = pair
+  tokens = np.array([[5, IMAGE_ID, 9, IMAGE_ID, 11]], np.int32)
+  batch = {"tokens": tokens, "positions": np.arange(5)[None], "segment_ids": np.ones_like(tokens)}
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(tokens).long()).logits.numpy()
+  logits, _ = jax.jit(mllm.MLLM(config).apply)({"params": params}, batch)
+  np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)

@@ -37,8 +37,8 @@ class MLLMConfig:
   image_token_id: int = -200  # Placeholder id in `tokens`; LLaVA uses -200 (outside the vocab).
   # True: image_token_id is a special token of the vocabulary that the tokenizer gives only for
   # the image marker (a converted Hugging Face checkpoint's "<image>", e.g. LLaVA-1.5's 32000);
-  # its embedding row is never read. False: it must lie outside the vocabulary, so no text token
-  # can be taken for an image.
+  # its embedding row is read only where no image replaces it (a generated image token). False:
+  # it must lie outside the vocabulary, so no text token can be taken for an image.
   image_token_in_vocab: bool = False
 
   def __post_init__(self):
@@ -103,7 +103,10 @@ class MLLM(nn.Module):
   def embed(self, tokens: Int[Array, "B L"], views: dict[str, Array] | None
             ) -> Float[Array, "B L D"]:
     is_visual = tokens == self.config.image_token_id
-    text = self.llm.embed(jnp.where(is_visual, 0, tokens))
+    # An image token of the vocabulary keeps its own embedding where no image replaces it (a
+    # model may generate it, as transformers' embeds it then); -200 has no row to read.
+    text = self.llm.embed(tokens if self.config.image_token_in_vocab
+                          else jnp.where(is_visual, 0, tokens))
     if views is None:
       return text
     visual = self.encode_images(views, text, ~is_visual)
