@@ -116,6 +116,11 @@ class Server:
       # The Hugging Face model type decides how transformers loads the tokenizer.
       model_type = hf.converter(arch).config_to_hf(self.config, arch)["model_type"]
       self.processor = hf_processor.Processor(args.checkpoint, model_type)
+    if tuple(self.config.tower.INPUTS) != ("images",):
+      raise errors.InputError(errors.message(
+          f"--checkpoint {args.checkpoint}", f"holds a {arch}, whose tower reads "
+          f"{list(self.config.tower.INPUTS)}: generate serves models of one fixed-size image "
+          "view (LLaVA-1.5) so far"))
     if (self.processor.image is not None
         and self.processor.image_token_id != self.config.image_token_id):
       raise errors.InputError(errors.message(
@@ -244,7 +249,7 @@ def _done(path: pathlib.Path) -> list[dict[str, Any]]:
 
 def _many(server: Server, args: argparse.Namespace) -> None:
   source, out = pathlib.Path(args.input), pathlib.Path(args.output)
-  if files.inside(out, source) or out.resolve() == source.resolve():
+  if out.resolve() == source.resolve():
     raise errors.OutputError(errors.message(f"--output {out}", "is the --input file"))
   records = list(_records(source))
   seen: dict[str, int] = {}
