@@ -6,8 +6,13 @@ and per-device memory (memory analysis). A 7B LLaVA on 8 simulated CPU devices p
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m mmjax.plan \\
       --config configs/llava_hr.py:size=7b,res=1024 --mesh 1,8,1 --batch 8
+
+`--hf_config config.json` plans a public checkpoint's model instead (the `config.json` of a
+Hugging Face whole model that `python -m mmjax.convert` supports; no weights needed), with the
+compute dtype, rematerialisation, layer scan and training settings of `--config`.
 """
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -21,8 +26,11 @@ import numpy as np
 from mmjax import cli
 from mmjax import config_args
 from mmjax import errors
+from mmjax import files
 from mmjax import sharding
+from mmjax.convert import hf
 from mmjax.models import mllm
+from mmjax.models.towers import base as towers_lib
 from mmjax.training import build
 from mmjax.training import flops as flops_lib
 from mmjax.training import optim
@@ -47,11 +55,37 @@ def example_batch(c: ml_collections.ConfigDict, config: mllm.MLLMConfig, rows: i
   return batch
 
 
-def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_len: int
-         ) -> dict[str, Any]:
-  """FLOPs and per-device memory of one full-tuning train step of config `c` on `mesh`."""
-  tok = build.tokenizer(c)
-  config = build.model_config(c, tok.vocab_size)
+def from_hf_config(path: str, c: ml_collections.ConfigDict) -> mllm.MLLMConfig:
+  """The model of a Hugging Face whole checkpoint's config.json, computing in `c`'s dtype with its
+  rematerialisation and layer scan (`c.model.dtype`, `remat`, `scan_layers`)."""
+  hf_config = files.read_json(path, "--hf_config")
+  if not isinstance(hf_config, dict):
+    raise errors.InputError(errors.message(f"--hf_config {path}", "not a JSON object"))
+  with errors.expected(f"--hf_config {path}"):
+    config = hf.converter(hf.architecture_of(hf_config)).config_from_hf(hf_config)
+    if not isinstance(config, mllm.MLLMConfig):
+      raise ValueError(f"{hf.architecture_of(hf_config)} is a part, not a whole model.")
+  compute = {"dtype": c.model.dtype, "remat": c.model.remat,
+             "scan_layers": c.model.scan_layers}
+  vit = dataclasses.replace(config.tower.vit, **compute)
+  return dataclasses.replace(config, tower=dataclasses.replace(config.tower, vit=vit),
+                             llm=dataclasses.replace(config.llm, **compute))
+
+
+def unrolled(config: Any) -> Any:
+  """`config` with `scan_layers` off in every part: XLA's cost analysis counts a loop's body once,
+  so a scanned model's FLOPs are read from its unrolled program (the same computation)."""
+  if not dataclasses.is_dataclass(config):
+    return config
+  fields = {f.name: (False if f.name == "scan_layers" else unrolled(getattr(config, f.name)))
+            for f in dataclasses.fields(config) if f.init}
+  return dataclasses.replace(config, **fields)
+
+
+def _compile(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_len: int,
+             config: mllm.MLLMConfig) -> tuple[Any, dict[str, np.ndarray], Any]:
+  """The full-tuning train step of `config` compiled for `mesh` on abstract inputs; its example
+  batch and abstract parameters."""
   model = mllm.MLLM(config)
   spec = example_batch(c, config, rows, text_len)
   params = state_lib.abstract_params(model, spec)
@@ -64,9 +98,22 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
                  in_shardings=(factory.shardings, data), out_shardings=(factory.shardings, None),
                  donate_argnums=0)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in spec.items()}
-  tick = time.perf_counter()
   with jax.set_mesh(mesh), sharding.axis_rules():
-    compiled = step.lower(factory.abstract, batch).compile()
+    return step.lower(factory.abstract, batch).compile(), spec, params
+
+
+def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_len: int,
+         config: mllm.MLLMConfig | None = None) -> dict[str, Any]:
+  """FLOPs and per-device memory of one full-tuning train step of config `c` (or of the model
+  `config` with `c`'s training settings) on `mesh`: memory from the program as configured, FLOPs
+  from its unrolled form when it scans its layers."""
+  if config is None:
+    config = build.model_config(c, build.tokenizer(c).vocab_size)
+  tick = time.perf_counter()
+  compiled, spec, params = _compile(c, mesh, rows, text_len, config)
+  flops = flops_lib.compiled_flops(
+      compiled if unrolled(config) == config
+      else _compile(c, mesh, rows, text_len, unrolled(config))[0])
   memory = compiled.memory_analysis()
   per_device = {
       "argument_bytes": memory.argument_size_in_bytes,
@@ -78,13 +125,13 @@ def plan(c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rows: int, text_
   per_device["peak_bytes"] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                               - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   return {
-      "tower": c.model.tower.name, "views": {k: list(v.shape) for k, v in
+      "tower": towers_lib.name_of(config.tower), "views": {k: list(v.shape) for k, v in
                                              build.policy(c, config).blank().items()},
       "visual_tokens": config.max_visual_tokens,
       "sequence": spec["tokens"].shape[1], "rows": rows, "mesh": dict(mesh.shape),
       "parameters": state_lib.count(params),
       "parameters_by_module": {name: state_lib.count(tree) for name, tree in params.items()},
-      "flops_per_device": flops_lib.compiled_flops(compiled),
+      "flops_per_device": flops,
       "memory_per_device": per_device, "compile_seconds": time.perf_counter() - tick,
   }
 
@@ -115,6 +162,8 @@ def _main(argv: list[str]) -> int:
                       help="data,fsdp,tensor sizes (-1: the rest).")
   parser.add_argument("--batch", type=_positive, default=8, help="Global rows per step.")
   parser.add_argument("--text_len", type=_positive, default=512, help="Text tokens per row.")
+  parser.add_argument("--hf_config", help="A Hugging Face whole model's config.json to plan "
+                      "instead of --config's model (its training settings still apply).")
   args = parser.parse_args(argv)
   path, _, arg = args.config.partition(":")
   with errors.expected(f"--config {args.config}"):
@@ -130,9 +179,12 @@ def _main(argv: list[str]) -> int:
     raise errors.ConfigError(errors.message(
         f"--batch {args.batch}", f"does not split over the mesh's {shards} data-parallel devices",
         f"give a multiple of {shards}"))
-  with errors.expected(f"--config {args.config}"):  # The model's own checks, before compiling.
-    build.model_config(c, build.tokenizer(c).vocab_size)
-  result = plan(c, mesh, args.batch, args.text_len)
+  if args.hf_config:
+    config = from_hf_config(args.hf_config, c)
+  else:
+    with errors.expected(f"--config {args.config}"):  # The model's own checks, before compiling.
+      config = build.model_config(c, build.tokenizer(c).vocab_size)
+  result = plan(c, mesh, args.batch, args.text_len, config)
   print(json.dumps(result, indent=1))
   return 0
 
