@@ -29,6 +29,7 @@ from mmjax import errors
 from mmjax import files
 from mmjax import sharding
 from mmjax.convert import hf
+from mmjax.convert import whole
 from mmjax.models import mllm
 from mmjax.models.towers import base as towers_lib
 from mmjax.training import build
@@ -65,11 +66,8 @@ def from_hf_config(path: str, c: ml_collections.ConfigDict) -> mllm.MLLMConfig:
     config = hf.converter(hf.architecture_of(hf_config)).config_from_hf(hf_config)
     if not isinstance(config, mllm.MLLMConfig):
       raise ValueError(f"{hf.architecture_of(hf_config)} is a part, not a whole model.")
-  compute = {"dtype": c.model.dtype, "remat": c.model.remat,
-             "scan_layers": c.model.scan_layers}
-  vit = dataclasses.replace(config.tower.vit, **compute)
-  return dataclasses.replace(config, tower=dataclasses.replace(config.tower, vit=vit),
-                             llm=dataclasses.replace(config.llm, **compute))
+  return whole.override(config, dtype=c.model.dtype, remat=c.model.remat,
+                        scan_layers=c.model.scan_layers)
 
 
 def unrolled(config: Any) -> Any:

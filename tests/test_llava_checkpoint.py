@@ -156,9 +156,9 @@ def test_other_namings_convert_the_same(pair, names):
         break
     renamed[name] = value
   assert set(renamed) != set(tensors)
-  _, again = hf.from_hf_tensors(hf_config, renamed)
+  _, again, kept = hf.import_hf(hf_config, renamed)
   jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
-  assert sorted(hf.kept_tensors(hf_config, renamed)) == [
+  assert sorted(kept) == [
       "vision_tower.post_layernorm.bias", "vision_tower.post_layernorm.weight"]
 
 

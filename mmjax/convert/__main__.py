@@ -71,9 +71,8 @@ def _main(argv: list[str]) -> int:
     hf_config, tensors = files.read_hf(args.hf)
     with errors.expected(f"--hf {args.hf}"):
       arch = hf.held_architecture(hf.architecture_of(hf_config))
-      config, params = hf.from_hf_tensors(hf_config, tensors, scan_layers=args.scan_layers,
+      config, params, kept = hf.import_hf(hf_config, tensors, scan_layers=args.scan_layers,
                                           param_dtype=args.param_dtype)
-      kept = hf.kept_tensors(hf_config, tensors)
     hf.save(out, config, params, arch, kept)
     _copy_processor_files(pathlib.Path(args.hf), out)
   print(f"wrote {out}")

@@ -62,6 +62,13 @@ def from_hf_tensors(hf_config: dict[str, Any], tensors: dict[str, np.ndarray],
                     **overrides: Any) -> tuple[Any, dict[str, Any]]:
   """HF config + state dict → (mmjax config, params). `overrides` replace config fields
   (e.g. scan_layers=True, param_dtype="bfloat16"); params follow the config's layout and dtype."""
+  return import_hf(hf_config, tensors, **overrides)[:2]
+
+
+def import_hf(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], **overrides: Any
+              ) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+  """`from_hf_tensors`, and the HF tensors the converter keeps aside (its `KEPT`): not parameters
+  of the mmjax model, written back unchanged by the export."""
   conv = converter(architecture_of(hf_config))
   tensors = _selected(conv, hf_config, tensors)
   kept = _kept_names(conv, tensors)
@@ -73,16 +80,7 @@ def from_hf_tensors(hf_config: dict[str, Any], tensors: dict[str, np.ndarray],
   params = _cast(params, overrides.get("param_dtype", "float32"))
   if overrides.get("scan_layers"):
     params = layout.scan_layout(params)
-  return config, params
-
-
-def kept_tensors(hf_config: dict[str, Any], tensors: dict[str, np.ndarray]
-                 ) -> dict[str, np.ndarray]:
-  """The HF tensors the converter keeps aside (its `KEPT`): not parameters of the mmjax model,
-  written back unchanged by the export."""
-  conv = converter(architecture_of(hf_config))
-  tensors = _selected(conv, hf_config, tensors)
-  return {k: tensors[k] for k in _kept_names(conv, tensors)}
+  return config, params, {k: tensors[k] for k in kept}
 
 
 def _selected(conv: Any, hf_config: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:

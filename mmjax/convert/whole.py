@@ -1,5 +1,6 @@
 """What the converters of whole multimodal models share: the tensor names of other namings, and
-the `--scan_layers` / `--param_dtype` overrides, which apply to the tower's ViT and the decoder."""
+overrides (`--scan_layers`, `--param_dtype`; a plan's compute settings) that apply to the
+tower's ViT and the decoder alike."""
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -18,12 +19,10 @@ def renamed(tensors: dict[str, Any], prefixes: Sequence[tuple[str, str]]) -> dic
   return out
 
 
-def override(config: mllm.MLLMConfig, *, scan_layers: bool | None = None,
-             param_dtype: str | None = None, **llm_fields: Any) -> mllm.MLLMConfig:
-  """`config` with the layout and storage dtype of both its tower's `vit` and its decoder
-  replaced (and `llm_fields` of the decoder)."""
-  parts = {k: v for k, v in (("scan_layers", scan_layers), ("param_dtype", param_dtype))
-           if v is not None}
-  vit = dataclasses.replace(config.tower.vit, **parts)
+def override(config: mllm.MLLMConfig, **fields: Any) -> mllm.MLLMConfig:
+  """`config` with `fields` (those not None: `scan_layers`, `param_dtype`, `dtype`, `remat`, …)
+  replaced in both its tower's `vit` and its decoder."""
+  fields = {k: v for k, v in fields.items() if v is not None}
+  vit = dataclasses.replace(config.tower.vit, **fields)
   return dataclasses.replace(config, tower=dataclasses.replace(config.tower, vit=vit),
-                             llm=dataclasses.replace(config.llm, **parts, **llm_fields))
+                             llm=dataclasses.replace(config.llm, **fields))
