@@ -6,7 +6,8 @@ DIR is a `python -m mmjax.convert --hf` output, which holds the model and its pr
 (tokenizer, chat template, image processor). The prompt is the user's message, wrapped by the
 checkpoint's chat template with the assistant's turn opened, and each image goes before it as the
 template places images; `--raw` passes the text as it is, with one `<image>` marker (the
-checkpoint's image token) per `--image`. The answer is printed as it is generated, and nothing else
+checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5) read one
+image a prompt; native-resolution models (Qwen2-VL) read several, each at its own size. The answer is printed as it is generated, and nothing else
 goes to stdout (logs and progress go to stderr), so the output can be compared and piped: it is
 transformers' `decode(generated, skip_special_tokens=True)` followed by a newline.
 
@@ -21,6 +22,7 @@ Re-running the same command resumes: records whose id the output already holds a
 and a last line cut short by a kill is replaced.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -36,7 +38,12 @@ from mmjax import files
 from mmjax.convert import hf
 from mmjax.data import hf_processor
 from mmjax.data import images as images_lib
+from mmjax.data import patches as patches_lib
 from mmjax.models import mllm
+
+# What a tower reads (its INPUTS) → how generate builds it from the processor's outputs.
+FIXED, NATIVE = ("images",), ("patches", "patch_positions", "patch_segments")
+SMALLEST_PATCH_ROW = 64  # Native rows are padded to a power of two patches from here.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,8 +74,8 @@ class _Stream:
   only the text before the last whitespace, and never a replacement character, is written until
   the end; `finish` writes the rest, so the whole output is exactly the final decode."""
 
-  def __init__(self, processor: hf_processor.Processor, eos_id: int | None, out=None):
-    self.processor, self.eos_id, self.out = processor, eos_id, out or sys.stdout
+  def __init__(self, processor: hf_processor.Processor, eos_ids: Sequence[int], out=None):
+    self.processor, self.eos_ids, self.out = processor, tuple(eos_ids), out or sys.stdout
     self.ids: list[int] = []
     self.shown = ""
     self.stopped = False
@@ -79,7 +86,7 @@ class _Stream:
       return
     token = int(np.asarray(tokens)[0])
     self.ids.append(token)
-    self.stopped = token == self.eos_id
+    self.stopped = token in self.eos_ids
     text = self.processor.decode(self.ids)
     cut = max(text.rfind(" "), text.rfind("\n"))
     safe = text[:cut] if cut > 0 else ""
@@ -105,6 +112,15 @@ def _check_model(config: Any, directory: str) -> None:
         "model", "convert a whole checkpoint (e.g. LlavaForConditionalGeneration)"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One prompt ready to answer: its token ids [L], the image processor's outputs for its
+  images (None without images) and, for an M-RoPE model, its positions [L, 3]."""
+  ids: np.ndarray
+  images: dict[str, np.ndarray] | None = None
+  positions: np.ndarray | None = None
+
+
 class Server:
   """A converted whole checkpoint ready to answer: its model, processor and sampling settings."""
 
@@ -116,26 +132,34 @@ class Server:
       # The Hugging Face model type decides how transformers loads the tokenizer.
       model_type = hf.converter(arch).config_to_hf(self.config, arch)["model_type"]
       self.processor = hf_processor.Processor(args.checkpoint, model_type)
-    if tuple(self.config.tower.INPUTS) != ("images",):
+    self.inputs = tuple(self.config.tower.INPUTS)
+    if self.inputs not in (FIXED, NATIVE):
       raise errors.InputError(errors.message(
           f"--checkpoint {args.checkpoint}", f"holds a {arch}, whose tower reads "
-          f"{list(self.config.tower.INPUTS)}: generate serves models of one fixed-size image "
-          "view (LLaVA-1.5) so far"))
+          f"{list(self.inputs)}: generate serves towers of one fixed-size view (LLaVA-1.5) or "
+          "of native-resolution patches (Qwen2-VL) so far"))
     if (self.processor.image is not None
         and self.processor.image_token_id != self.config.image_token_id):
       raise errors.InputError(errors.message(
           f"--checkpoint {args.checkpoint}", f"its tokenizer's image token "
           f"{self.processor.image_token!r} is id {self.processor.image_token_id}, the model's "
           f"{self.config.image_token_id}"))
+    if self.inputs == NATIVE and self.processor.image is not None:
+      vit, image = self.config.tower.vit, self.processor.image
+      for field in ("patch_size", "merge_size", "temporal_patch_size"):
+        if getattr(image, field, None) != getattr(vit, field):
+          raise errors.InputError(errors.message(
+              f"--checkpoint {args.checkpoint}", f"its image processor's {field} is "
+              f"{getattr(image, field, None)}, the model's {getattr(vit, field)}"))
 
   def encode(self, prompt: str, image_paths: Sequence[str], raw: bool, record: Any = None
-             ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The prompt's token ids and its image's pixels [1, H, W, 3] (None without one); an
-    `InputError` naming the flag, or the `record`, that cannot be answered."""
+             ) -> Row:
+    """The prompt's `Row`; an `InputError` naming the flag, or the `record`, that cannot be
+    answered."""
     images_what, prompt_what = (("--image", "--prompt") if record is None
                                 else (f"record {record!r}",) * 2)
     pictures = [images_lib.load_image(path) for path in image_paths]
-    if len(pictures) > 1:
+    if len(pictures) > 1 and self.inputs == FIXED:
       raise errors.InputError(errors.message(
           f"{len(pictures)} images of {images_what}" if record is not None
           else f"{len(pictures)} --image", "this model reads one image per prompt in mmjax so far",
@@ -148,8 +172,9 @@ class Server:
         text = self.processor.apply_chat_template([{"role": "user", "content": content}])
     with errors.expected(prompt_what):
       inputs = self.processor(text, pictures)
-    ids, config = inputs["input_ids"], self.config
-    if pictures:
+    ids, config = inputs.pop("input_ids"), self.config
+    positions = inputs.pop("position_ids", None)
+    if pictures and self.inputs == FIXED:
       pixels, side = inputs["pixel_values"], config.tower.image_size
       if pixels.shape[1:3] != (side, side):
         raise errors.InputError(errors.message(
@@ -160,12 +185,20 @@ class Server:
             f"--checkpoint {self.args.checkpoint}", f"its processor writes "
             f"{int(np.sum(ids == config.image_token_id))} image tokens per image, the model "
             f"gives {config.max_visual_tokens} visual tokens"))
+    if pictures and self.inputs == NATIVE:
+      patches = len(inputs["pixel_values"])
+      if patches > config.tower.max_patches:
+        raise errors.InputError(errors.message(
+            images_what, f"{'are' if len(pictures) > 1 else 'is'} {patches} patches at the "
+            f"processor's size, over the model's budget of {config.tower.max_patches} "
+            "(tower.max_patches)", "give fewer or smaller images"))
     context = config.llm.max_positions
     if context and len(ids) >= context:
       raise errors.InputError(errors.message(
           prompt_what, f"is {len(ids)} tokens with its images, "
           f"the model's context is {context}", "shorten the prompt"))
-    return ids, inputs["pixel_values"] if pictures else None
+    return Row(ids, inputs if pictures else None,
+               None if positions is None else np.asarray(positions).T)
 
   def limit(self, ids: np.ndarray) -> int:
     """New tokens for a prompt of `ids`: --max_new_tokens, or fewer where the context ends."""
@@ -173,35 +206,72 @@ class Server:
     return min(self.args.max_new_tokens, context - len(ids)) if context else \
         self.args.max_new_tokens
 
-  def answer(self, rows: Sequence[tuple[np.ndarray, np.ndarray | None]],
-             on_tokens: Any = None) -> list[np.ndarray]:
+  def _fixed_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    side = self.config.tower.image_size
+    blank = np.zeros((1, side, side, 3), np.float32)  # Rows without an image ignore theirs.
+    return {"images": np.concatenate([r.images["pixel_values"] if r.images else blank
+                                      for r in rows])}
+
+  def _native_views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
+    """Each row's images packed into one row of patches (segments keep them apart), padded to a
+    power of two so batches of similar images share one compiled program; the tower's
+    `max_patches` set to that length."""
+    merge = self.config.tower.vit.merge_size
+    natives = []
+    for row in rows:
+      images, start = [], 0
+      for t, h, w in (row.images["image_grid_thw"] if row.images else ()):
+        n = int(t * h * w)
+        images.append(patches_lib.NativeImage(row.images["pixel_values"][start:start + n],
+                                              patches_lib.vision_positions(int(h), int(w), merge),
+                                              (int(h), int(w))))
+        start += n
+      natives.append(images)
+    need = max(sum(im.num_tokens for im in images) for images in natives)
+    length = min(max(SMALLEST_PATCH_ROW, 1 << max(need - 1, 0).bit_length()),
+                 self.config.tower.max_patches)
+    packed = [patches_lib.pack(images, length) if images else None for images in natives]
+    dim = next(p["patches"].shape[1] for p in packed if p is not None)
+    empty = {"patches": np.zeros((length, dim), np.float32),
+             "positions": np.zeros((length, 2), np.int32),
+             "segment_ids": np.zeros((length,), np.int32)}
+    packed = [p if p is not None else empty for p in packed]
+    config = dataclasses.replace(self.config, tower=dataclasses.replace(self.config.tower,
+                                                                        max_patches=length))
+    return config, {"patches": np.stack([p["patches"] for p in packed]),
+                    "patch_positions": np.stack([p["positions"] for p in packed]),
+                    "patch_segments": np.stack([p["segment_ids"] for p in packed])}
+
+  def answer(self, rows: Sequence[Row], on_tokens: Any = None) -> list[np.ndarray]:
     """Each row's answer tokens (up to its EOS or its `limit`), generated in one batch."""
     import jax  # Here: importing jax starts its runtime, after the arguments are checked.
     from mmjax import sampling
-    side = self.config.tower.image_size
-    views = None
-    if any(pixels is not None for _, pixels in rows):  # Rows without an image ignore theirs.
-      views = np.concatenate([pixels if pixels is not None else
-                              np.zeros((1, side, side, 3), np.float32) for _, pixels in rows])
-    limits = [self.limit(ids) for ids, _ in rows]
+    config, views = self.config, None
+    if any(row.images is not None for row in rows):
+      if self.inputs == FIXED:
+        views = self._fixed_views(rows)
+      else:
+        config, views = self._native_views(rows)
+    limits = [self.limit(row.ids) for row in rows]
+    positions = None if rows[0].positions is None else [row.positions for row in rows]
     args = self.args
     with errors.expected("sampling"):
       tokens, lengths = sampling.generate(
-          mllm.MLLM(self.config), {"params": self.params}, [ids for ids, _ in rows], views,
-          max_new_tokens=max(limits), eos_id=self.processor.eos_token_id, pad_id=0,
+          mllm.MLLM(config), {"params": self.params}, [row.ids for row in rows], views,
+          max_new_tokens=max(limits), eos_id=self.processor.eos_token_ids, pad_id=0,
           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-          rng=jax.random.key(args.seed), on_tokens=on_tokens)
+          rng=jax.random.key(args.seed), positions=positions, on_tokens=on_tokens)
     return [t[:min(n, limit)] for t, n, limit in zip(tokens, lengths, limits)]
 
 
 def _one(server: Server, args: argparse.Namespace) -> None:
-  ids, pixels = server.encode(args.prompt, args.image, args.raw)
-  limit = server.limit(ids)
+  row = server.encode(args.prompt, args.image, args.raw)
+  limit = server.limit(row.ids)
   if limit < args.max_new_tokens:
     print(f"generating {limit} tokens: the context ({server.config.llm.max_positions}) ends "
           "there", file=sys.stderr)
-  stream = _Stream(server.processor, server.processor.eos_token_id)
-  stream.finish(server.answer([(ids, pixels)], on_tokens=stream)[0])
+  stream = _Stream(server.processor, server.processor.eos_token_ids)
+  stream.finish(server.answer([row], on_tokens=stream)[0])
 
 
 def _records(path: pathlib.Path) -> Iterator[tuple[Any, dict[str, Any] | None, str | None]]:

@@ -156,8 +156,8 @@ def _forward(config: ModelConfig, variables, batch: dict[str, Array], cache: Any
 
 
 def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKeyArray | None,
-           *, max_new_tokens: int, eos_id: int | None, pad_id: int, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0,
+           *, max_new_tokens: int, eos_id: int | Sequence[int] | None, pad_id: int,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Generation:
   """Prefills a fresh KV cache with `batch` and decodes up to `max_new_tokens` per row.
 
@@ -173,7 +173,8 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
       [B, H, W, 3] (rows without placeholders ignore theirs).
     rng: a PRNG key, split per step; ignored (may be None) for greedy decoding.
     max_new_tokens: >= 1.
-    eos_id: the token that ends a row, in [0, vocab_size); None: rows never stop early.
+    eos_id: the token that ends a row, in [0, vocab_size), or several (any ends it, as
+      transformers' list of `eos_token_id`); None: rows never stop early.
     pad_id: written after a row's EOS (never fed to the model).
     temperature, top_k, top_p: as in `sample_logits`.
     on_tokens: called on the host as each step's tokens are drawn, in order, with the step (int32
@@ -186,7 +187,9 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
   vocab = _llm_config(config).vocab_size
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
-  if eos_id is not None and not 0 <= eos_id < vocab:
+  eos = () if eos_id is None else tuple(
+      int(i) for i in (eos_id if isinstance(eos_id, Sequence) else (eos_id,)))
+  if any(not 0 <= i < vocab for i in eos):
     raise ValueError(f"eos_id={eos_id} must lie in [0, {vocab}) or be None.")
   _check_sampling_args(temperature, top_k, top_p)
   if temperature > 0 and rng is None:
@@ -196,13 +199,13 @@ def decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKey
   # with a key and one without).
   rng = None if temperature == 0 else rng
   return _decode(config, variables, batch, rng, int(max_new_tokens),
-                 None if eos_id is None else int(eos_id), int(pad_id), float(temperature),
+                 eos, int(pad_id), float(temperature),
                  int(top_k), float(top_p), on_tokens)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10))
 def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKeyArray | None,
-            max_new_tokens: int, eos_id: int | None, pad_id: int, temperature: float,
+            max_new_tokens: int, eos: tuple[int, ...], pad_id: int, temperature: float,
             top_k: int, top_p: float, on_tokens: Callable | None = None) -> Generation:
   def emit(step, tokens):
     if on_tokens is not None:
@@ -210,7 +213,8 @@ def _decode(config: ModelConfig, variables, batch: dict[str, Array], rng: PRNGKe
 
   sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
   step_key = lambda step: None if rng is None else jax.random.fold_in(rng, step)
-  is_eos = lambda token: jnp.zeros(token.shape, jnp.bool_) if eos_id is None else token == eos_id
+  is_eos = lambda token: jnp.isin(token, jnp.asarray(eos, token.dtype)) if eos else \
+      jnp.zeros(token.shape, jnp.bool_)
   rows, length = batch["tokens"].shape
   # The last sampled token is never fed back, hence one slot fewer than L + max_new_tokens.
   cache = _llm_config(config).init_cache(rows, length + max_new_tokens - 1)
@@ -286,7 +290,8 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
 
 def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
              images: np.ndarray | dict[str, np.ndarray] | None = None, *, max_new_tokens: int,
-             eos_id: int | None, pad_id: int, temperature: float = 0.0, top_k: int = 0,
+             eos_id: int | Sequence[int] | None, pad_id: int, temperature: float = 0.0,
+             top_k: int = 0,
              top_p: float = 1.0, rng: PRNGKeyArray | None = None, bucket: int = 64,
              positions: Sequence[np.ndarray] | None = None,
              on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None

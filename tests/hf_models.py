@@ -1,10 +1,13 @@
 """Small random-init Hugging Face models for parity tests, saved as safetensors checkpoints."""
+import json
 import pathlib
+from unittest import mock
 
 import tokenizers
 import torch
 import transformers
-from tokenizers import decoders, models, normalizers, trainers
+from PIL import Image
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
@@ -62,3 +65,81 @@ def llava_processor(image_size: int, patch_size: int) -> transformers.LlavaProce
       image_processor=image, tokenizer=llama_tokenizer(), patch_size=patch_size,
       vision_feature_select_strategy="default", num_additional_image_tokens=1,
       chat_template=LLAVA15_CHAT_TEMPLATE)
+
+
+# Qwen/Qwen2-VL-7B-Instruct's chat template (its chat_template.json).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN2_VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                    "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen2_tokenizer() -> transformers.PreTrainedTokenizerBase:
+  """A Qwen2-style tokenizer: byte-level BPE trained on `CORPUS` (the 256 byte symbols and 44
+  merges, ids 0–299), then Qwen2-VL's special tokens (ids 300–306, `QWEN2_VL_SPECIAL`)."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+      vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  model = json.loads(tok.to_str())["model"]
+  out = transformers.Qwen2Tokenizer(vocab=model["vocab"],
+                                    merges=[tuple(m) for m in model["merges"]])
+  out.add_special_tokens({"additional_special_tokens": QWEN2_VL_SPECIAL[1:]})
+  return out
+
+
+def save_qwen2_vl_processor(directory: pathlib.Path, min_pixels: int, max_pixels: int) -> None:
+  """Qwen2-VL's processor files (tokenizer, image processor, chat template) as
+  `Qwen2VLProcessor.save_pretrained` writes them, without its video processor (which needs
+  torchvision)."""
+  qwen2_tokenizer().save_pretrained(directory)
+  transformers.Qwen2VLImageProcessorPil(min_pixels=min_pixels,
+                                        max_pixels=max_pixels).save_pretrained(directory)
+  (directory / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
+
+
+def qwen2_vl_processor(directory: pathlib.Path) -> transformers.Qwen2VLProcessor:
+  """transformers' Qwen2VLProcessor of the tokenizer, image processor and chat template loaded
+  back from `directory` (with a qwen2_vl config.json there, as transformers loads a checkpoint),
+  its missing video processor allowed."""
+  check = transformers.ProcessorMixin.check_argument_for_proper_class
+
+  def allow_no_video(self, name, arg):
+    return None if name == "video_processor" and arg is None else check(self, name, arg)
+
+  with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class",
+                         allow_no_video):
+    return transformers.Qwen2VLProcessor(
+        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
+        chat_template=(directory / "chat_template.jinja").read_text())
+
+
+def reference_answer(model, processor, image_paths, prompt: str, max_new_tokens: int, *,
+                     eos_token_id, pad_token_id) -> tuple[str, int]:
+  """transformers' answer to a user message with images before the text: the processor's chat
+  template and inputs, greedy `generate`, `decode(skip_special_tokens=True)`; and its length in
+  tokens."""
+  content = [{"type": "image"}] * len(image_paths) + [{"type": "text", "text": prompt}]
+  text = processor.apply_chat_template([{"role": "user", "content": content}],
+                                       add_generation_prompt=True)
+  inputs = processor(images=[Image.open(x) for x in image_paths] or None, text=[text],
+                     return_tensors="pt")
+  gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+  with torch.no_grad():
+    out = model.generate(**inputs, generation_config=gen)
+  answer = out[0, inputs["input_ids"].shape[1]:]
+  return processor.tokenizer.decode(answer, skip_special_tokens=True), len(answer)

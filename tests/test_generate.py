@@ -51,16 +51,11 @@ def checkpoint(tmp_path_factory):
 
 
 def _reference(model, processor, image_path, prompt, max_new_tokens):
-  messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-  text = processor.apply_chat_template(messages, add_generation_prompt=True)
-  inputs = processor(images=[Image.open(image_path)], text=[text], return_tensors="pt")
-  gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                                      eos_token_id=processor.tokenizer.eos_token_id,
-                                      pad_token_id=processor.tokenizer.pad_token_id)
-  with torch.no_grad():
-    out = model.generate(**inputs, generation_config=gen)
-  answer = out[0, inputs["input_ids"].shape[1]:]
-  return processor.tokenizer.decode(answer, skip_special_tokens=True), len(answer)
+  """transformers' answer (and its length) with the image at `image_path`, or none."""
+  images = [image_path] if image_path is not None else []
+  return hf_models.reference_answer(model, processor, images, prompt, max_new_tokens,
+                                    eos_token_id=processor.tokenizer.eos_token_id,
+                                    pad_token_id=processor.tokenizer.pad_token_id)
 
 
 def test_the_command_prints_what_transformers_generates(checkpoint):
@@ -105,19 +100,6 @@ def test_a_missing_checkpoint_or_a_part_of_a_model_is_refused(checkpoint, tmp_pa
     assert code == 2 and f"error: --checkpoint {folder}" in err and message in err, err
 
 
-def _reference_text_only(model, processor, prompt, max_new_tokens):
-  messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-  text = processor.apply_chat_template(messages, add_generation_prompt=True)
-  inputs = processor(text=[text], return_tensors="pt")
-  gen = transformers.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                                      eos_token_id=processor.tokenizer.eos_token_id,
-                                      pad_token_id=processor.tokenizer.pad_token_id)
-  with torch.no_grad():
-    out = model.generate(**inputs, generation_config=gen)
-  return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
-                                    skip_special_tokens=True)
-
-
 def test_jsonl_answers_reports_bad_records_and_resumes(checkpoint, tmp_path, capsys):
   """Records in batches of two: answers equal transformers' one at a time, bad records are
   reported in the output, and a re-run after a kill (the output cut mid-line) redoes nothing
@@ -146,7 +128,7 @@ def test_jsonl_answers_reports_bad_records_and_resumes(checkpoint, tmp_path, cap
   assert [r["id"] for r in got] == ["a", 7, "text", "missing", "long", "line 6", "line 7"]
   assert got[0]["answer"] == _reference(model, processor, image, records[0]["prompt"], 12)[0]
   assert got[1]["answer"] == _reference(model, processor, other, records[1]["prompt"], 12)[0]
-  assert got[2]["answer"] == _reference_text_only(model, processor, records[2]["prompt"], 12)
+  assert got[2]["answer"] == _reference(model, processor, None, records[2]["prompt"], 12)[0]
   assert "absent.png" in got[3]["error"] and "context is" in got[4]["error"]
   assert "0 image markers" in got[5]["error"] and "not JSON" in got[6]["error"]
   # A kill during the third line: the re-run keeps two, redoes the rest, gives the same file.

@@ -295,3 +295,16 @@ def test_mrope_native_generation_equals_full_recomputation():
     np.testing.assert_array_equal(tokens[i], seq[-5:])
   with pytest.raises(ValueError, match="M-RoPE model needs"):
     sampling.generate(model, variables, prompts, views, max_new_tokens=2, eos_id=None, pad_id=0)
+
+
+def test_several_eos_ids_end_a_row_at_the_first_of_them(setup):
+  """eos_id=(a, b), as a generation config's list: each row stops at whichever comes first."""
+  variables, prompts, images = setup
+  free = np.asarray(_greedy(variables, prompts, images, eos_id=None).tokens)
+  a, b = int(free[0, STEPS // 2]), int(free[1, STEPS // 3])
+  got = _greedy(variables, prompts, images, eos_id=(a, b), pad_id=-1)
+  for q in range(3):
+    hits = np.flatnonzero(np.isin(free[q], [a, b]))
+    length = hits[0] + 1 if hits.size else STEPS
+    assert got.lengths[q] == length
+    np.testing.assert_array_equal(got.tokens[q, :length], free[q, :length])

@@ -5,8 +5,9 @@ marker into as many image tokens as the model's tower gives.
 
 Given the same images and text, `Processor.__call__` returns the `input_ids` and `pixel_values` of
 the transformers processor saved in that folder (pixels channels-last, mmjax's layout); tests
-compare them (`tests/test_hf_processor.py`). Supported: LLaVA-1.5's (`LlavaProcessor` with a
-`CLIPImageProcessor`).
+compare them (`tests/test_hf_processor.py`, `tests/test_qwen2_vl_processor.py`). Supported:
+LLaVA-1.5's (`LlavaProcessor` with a `CLIPImageProcessor`) and Qwen2-VL's (`Qwen2VLProcessor`:
+native-resolution patches, and the M-RoPE `position_ids` its model computes from the ids).
 
 Files read (as transformers 5 saves them, or as the public checkpoints hold them):
   tokenizer.json                    the tokenizer, its special tokens and post-processor (BOS);
@@ -15,7 +16,9 @@ Files read (as transformers 5 saves them, or as the public checkpoints hold them
   chat_template.jinja / .json       the chat template;
   processor_config.json             the processor's fields (`patch_size`, `image_token`, …) and,
                                     from transformers 5, the image processor's;
-  preprocessor_config.json          the image processor's, in older checkpoints.
+  preprocessor_config.json          the image processor's, in older checkpoints;
+  config.json                       the model type, where it is not given.
+The image processor itself is `mmjax.data.hf_image_processors`.
 """
 import dataclasses
 import datetime
@@ -30,25 +33,29 @@ import jinja2.sandbox
 import numpy as np
 import tokenizers
 from tokenizers import decoders
+from tokenizers import normalizers
 from tokenizers import pre_tokenizers
 from tokenizers import processors
-from PIL import Image
 
 from mmjax import errors
 from mmjax import files
+from mmjax.data import hf_image_processors
+from mmjax.data import mrope
 
 # The files `Processor.from_dir` may read; a conversion copies them beside the weights.
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
          "chat_template.jinja", "chat_template.json", "processor_config.json",
          "preprocessor_config.json", "generation_config.json")
 MAX_FILE_BYTES = 256 << 20  # A tokenizer.json is megabytes.
-IMAGE_PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
 SELECT_STRATEGIES = ("default", "full")
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
 # Tokenizer classes that use tokenizer.json as it is saved.
 _AS_SAVED = ("PreTrainedTokenizerFast", "TokenizersBackend")
-_LLAMA = "LlamaTokenizer"
-TOKENIZER_CLASSES = _AS_SAVED + (_LLAMA,)
+_LLAMA, _QWEN2 = "LlamaTokenizer", "Qwen2Tokenizer"
+TOKENIZER_CLASSES = _AS_SAVED + (_LLAMA, _QWEN2)
+# transformers 5.23's Qwen2Tokenizer pre-tokenisation (models/qwen2/tokenization_qwen2.py).
+_QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+                r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 # transformers 5.23's AutoTokenizer (models/auto/tokenization_auto.py): the tokenizer class its
 # registry gives a model type, and the model types whose checkpoints' declared class it
 # overrides (MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), for the types mmjax converts.
@@ -56,6 +63,33 @@ _REGISTERED = {"llava": "TokenizersBackend", "llava_next": "TokenizersBackend",
                "qwen2_vl": "Qwen2Tokenizer", "internvl": "Qwen2Tokenizer",
                "qwen2": "Qwen2Tokenizer"}
 _HUB_CLASS_OVERRIDDEN = ("llava", "llava_next", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  """How a model type's processor marks images: the marker token (unless processor_config.json
+  names one), how many tokens each image's marker becomes, and whether its decoder reads M-RoPE
+  positions (which the model computes from the ids and the image grids)."""
+  image_token: str
+  count: Any  # (Processor, image processor outputs) → tokens per image.
+  mrope: bool = False
+
+
+def _llava_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
+  """LLaVA: a token per patch of the (fixed-size) image, plus the extra (class) tokens the
+  processor counts, less the class token the "default" strategy drops."""
+  patch = processor.patch_size
+  return [(h // patch) * (w // patch) + processor.extra_tokens - (processor.strategy == "default")
+          for h, w in (p.shape[:2] for p in outputs["pixel_values"])]
+
+
+def _qwen2_vl_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
+  return processor.image.tokens(outputs)
+
+
+_MODELS = {"llava": _Model("<image>", _llava_count),
+           "qwen2_vl": _Model("<|image_pad|>", _qwen2_vl_count, mrope=True)}
+MODEL_TYPES = tuple(sorted(_MODELS))
 
 
 def tokenizer_class(model_type: str | None, declared: str | None, byte_level: bool) -> str:
@@ -92,6 +126,9 @@ def _as_transformers_loads(tok: tokenizers.Tokenizer, config: dict[str, Any],
                      f"{list(TOKENIZER_CLASSES)}.")
   if kind in _AS_SAVED:
     return
+  if kind == _QWEN2:
+    _as_qwen2_loads(tok, config)
+    return
   prefix = config.get("add_prefix_space")
   prefix = True if prefix is None else bool(prefix)
   scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
@@ -104,93 +141,42 @@ def _as_transformers_loads(tok: tokenizers.Tokenizer, config: dict[str, Any],
                                                split=False)
   steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
   tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] * prefix)
+  _add_bos_eos(tok, config, add_bos_default=True)
+
+
+def _as_qwen2_loads(tok: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
+  """transformers' `Qwen2Tokenizer` keeps tokenizer.json's vocabulary, merges, added tokens and
+  post-processor, and rebuilds the rest: a plain BPE (no unknown token, no byte fallback), NFC,
+  its split regex then a byte-level mapping, a byte-level decoder; an explicit `add_bos_token` /
+  `add_eos_token` rewrites the post-processor."""
+  if not isinstance(tok.model, tokenizers.models.BPE):
+    raise ValueError(f"tokenizer_class {_QWEN2!r} needs a BPE tokenizer.json, got "
+                     f"{type(tok.model).__name__}.")
+  model = tok.model
+  model.dropout, model.unk_token, model.fuse_unk, model.byte_fallback = None, None, False, False
+  model.continuing_subword_prefix, model.end_of_word_suffix = "", ""
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+      pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space") or False),
+                               use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  if "add_bos_token" in config or "add_eos_token" in config:
+    _add_bos_eos(tok, config, add_bos_default=False)
+
+
+def _add_bos_eos(tok: tokenizers.Tokenizer, config: dict[str, Any], add_bos_default: bool
+                 ) -> None:
+  """The post-processor transformers builds: BOS (`add_bos_token`) and EOS (`add_eos_token`)
+  around each sequence, where the token exists."""
   bos, eos = (_token_text(config.get(k)) for k in ("bos_token", "eos_token"))
-  add_bos = bool(config.get("add_bos_token", True)) and bos is not None
+  add_bos = bool(config.get("add_bos_token", add_bos_default)) and bos is not None
   add_eos = bool(config.get("add_eos_token", False)) and eos is not None
   single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
   pair = " ".join([single] + [f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
   tok.post_processor = processors.TemplateProcessing(
       single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t, add in
                                                 ((bos, add_bos), (eos, add_eos)) if add])
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipImageProcessor:
-  """transformers' `CLIPImageProcessor`: resize (the shortest edge to `shortest_edge`, or to
-  `size` (height, width)) with PIL, centre crop to `crop`, rescale, normalise — each step as
-  transformers computes it, so the pixels are the same floats."""
-  shortest_edge: int | None = 336
-  size: tuple[int, int] | None = None
-  crop: tuple[int, int] | None = (336, 336)
-  resample: int = 3  # PIL's BICUBIC.
-  rescale_factor: float | None = 1 / 255
-  mean: tuple[float, ...] | None = (0.48145466, 0.4578275, 0.40821073)
-  std: tuple[float, ...] | None = (0.26862954, 0.26130258, 0.27577711)
-
-  @classmethod
-  def from_config(cls, config: dict[str, Any]) -> "ClipImageProcessor":
-    kind = config.get("image_processor_type", "CLIPImageProcessor")
-    if kind not in IMAGE_PROCESSORS:
-      raise ValueError(f"image_processor_type {kind!r} is not supported; valid: "
-                       f"{list(IMAGE_PROCESSORS)}.")
-    for flag in ("do_pad", "do_image_splitting"):
-      if config.get(flag):
-        raise ValueError(f"image processor {flag}=True is not supported by {kind}.")
-    size = config.get("size") or {}
-    if not config.get("do_resize", True):
-      shortest, hw = None, None
-    elif "shortest_edge" in size:
-      shortest, hw = int(size["shortest_edge"]), None
-    elif "height" in size and "width" in size:
-      shortest, hw = None, (int(size["height"]), int(size["width"]))
-    else:
-      raise ValueError(f"image processor size {size!r} is not supported; valid: "
-                       "{'shortest_edge': N} or {'height': H, 'width': W}.")
-    crop = config.get("crop_size") or {}
-    return cls(
-        shortest_edge=shortest, size=hw,
-        crop=(int(crop["height"]), int(crop["width"])) if config.get("do_center_crop", True)
-        else None,
-        resample=int(config.get("resample", 3)),
-        rescale_factor=float(config.get("rescale_factor", 1 / 255))
-        if config.get("do_rescale", True) else None,
-        mean=tuple(config.get("image_mean", cls.mean)) if config.get("do_normalize", True)
-        else None,
-        std=tuple(config.get("image_std", cls.std)) if config.get("do_normalize", True) else None)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] RGB → float32 [h, w, 3]."""
-    pil = Image.fromarray(np.asarray(image, np.uint8))
-    if self.shortest_edge is not None:
-      height, width = image.shape[:2]
-      short, long = min(height, width), max(height, width)
-      new_long = int(self.shortest_edge * long / short)
-      pil = pil.resize((self.shortest_edge, new_long) if width <= height
-                       else (new_long, self.shortest_edge), self.resample)
-    elif self.size is not None:
-      pil = pil.resize((self.size[1], self.size[0]), self.resample)
-    x = np.asarray(pil)
-    if self.crop is not None:
-      x = _centre_crop(x, *self.crop)
-    if self.rescale_factor is not None:
-      x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
-    x = x.astype(np.float32)
-    if self.mean is not None:
-      x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-    return x
-
-
-def _centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
-  """transformers' `center_crop`: the centre window, zero-padded where the image is smaller."""
-  h, w = x.shape[:2]
-  top, left = (h - height) // 2, (w - width) // 2
-  if top >= 0 and left >= 0:
-    return x[top:top + height, left:left + width]
-  out = np.zeros((max(height, h), max(width, w)) + x.shape[2:], x.dtype)
-  pad_top, pad_left = -(-(out.shape[0] - h) // 2), -(-(out.shape[1] - w) // 2)
-  out[pad_top:pad_top + h, pad_left:pad_left + w] = x
-  top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
-  return out[top:top + height, left:left + width]
 
 
 class _Generation(jinja2.ext.Extension):
@@ -249,15 +235,22 @@ class Processor:
     image_config = processor.get("image_processor") or self._json("preprocessor_config.json")
     self.special = {k: _token_text(tok_config.get(k)) for k in _SPECIAL}
     self.clean_up_spaces = bool(tok_config.get("clean_up_tokenization_spaces", False))
-    # The token that ends an answer: generation_config.json's (its first), else the tokenizer's.
+    # The tokens that end an answer: generation_config.json's (one or a list; any ends it, as in
+    # transformers' generate), else the tokenizer's EOS.
     eos = (self._json("generation_config.json") or {}).get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) and eos else eos
-    if not isinstance(eos, int) and self.special["eos_token"] is not None:
-      eos = self.tokenizer.token_to_id(self.special["eos_token"])
-    self.eos_token_id: int | None = eos if isinstance(eos, int) else None
+    eos = [eos] if isinstance(eos, int) else eos
+    if not (isinstance(eos, list) and eos and all(isinstance(i, int) for i in eos)):
+      token = self.special["eos_token"]
+      eos = [self.tokenizer.token_to_id(token)] if token is not None else []
+    self.eos_token_ids: tuple[int, ...] = tuple(i for i in eos if i is not None)
     self.chat_template = self._chat_template(tok_config)
-    self.image = ClipImageProcessor.from_config(image_config) if image_config else None
-    self.image_token = processor.get("image_token", "<image>")
+    self.model_type = model_type or "llava"  # A folder of processor files alone: LLaVA's.
+    if self.model_type not in _MODELS:
+      raise ValueError(f"model_type {self.model_type!r} has no processor in mmjax; valid: "
+                       f"{list(MODEL_TYPES)}.")
+    self.model = _MODELS[self.model_type]
+    self.image = hf_image_processors.from_config(image_config) if image_config else None
+    self.image_token = processor.get("image_token", self.model.image_token)
     self.image_token_id = self.tokenizer.token_to_id(self.image_token)
     if self.image is not None and self.image_token_id is None:
       raise ValueError(f"The image token {self.image_token!r} is not in {directory}'s "
@@ -268,7 +261,7 @@ class Processor:
     if self.strategy not in SELECT_STRATEGIES:
       raise ValueError(f"processor vision_feature_select_strategy={self.strategy!r} is not "
                        f"supported; valid: {list(SELECT_STRATEGIES)}.")
-    if self.image is not None and not self.patch_size:
+    if self.image is not None and self.model.count is _llava_count and not self.patch_size:
       raise ValueError(f"{directory / 'processor_config.json'} gives no patch_size: the image "
                        "token count is unknown.")
 
@@ -310,28 +303,30 @@ class Processor:
         messages=list(messages), add_generation_prompt=add_generation_prompt,
         **{k: v for k, v in self.special.items() if v is not None})
 
-  def image_tokens(self, pixels: np.ndarray) -> int:
-    """The image tokens transformers' processor writes for an image of `pixels` [h, w, 3]."""
-    n = (pixels.shape[0] // self.patch_size) * (pixels.shape[1] // self.patch_size)
-    return n + self.extra_tokens - (self.strategy == "default")
-
   def __call__(self, text: str, images: Sequence[np.ndarray] = ()) -> dict[str, np.ndarray]:
     """`text` with one image marker per image → `input_ids` int32 [L] (the markers expanded into
-    image tokens) and, with images, `pixel_values` float32 [N, h, w, 3]."""
+    image tokens), with images the image processor's outputs (`pixel_values` float32
+    [N, h, w, 3] for LLaVA; the patches [Σn, K] and `image_grid_thw` [N, 3] for Qwen2-VL), and for
+    an M-RoPE model `position_ids` int32 [3, L]."""
     ids = np.asarray(self.tokenizer.encode(text).ids, np.int32)
     markers = int(np.sum(ids == self.image_token_id)) if self.image_token_id is not None else 0
     if markers != len(images):
       raise ValueError(f"The prompt holds {markers} image markers {self.image_token!r} for "
                        f"{len(images)} images; place one marker per image.")
-    if not images:
-      return {"input_ids": ids}
-    if self.image is None:
-      raise ValueError(f"{self.directory} has no image processor config.")
-    pixels = np.stack([self.image(np.asarray(image)) for image in images])
-    counts = iter([self.image_tokens(p) for p in pixels])
-    ids = np.concatenate([np.full(next(counts), t, np.int32) if t == self.image_token_id
-                          else [t] for t in ids]).astype(np.int32)
-    return {"input_ids": ids, "pixel_values": pixels}
+    outputs: dict[str, np.ndarray] = {}
+    if images:
+      if self.image is None:
+        raise ValueError(f"{self.directory} has no image processor config.")
+      outputs = self.image.preprocess([np.asarray(image) for image in images])
+      counts = iter(self.model.count(self, outputs))
+      ids = np.concatenate([np.full(next(counts), t, np.int32) if t == self.image_token_id
+                            else [t] for t in ids]).astype(np.int32)
+    if self.model.mrope:
+      grids = [tuple(int(x) for x in g) for g in outputs.get("image_grid_thw", [])]
+      types = (ids == self.image_token_id).astype(np.int32) if images else np.zeros_like(ids)
+      outputs["position_ids"], _ = mrope.mrope_positions(types.tolist(), grids,
+                                                         self.image.merge_size if images else 2)
+    return {"input_ids": ids, **outputs}
 
   def decode(self, ids: Sequence[int]) -> str:
     """transformers' `decode(ids, skip_special_tokens=True)`."""
