@@ -6,8 +6,9 @@ DIR is a `python -m mmjax.convert --hf` output, which holds the model and its pr
 (tokenizer, chat template, image processor). The prompt is the user's message, wrapped by the
 checkpoint's chat template with the assistant's turn opened, and each image goes before it as the
 template places images; `--raw` passes the text as it is, with one `<image>` marker (the
-checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5) read one
-image a prompt; native-resolution models (Qwen2-VL) read several, each at its own size. The answer is printed as it is generated, and nothing else
+checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5) or of AnyRes
+crops (LLaVA-NeXT, LLaVA-OneVision) read one image a prompt; native-resolution models (Qwen2-VL)
+read several, each at its own size. The answer is printed as it is generated, and nothing else
 goes to stdout (logs and progress go to stderr), so the output can be compared and piped: it is
 transformers' `decode(generated, skip_special_tokens=True)` followed by a newline.
 
@@ -39,10 +40,13 @@ from mmjax.convert import hf
 from mmjax.data import hf_processor
 from mmjax.data import images as images_lib
 from mmjax.data import patches as patches_lib
+from mmjax.data import resolution
 from mmjax.models import mllm
 
 # What a tower reads (its INPUTS) → how generate builds it from the processor's outputs.
 FIXED, NATIVE = ("images",), ("patches", "patch_positions", "patch_segments")
+ANYRES = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
+ONE_IMAGE = (FIXED, ANYRES)  # Towers that read one image a row.
 SMALLEST_PATCH_ROW = 64  # Native rows are padded to a power of two patches from here.
 
 
@@ -133,11 +137,11 @@ class Server:
       model_type = hf.converter(arch).config_to_hf(self.config, arch)["model_type"]
       self.processor = hf_processor.Processor(args.checkpoint, model_type)
     self.inputs = tuple(self.config.tower.INPUTS)
-    if self.inputs not in (FIXED, NATIVE):
+    if self.inputs not in (FIXED, NATIVE, ANYRES):
       raise errors.InputError(errors.message(
           f"--checkpoint {args.checkpoint}", f"holds a {arch}, whose tower reads "
-          f"{list(self.inputs)}: generate serves towers of one fixed-size view (LLaVA-1.5) or "
-          "of native-resolution patches (Qwen2-VL) so far"))
+          f"{list(self.inputs)}: generate serves towers of one fixed-size view (LLaVA-1.5), "
+          "AnyRes crops (LLaVA-NeXT, OneVision) or native-resolution patches (Qwen2-VL) so far"))
     if (self.processor.image is not None
         and self.processor.image_token_id != self.config.image_token_id):
       raise errors.InputError(errors.message(
@@ -159,7 +163,7 @@ class Server:
     images_what, prompt_what = (("--image", "--prompt") if record is None
                                 else (f"record {record!r}",) * 2)
     pictures = [images_lib.load_image(path) for path in image_paths]
-    if len(pictures) > 1 and self.inputs == FIXED:
+    if len(pictures) > 1 and self.inputs in ONE_IMAGE:
       raise errors.InputError(errors.message(
           f"{len(pictures)} images of {images_what}" if record is not None
           else f"{len(pictures)} --image", "this model reads one image per prompt in mmjax so far",
@@ -185,6 +189,21 @@ class Server:
             f"--checkpoint {self.args.checkpoint}", f"its processor writes "
             f"{int(np.sum(ids == config.image_token_id))} image tokens per image, the model "
             f"gives {config.max_visual_tokens} visual tokens"))
+    if pictures and self.inputs == ANYRES:
+      policy, (height, width) = config.tower.policy(""), inputs["image_sizes"][0]
+      crops = inputs["pixel_values"].shape[2]
+      if crops != policy.crop or inputs["image_sizes"].shape[0] != 1:
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its image processor gives crops of "
+            f"{crops} px, the model's tower reads {policy.crop}"))
+      wanted = policy.grid ** 2 + len(resolution.onevision_plan(
+          int(height), int(width), policy.candidates, policy.crop, policy.grid,
+          policy.anyres_max)[2])
+      if int(np.sum(ids == config.image_token_id)) != wanted:
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
+            f"{int(np.sum(ids == config.image_token_id))} image tokens for a {height}×{width} "
+            f"image, the model gives {wanted} visual tokens"))
     if pictures and self.inputs == NATIVE:
       patches = len(inputs["pixel_values"])
       if patches > config.tower.max_patches:
@@ -211,6 +230,19 @@ class Server:
     blank = np.zeros((1, side, side, 3), np.float32)  # Rows without an image ignore theirs.
     return {"images": np.concatenate([r.images["pixel_values"] if r.images else blank
                                       for r in rows])}
+
+  def _anyres_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    """Each row's crops (its image's, as the processor gives them) padded, and the plan that
+    lays their tokens out for the image's size (`pipeline.AnyResCrops.views`)."""
+    policy = self.config.tower.policy("")
+    views = []
+    for row in rows:
+      if row.images is None:
+        views.append(policy.blank())
+        continue
+      height, width = (int(x) for x in row.images["image_sizes"][0])
+      views.append(policy.views(row.images["pixel_values"][0], height, width))
+    return {k: np.stack([v[k] for v in views]) for k in ANYRES}
 
   def _native_views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
     """Each row's images packed into one row of patches (segments keep them apart), padded to a
@@ -250,6 +282,8 @@ class Server:
     if any(row.images is not None for row in rows):
       if self.inputs == FIXED:
         views = self._fixed_views(rows)
+      elif self.inputs == ANYRES:
+        views = self._anyres_views(rows)
       else:
         config, views = self._native_views(rows)
     limits = [self.limit(row.ids) for row in rows]

@@ -3,6 +3,7 @@ import json
 import pathlib
 from unittest import mock
 
+import numpy as np
 import tokenizers
 import torch
 import transformers
@@ -113,14 +114,8 @@ def save_qwen2_vl_processor(directory: pathlib.Path, min_pixels: int, max_pixels
 def qwen2_vl_processor(directory: pathlib.Path) -> transformers.Qwen2VLProcessor:
   """transformers' Qwen2VLProcessor of the tokenizer, image processor and chat template loaded
   back from `directory` (with a qwen2_vl config.json there, as transformers loads a checkpoint),
-  its missing video processor allowed."""
-  check = transformers.ProcessorMixin.check_argument_for_proper_class
-
-  def allow_no_video(self, name, arg):
-    return None if name == "video_processor" and arg is None else check(self, name, arg)
-
-  with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class",
-                         allow_no_video):
+  without a video processor."""
+  with _allow_no_video():
     return transformers.Qwen2VLProcessor(
         image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
         tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
@@ -143,3 +138,116 @@ def reference_answer(model, processor, image_paths, prompt: str, max_new_tokens:
     out = model.generate(**inputs, generation_config=gen)
   answer = out[0, inputs["input_ids"].shape[1]:]
   return processor.tokenizer.decode(answer, skip_special_tokens=True), len(answer)
+
+
+# The form of llava-hf's LLaVA-OneVision chat template: images, then text, in ChatML turns.
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def _allow_no_video():
+  """transformers' processors that take a video processor (which needs torchvision), built
+  without one."""
+  check = transformers.ProcessorMixin.check_argument_for_proper_class
+
+  def allow(self, name, arg):
+    return None if name == "video_processor" and arg is None else check(self, name, arg)
+
+  return mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", allow)
+
+
+def save_llava_next_processor(directory: pathlib.Path, crop: int, patch: int,
+                              pinpoints) -> None:
+  """LLaVA-NeXT's processor (AnyRes image processor, CLIP's class token counted then dropped,
+  LLaVA-1.5's chat template) around `llama_tokenizer()`, for crops of `crop` px."""
+  image = transformers.LlavaNextImageProcessorPil(
+      size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop},
+      image_grid_pinpoints=pinpoints)
+  transformers.LlavaNextProcessor(
+      image_processor=image, tokenizer=llama_tokenizer(), patch_size=patch,
+      vision_feature_select_strategy="default", num_additional_image_tokens=1,
+      chat_template=LLAVA15_CHAT_TEMPLATE).save_pretrained(directory)
+
+
+ONEVISION_FIELDS = dict(vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1")
+
+
+def save_onevision_processor(directory: pathlib.Path, crop: int, patch: int, pinpoints) -> None:
+  """LLaVA-OneVision's processor files (SigLIP's mean and std, no class token, maps shrunk over
+  one crop's tokens) around `qwen2_tokenizer()` with `<image>` and `<video>` added, as its
+  processor's `save_pretrained` writes them (which fails without a video processor)."""
+  tok = qwen2_tokenizer()
+  tok.add_special_tokens({"additional_special_tokens": QWEN2_VL_SPECIAL[1:] + ["<image>",
+                                                                              "<video>"]})
+  tok.save_pretrained(directory)
+  transformers.LlavaOnevisionImageProcessorPil(
+      size={"height": crop, "width": crop}, image_grid_pinpoints=pinpoints,
+      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+  fields = dict(ONEVISION_FIELDS, num_image_tokens=(crop // patch) ** 2, image_token="<image>",
+                video_token="<video>", processor_class="LlavaOnevisionProcessor")
+  (directory / "processor_config.json").write_text(json.dumps(fields, indent=2))
+  (directory / "chat_template.jinja").write_text(ONEVISION_CHAT_TEMPLATE)
+
+
+def onevision_processor(directory: pathlib.Path) -> transformers.LlavaOnevisionProcessor:
+  """transformers' LlavaOnevisionProcessor of the files in `directory`, without a video
+  processor."""
+  fields = json.loads((directory / "processor_config.json").read_text())
+  with _allow_no_video():
+    return transformers.LlavaOnevisionProcessor(
+        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
+        num_image_tokens=fields["num_image_tokens"],
+        vision_feature_select_strategy=fields["vision_feature_select_strategy"],
+        vision_aspect_ratio=fields["vision_aspect_ratio"],
+        chat_template=(directory / "chat_template.jinja").read_text())
+
+
+def exported_equals(model: torch.nn.Module, directory: pathlib.Path) -> torch.nn.Module:
+  """Loads the export in `directory` as `model`'s class and asserts its state dict equals
+  `model`'s, name for name and bit for bit; returns the loaded model."""
+  again = type(model).from_pretrained(directory)
+  original, reloaded = model.state_dict(), again.state_dict()
+  assert sorted(reloaded) == sorted(original)
+  for name, value in reloaded.items():
+    np.testing.assert_array_equal(value.numpy(), original[name].numpy(), err_msg=name)
+  return again
+
+
+def generate_records(directory: pathlib.Path, records: list, work: pathlib.Path, capsys,
+                     max_new_tokens: int, batch_size: int = 3) -> tuple[dict, str]:
+  """Runs `python -m mmjax.generate --input … --output …` in-process on `records` with the
+  converted checkpoint `directory`: (its output lines by id, its stderr)."""
+  from mmjax import generate  # Here: the other helpers need no mmjax.
+  source, out = work / "records.jsonl", work / "answers.jsonl"
+  source.write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert generate.main(["--checkpoint", str(directory), "--input", str(source), "--output",
+                        str(out), "--batch_size", str(batch_size), "--max_new_tokens",
+                        str(max_new_tokens)]) == 0
+  return ({r["id"]: r for r in map(json.loads, out.read_text().splitlines())},
+          capsys.readouterr().err)
+
+
+def exported_round_trip(model: torch.nn.Module, mmjax_dir: pathlib.Path,
+                        out: pathlib.Path) -> torch.nn.Module:
+  """`python -m mmjax.convert --to_hf` of `mmjax_dir` into `out`, loaded back and checked equal to
+  `model` bit for bit (`exported_equals`)."""
+  from mmjax.convert import __main__ as convert_main  # Here: the other helpers need no mmjax.
+  assert convert_main.main(["--to_hf", "--mmjax", str(mmjax_dir), "--out", str(out)]) == 0
+  return exported_equals(model, out)
+
+
+def assert_same_greedy(ours: np.ndarray, lengths: np.ndarray, generated: torch.Tensor,
+                       prompt_length: int) -> None:
+  """mmjax's greedy tokens [B, steps] equal transformers' `generate` output after the prompt
+  (which stops when every row has: zero-padded to `steps`, as mmjax pads finished rows), and the
+  longest row is a real answer, not one token repeated."""
+  steps = ours.shape[1]
+  new = generated[:, prompt_length:].numpy()
+  np.testing.assert_array_equal(ours, np.pad(new, ((0, 0), (0, steps - new.shape[1]))))
+  assert max(lengths) == steps and len(set(ours[np.argmax(lengths)])) > 5

@@ -2,7 +2,6 @@
 several images of different sizes in one prompt, and a batch of records with different image
 counts and sizes, answered exactly as transformers' processor, `generate` (both EOS ids of the
 generation config) and `decode(skip_special_tokens=True)` answer them one at a time."""
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import torch
 import transformers
 from PIL import Image
 
-from mmjax import generate
 from mmjax.convert import __main__ as convert_main
 from tests import hf_models
 
@@ -85,12 +83,8 @@ def test_a_batch_of_records_with_different_images_answers_as_transformers(checkp
       {"id": "thin", "prompt": "What is it?", "image": str(tmp_path / "thin.png")},
   ]
   Image.fromarray(np.zeros((2, 500, 3), np.uint8)).save(tmp_path / "thin.png")
-  source, out = tmp_path / "records.jsonl", tmp_path / "answers.jsonl"
-  source.write_text("".join(json.dumps(r) + "\n" for r in records))
-  assert generate.main(["--checkpoint", str(directory), "--input", str(source), "--output",
-                        str(out), "--batch_size", "3", "--max_new_tokens", "12"]) == 0
-  assert "answered 4 records, 1 with an error" in capsys.readouterr().err
-  got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+  got, err = hf_models.generate_records(directory, records, tmp_path, capsys, 12)
+  assert "answered 4 records, 1 with an error" in err
   for record in records[:4]:
     images = [record["image"]] if isinstance(record.get("image"), str) else record.get("image", [])
     expected, _ = _reference(model, processor, images, record["prompt"], 12)

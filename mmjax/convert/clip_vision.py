@@ -74,15 +74,21 @@ def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
 
 def _check_clip(config: ViTConfig) -> None:
   """Raises unless `config` describes a ViT that `CLIPVisionModel` can hold."""
-  clip = {"use_cls": True, "patch_bias": False, "pre_norm": True, "position_embedding": "learned",
-          "stem": "patch"}
-  wrong = {k: getattr(config, k) for k, v in clip.items() if getattr(config, k) != v}
+  check_vit(config, {"use_cls": True, "patch_bias": False, "pre_norm": True,
+                     "position_embedding": "learned", "stem": "patch"}, ACTIVATIONS,
+            "CLIPVisionModel")
+
+
+def check_vit(config: ViTConfig, fields: dict[str, Any], activations: dict[str, str],
+              architecture: str) -> None:
+  """Raises unless `config` has `fields` and one of the `activations` (HF → mmjax names)."""
+  wrong = {k: getattr(config, k) for k, v in fields.items() if getattr(config, k) != v}
   if wrong:
-    raise ValueError(f"ViTConfig fields {wrong} have no CLIPVisionModel equivalent; CLIP needs "
-                     f"{clip}.")
-  if config.act not in ACTIVATIONS.values():
-    raise ValueError(f"ViT act={config.act!r} has no CLIPVisionModel equivalent; valid: "
-                     f"{sorted(ACTIVATIONS.values())}.")
+    raise ValueError(f"ViTConfig fields {wrong} have no {architecture} equivalent; it needs "
+                     f"{fields}.")
+  if config.act not in activations.values():
+    raise ValueError(f"ViT act={config.act!r} has no {architecture} equivalent; valid: "
+                     f"{sorted(activations.values())}.")
 
 
 def config_to_hf(config: ViTConfig, architecture: str) -> dict[str, Any]:
@@ -123,7 +129,7 @@ def select_tensors(hf_config: dict[str, Any], tensors: dict[str, Any]) -> dict[s
   return out
 
 
-def _block_rules(hf: str, path: tuple[str, ...], config: ViTConfig) -> list[mapping.Rule]:
+def block_rules(hf: str, path: tuple[str, ...], config: ViTConfig) -> list[mapping.Rule]:
   d, heads = config.width, config.num_heads
   head_shape = (heads, d // heads)
   rules = []
@@ -157,6 +163,6 @@ def rules(config: ViTConfig) -> list[mapping.Rule]:
   layer = 0
   for group, size in enumerate(config.groups):
     for j in range(size):
-      rules += _block_rules(f"encoder.layers.{layer}", (f"blocks_{group}", f"layers_{j}"), config)
+      rules += block_rules(f"encoder.layers.{layer}", (f"blocks_{group}", f"layers_{j}"), config)
       layer += 1
   return rules

@@ -7,7 +7,7 @@ names, pick a sub-model), `join_tensors(tensors)` (undo that naming on export), 
 architecture a converted checkpoint exports as), `override(config, **fields)` (the `--scan_layers`
 / `--param_dtype` overrides of a config whose parts hold those fields; default
 `dataclasses.replace`) and `KEPT` (prefixes of HF tensors the mmjax model does not compute with,
-kept as they are for the export). An mmjax checkpoint directory holds `config.json`
+kept as they are for the export; `with_kept(hf_config, kept)` sets what depends on them). An mmjax checkpoint directory holds `config.json`
 ({"architecture", "config"}: the config as `config_json` writes it), `params.safetensors` (names
 are '/'-joined tree paths) and, when the converter keeps tensors, `kept.safetensors` (HF names).
 """
@@ -34,6 +34,8 @@ CONVERTERS = {
     "Qwen2VisionTransformerPretrainedModel": "mmjax.convert.qwen2_vl_vision",
     "LlavaForConditionalGeneration": "mmjax.convert.llava",
     "Qwen2VLForConditionalGeneration": "mmjax.convert.qwen2_vl",
+    "LlavaNextForConditionalGeneration": "mmjax.convert.llava_next",
+    "LlavaOnevisionForConditionalGeneration": "mmjax.convert.llava_next",
 }
 KEPT_FILE = "kept.safetensors"
 
@@ -104,7 +106,10 @@ def to_hf_tensors(config: Any, params: dict[str, Any], architecture: str,
   clash = sorted(set(tensors) & set(kept or {}))
   if clash:
     raise ValueError(f"Kept tensors {clash[:5]} are also parameters of the model.")
-  return conv.config_to_hf(config, architecture), {**tensors, **(kept or {})}
+  hf_config = conv.config_to_hf(config, architecture)
+  if hasattr(conv, "with_kept"):  # Settings that depend on which tensors were kept aside.
+    hf_config = conv.with_kept(hf_config, kept or {})
+  return hf_config, {**tensors, **(kept or {})}
 
 
 def load_hf(directory: str | pathlib.Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:

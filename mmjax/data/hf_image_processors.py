@@ -166,8 +166,77 @@ class Qwen2VLImageProcessor:
     return [int(np.prod(g)) // self.merge_size ** 2 for g in outputs["image_grid_thw"]]
 
 
+@dataclasses.dataclass(frozen=True)
+class LlavaNextImageProcessor:
+  """transformers' `LlavaNextImageProcessor` and `LlavaOnevisionImageProcessor` (AnyRes): the
+  image resized into its best canvas among `pinpoints` and zero-padded, cut into `crop`-px crops
+  after the whole image squashed to one (`resolution.anyres_crops`), each then resized, cropped,
+  rescaled and normalised as CLIP's processor does (`each`). OneVision's processor, given several
+  images for one prompt (`square_several`), pads each to a square of the mean colour and keeps that
+  one view. Images with fewer crops are zero-padded to the most crops of the call."""
+  pinpoints: tuple[tuple[int, int], ...]
+  crop: int
+  each: ClipImageProcessor
+  square_several: bool = False
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> "LlavaNextImageProcessor":
+    kind = str(config.get("image_processor_type", "LlavaNextImageProcessor"))
+    pinpoints = config.get("image_grid_pinpoints")
+    if not pinpoints:
+      raise ValueError(f"{kind} config has no image_grid_pinpoints.")
+    size, crop = config.get("size") or {}, config.get("crop_size") or {}
+    base = ((size["height"], size["width"]) if "height" in size and "width" in size
+            else (size.get("shortest_edge"),) * 2)
+    side = crop.get("height") or size.get("height") or size.get("shortest_edge")
+    if base != (side, side):
+      raise ValueError(f"{kind} size {size!r} and crop_size {crop!r}: the whole image's view "
+                       f"{base} differs from the crops' {side}; mmjax's AnyRes needs them equal.")
+    # The crops are resized and cropped as CLIP's processor would (no-ops at the crop size);
+    # OneVision's class leaves out the centre crop when its config does not name it.
+    crop_default = not kind.startswith("LlavaOnevision")
+    each = ClipImageProcessor.from_config(
+        {**{k: v for k, v in config.items() if k != "do_pad"},
+         "do_center_crop": config.get("do_center_crop", crop_default)})
+    return cls(pinpoints=tuple(tuple(int(x) for x in p) for p in pinpoints), crop=int(side),
+               each=each, square_several=kind.startswith("LlavaOnevision"))
+
+  def views(self, image: np.ndarray, several: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] → float32 [K, crop, crop, 3]: the whole image, then its canvas' crops."""
+    image = np.asarray(image, np.uint8)
+    if several and self.square_several:
+      return self.each(_pad_to_square(image, self.each.mean))[None]
+    crops = resolution.anyres_crops(image, self.pinpoints, self.crop)
+    return np.stack([self.each(c) for c in crops])
+
+  def preprocess(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Images of one prompt → `pixel_values` float32 [N, K, crop, crop, 3] (zero-padded to the
+    most crops) and `image_sizes` int64 [N, 2] (height, width)."""
+    views = [self.views(image, several=len(images) > 1) for image in images]
+    most = max(len(v) for v in views)
+    return {"pixel_values": np.stack([np.pad(v, ((0, most - len(v)),) + ((0, 0),) * 3)
+                                      for v in views]),
+            "image_sizes": np.array([np.shape(image)[:2] for image in images], np.int64)}
+
+
+def _pad_to_square(image: np.ndarray, mean: Sequence[float] | None) -> np.ndarray:
+  """OneVision's `pad_to_square`: centred on a square of the mean colour (int(m · 255))."""
+  h, w = image.shape[:2]
+  if h == w:
+    return image
+  side = max(h, w)
+  colour = [int(m * 255) for m in (mean or (0, 0, 0))]
+  out = np.empty((side, side, 3), image.dtype)
+  out[:] = np.asarray(colour, image.dtype)
+  top, left = (side - h) // 2 if h < side else 0, (side - w) // 2 if w < side else 0
+  out[top:top + h, left:left + w] = image
+  return out
+
+
 # image_processor_type (transformers' classes, their PIL and fast variants) → the processor.
-_TYPES = {"CLIPImageProcessor": ClipImageProcessor, "Qwen2VLImageProcessor": Qwen2VLImageProcessor}
+_TYPES = {"CLIPImageProcessor": ClipImageProcessor, "Qwen2VLImageProcessor": Qwen2VLImageProcessor,
+          "LlavaNextImageProcessor": LlavaNextImageProcessor,
+          "LlavaOnevisionImageProcessor": LlavaNextImageProcessor}
 TYPES = tuple(sorted(_TYPES))
 
 

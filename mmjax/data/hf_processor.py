@@ -23,6 +23,7 @@ The image processor itself is `mmjax.data.hf_image_processors`.
 import dataclasses
 import datetime
 import json
+import math
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from mmjax import errors
 from mmjax import files
 from mmjax.data import hf_image_processors
 from mmjax.data import mrope
+from mmjax.data import resolution
 
 # The files `Processor.from_dir` may read; a conversion copies them beside the weights.
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -87,7 +89,44 @@ def _qwen2_vl_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> l
   return processor.image.tokens(outputs)
 
 
+def _anyres_count(processor: "Processor", outputs: dict[str, np.ndarray], base: int, grid: int,
+                  max_crops: int) -> list[int]:
+  """AnyRes: the whole image's `base` tokens, then the unpadded (for OneVision, shrunk) map of
+  the crops with a newline token a row (`resolution.onevision_plan`, the model's own rule)."""
+  image = processor.image
+  return [base + len(resolution.onevision_plan(int(h), int(w), image.pinpoints, image.crop, grid,
+                                               max_crops)[2])
+          for h, w in outputs["image_sizes"]]
+
+
+def _llava_next_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
+  """LLaVA-NeXT: the base view's patches plus the extra (class) tokens counted, less the one the
+  "default" strategy drops; the whole unpadded map."""
+  grid = processor.image.crop // processor.patch_size
+  base = grid * grid + processor.extra_tokens - (processor.strategy == "default")
+  return _anyres_count(processor, outputs, base, grid, 0)
+
+
+def _onevision_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
+  """LLaVA-OneVision: `num_image_tokens` for the base view and the map shrunk to
+  `anyres_max_<n>`; with several images a prompt, each its one view and a newline."""
+  tokens = int(processor.fields.get("num_image_tokens") or 0)
+  if not tokens:
+    raise ValueError(f"{processor.directory} gives no num_image_tokens: the image token count is "
+                     "unknown.")
+  drop = processor.strategy == "default"
+  if len(outputs["image_sizes"]) > 1:
+    return [tokens + 1 - drop] * len(outputs["image_sizes"])
+  aspect = str(processor.fields.get("vision_aspect_ratio", "anyres_max_9"))
+  if not aspect.startswith("anyres_max_") or not aspect[11:].isdigit():
+    raise ValueError(f"processor vision_aspect_ratio={aspect!r} is not supported; valid: "
+                     "'anyres_max_<n>'.")
+  return _anyres_count(processor, outputs, tokens - drop, math.isqrt(tokens), int(aspect[11:]))
+
+
 _MODELS = {"llava": _Model("<image>", _llava_count),
+           "llava_next": _Model("<image>", _llava_next_count),
+           "llava_onevision": _Model("<image>", _onevision_count),
            "qwen2_vl": _Model("<|image_pad|>", _qwen2_vl_count, mrope=True)}
 MODEL_TYPES = tuple(sorted(_MODELS))
 
@@ -255,13 +294,15 @@ class Processor:
     if self.image is not None and self.image_token_id is None:
       raise ValueError(f"The image token {self.image_token!r} is not in {directory}'s "
                        "tokenizer.json.")
+    self.fields = processor  # The processor's own settings (processor_config.json).
     self.patch_size = processor.get("patch_size")
     self.extra_tokens = int(processor.get("num_additional_image_tokens", 0))
     self.strategy = processor.get("vision_feature_select_strategy", "default")
     if self.strategy not in SELECT_STRATEGIES:
       raise ValueError(f"processor vision_feature_select_strategy={self.strategy!r} is not "
                        f"supported; valid: {list(SELECT_STRATEGIES)}.")
-    if self.image is not None and self.model.count is _llava_count and not self.patch_size:
+    if (self.image is not None and self.model.count in (_llava_count, _llava_next_count)
+        and not self.patch_size):
       raise ValueError(f"{directory / 'processor_config.json'} gives no patch_size: the image "
                        "token count is unknown.")
 

@@ -244,12 +244,16 @@ class AnyResCrops:
 
   def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
     crops = resolution.anyres_crops(image, self.candidates, self.crop)
-    out = self.blank()
     mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-    out["crops"][:len(crops)] = (crops.astype(np.float32) / 255.0 - mean) / std
-    index, weight, kind = resolution.onevision_plan(image.shape[0], image.shape[1],
-                                                    self.candidates, self.crop, self.grid,
-                                                    self.anyres_max)
+    return self.views((crops.astype(np.float32) / 255.0 - mean) / std, *image.shape[:2])
+
+  def views(self, crops: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
+    """Normalised crops [n, crop, crop, 3] (the base image first, as `resolution.anyres_crops`
+    orders them) of an image of height × width px → the views: the crops padded, the plan."""
+    out = self.blank()
+    out["crops"][:len(crops)] = crops
+    index, weight, kind = resolution.onevision_plan(height, width, self.candidates, self.crop,
+                                                    self.grid, self.anyres_max)
     out["anyres_index"][:len(kind)] = index
     out["anyres_weight"][:len(kind)] = weight
     out["anyres_kind"][:len(kind)] = kind

@@ -200,7 +200,9 @@ def onevision_pooled_size(map_height: int, map_width: int, grid: int = 27,
                           max_crops: int = 9) -> tuple[int, int]:
   """Size of the unpadded feature map after OneVision's `anyres_max_<max_crops>` budget: a map of
   more than 1.1× the area of `max_crops` crops is bilinearly shrunk by the ratio of the sides
-  (each side floored)."""
+  (each side floored). `max_crops` 0: no budget (LLaVA-NeXT), the map as it is."""
+  if max_crops <= 0:
+    return map_height, map_width
   ratio = math.sqrt(map_height * map_width / (max_crops * grid * grid))
   if ratio > 1.1:
     return int(map_height // ratio), int(map_width // ratio)
@@ -279,10 +281,12 @@ def onevision_plan_budget(candidates: Sequence[tuple[int, int]], crop: int, grid
                           max_crops: int) -> int:
   """An upper bound on the plan's length (map tokens and newlines) over all image sizes: the
   unpadded map holds at most its canvas' tokens and, unshrunk, at most 1.1² times the budget;
-  one newline per row of at most the tallest canvas."""
+  one newline per row of at most the tallest canvas. `max_crops` 0: no budget."""
   def bound(canvas: tuple[int, int]) -> int:
     rows, cols = canvas[0] // crop, canvas[1] // crop
-    return min(rows * cols * grid * grid, int(1.21 * max_crops * grid * grid)) + rows * grid
+    tokens = rows * cols * grid * grid
+    return (min(tokens, int(1.21 * max_crops * grid * grid)) if max_crops > 0 else tokens) + \
+        rows * grid
   return max(bound(c) for c in candidates)
 
 

@@ -1,4 +1,5 @@
-"""LLaVA-OneVision's tower: AnyRes crops through one ViT, projected, re-assembled into one map.
+"""LLaVA-OneVision's (and LLaVA-NeXT's) tower: AnyRes crops through one ViT, projected,
+re-assembled into one map.
 
 The data pipeline (`pipeline.AnyResCrops`) gives the base image and the crops of the canvas that
 fits the image best, padded to a static number, and a static gather plan
@@ -8,6 +9,8 @@ row. As in the reference (`LlavaOnevisionModel.get_image_features`), the project
 crop token before the map is resampled, so it lives in this tower (the model's projector is
 `identity`), and the newline token has the LLM's width. Output: the base image's grid² tokens,
 then the plan's tokens (padding after them); the LLM reads as many as the row has placeholders.
+LLaVA-NeXT is the same tower with its own canvases (`pinpoints`), a CLIP ViT whose class token is
+dropped, and no shrinking (`anyres_max` 0).
 """
 import dataclasses
 
@@ -34,7 +37,11 @@ class OneVisionTowerConfig:
   max_crops_in: int = 37  # The base image + the crops of the largest canvas (6 × 6).
   budget: int = 8 * 729  # Plan tokens after the base image (`pipeline.AnyResCrops.budget`).
   anyres_grid: int = 6  # Canvases of 1…anyres_grid crops a side (OneVision: 6).
-  anyres_max: int = 9  # The map is shrunk to about this many crops' tokens (`anyres_max_9`).
+  anyres_max: int = 9  # The map is shrunk to about this many crops' tokens (`anyres_max_9`);
+  # 0: never shrunk (LLaVA-NeXT).
+  # The canvases (height, width) in px, multiples of the crop (LLaVA-NeXT's and a checkpoint's
+  # `image_grid_pinpoints`); () = every r × c crops for r, c in 1…anyres_grid (OneVision's).
+  pinpoints: tuple[tuple[int, int], ...] = ()
 
   INPUTS = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
 
@@ -63,7 +70,7 @@ class OneVisionTowerConfig:
   def policy(self, aspect: str) -> pipeline.AnyResCrops:
     del aspect  # The canvas is chosen by the image's aspect.
     return anyres_crops(self.vit.image_size, self.vit.patch_size, self.anyres_grid,
-                        self.anyres_max)
+                        self.anyres_max, self.pinpoints)
 
 
 class OneVisionTower(nn.Module):
@@ -91,10 +98,12 @@ class OneVisionTower(nn.Module):
     return layers.constrain(out, ("batch", "length", "embed"))
 
 
-def anyres_crops(crop: int, patch: int, anyres_grid: int, anyres_max: int) -> pipeline.AnyResCrops:
-  """OneVision's policy: canvases of 1…anyres_grid crops of `crop` px a side."""
-  candidates = tuple((crop * r, crop * c) for r in range(1, anyres_grid + 1)
-                     for c in range(1, anyres_grid + 1))
+def anyres_crops(crop: int, patch: int, anyres_grid: int, anyres_max: int,
+                 pinpoints: tuple[tuple[int, int], ...] = ()) -> pipeline.AnyResCrops:
+  """The AnyRes policy: the canvases `pinpoints`, or (OneVision's) 1…anyres_grid crops of `crop`
+  px a side."""
+  candidates = tuple(tuple(p) for p in pinpoints) or tuple(
+      (crop * r, crop * c) for r in range(1, anyres_grid + 1) for c in range(1, anyres_grid + 1))
   return pipeline.AnyResCrops(crop=crop, grid=crop // patch, candidates=candidates,
                               anyres_max=anyres_max)
 

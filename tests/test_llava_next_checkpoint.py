@@ -1,0 +1,127 @@
+"""Whole LLaVA-NeXT and LLaVA-OneVision checkpoints (`LlavaNextForConditionalGeneration`,
+`LlavaOnevisionForConditionalGeneration`): conversion both ways, logits and greedy generation
+equal to transformers' for prompts whose images have different sizes and aspect ratios (so
+different canvases, unpadded maps and, for OneVision, shrunk maps) in one batch, on tiny
+random-init models built offline."""
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from mmjax import sampling
+from mmjax.convert import __main__ as convert_main
+from mmjax.convert import hf
+from mmjax.models import mllm
+from tests import hf_models
+
+IMAGE_ID = 120
+CROP, PATCH = 28, 14  # 2 × 2 tokens a crop.
+TEXT = dict(vocab_size=128, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)
+VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+              image_size=CROP, patch_size=PATCH)
+VARIANTS = {
+    # LLaVA-NeXT: CLIP's penultimate layer without its class token, LLaVA-NeXT's five canvases
+    # (here in crops of 28 px), the whole unpadded map, a LLaMA decoder.
+    "next": lambda: transformers.LlavaNextConfig(
+        vision_config=transformers.CLIPVisionConfig(**VISION),
+        text_config=transformers.LlamaConfig(**TEXT), image_token_index=IMAGE_ID,
+        image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]),
+    # LLaVA-OneVision: SigLIP's last layer (and its pooling head, unused), canvases of 1…3 crops
+    # a side, maps over one crop's tokens shrunk (anyres_max_1), a Qwen2 decoder.
+    "onevision": lambda: transformers.LlavaOnevisionConfig(
+        vision_config=transformers.SiglipVisionConfig(**VISION),
+        text_config=transformers.Qwen2Config(**TEXT), image_token_index=IMAGE_ID,
+        video_token_index=121, vision_aspect_ratio="anyres_max_1",
+        image_grid_pinpoints=[[28 * r, 28 * c] for r in range(1, 4) for c in range(1, 4)]),
+}
+# (height, width) of each prompt's image.
+SIZES = [(40, 90), (90, 40), (60, 60)]
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def pair(request, tmp_path_factory):
+  """(HF model, its directory, mmjax config, mmjax params) through `python -m mmjax.convert`."""
+  config = VARIANTS[request.param]()
+  config.architectures = [type(config).__name__.replace("Config", "ForConditionalGeneration")]
+  torch.manual_seed(0)
+  cls = getattr(transformers, config.architectures[0])
+  model = hf_models.perturb(cls(config), scale=0.2)
+  directory = hf_models.save(model, tmp_path_factory.mktemp(request.param) / "hf")
+  out = directory.parent / "mmjax"
+  assert convert_main.main(["--hf", str(directory), "--out", str(out)]) == 0
+  mm_config, params, arch = hf.load(out)
+  assert arch == config.architectures[0] and isinstance(mm_config, mllm.MLLMConfig)
+  return model, directory, mm_config, params
+
+
+def _inputs(rng, config, lengths):
+  """Prompts of `lengths` text tokens around one image each (of `SIZES`), mmjax's views and
+  transformers' pixel values (the same normalised crops, zero-padded to as many) and sizes."""
+  policy = config.tower.policy("")
+  prompts, views, sizes = [], [], []
+  for (before, after), size in zip(lengths, SIZES):
+    image = rng.integers(0, 256, (*size, 3), np.uint8)
+    view = policy(image)
+    text = rng.integers(0, IMAGE_ID, before + after)
+    prompts.append(np.concatenate([text[:before], np.full(policy.num_tokens(image), IMAGE_ID),
+                                   text[before:]]).astype(np.int32))
+    views.append(view)
+    sizes.append(size)
+  batch_views = {k: np.stack([v[k] for v in views]) for k in config.tower.INPUTS}
+  used = max(int(np.abs(v["crops"]).sum(axis=(1, 2, 3)).astype(bool).sum()) for v in views)
+  crops = batch_views["crops"][:, :used].transpose(0, 1, 4, 2, 3)
+  hf_inputs = {"pixel_values": torch.from_numpy(np.ascontiguousarray(crops)),
+               "image_sizes": torch.tensor(sizes)}
+  return prompts, batch_views, hf_inputs
+
+
+def test_logits_equal_transformers(pair, rng):
+  model, _, config, params = pair
+  prompts, views, hf_inputs = _inputs(rng, config, [(3, 5), (1, 2), (0, 4)])
+  batch = sampling.pad_prompts(prompts)
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(batch["tokens"]).long(),
+                attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
+                position_ids=torch.from_numpy(batch["positions"]).long(), **hf_inputs).logits
+  logits, _ = jax.jit(mllm.MLLM(config).apply)({"params": params}, {**batch, **views})
+  valid = batch["segment_ids"] == 1
+  assert np.abs(ref.numpy()[valid]).max() > 1
+  np.testing.assert_allclose(np.asarray(logits)[valid], ref.numpy()[valid], atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_equals_transformers_generate(pair, rng):
+  """20 greedy tokens for three prompts with images of three sizes, left-padded in one batch."""
+  model, _, config, params = pair
+  prompts, views, hf_inputs = _inputs(rng, config, [(2, 6), (4, 1), (0, 3)])
+  ours, lengths = sampling.generate(mllm.MLLM(config), {"params": params}, prompts, views,
+                                    max_new_tokens=20, eos_id=2, pad_id=0, bucket=1)
+  batch = sampling.pad_prompts(prompts)
+  gen = transformers.GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=2,
+                                      pad_token_id=0)
+  with torch.no_grad():
+    ref = model.generate(input_ids=torch.from_numpy(batch["tokens"]).long(),
+                         attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
+                         generation_config=gen, **hf_inputs)
+  hf_models.assert_same_greedy(ours, lengths, ref, batch["tokens"].shape[1])
+
+
+def test_round_trip_is_bit_exact(pair, tmp_path):
+  model, directory, _, _ = pair
+  again = hf_models.exported_round_trip(model, directory.parent / "mmjax", tmp_path / "hf")
+  for key in ("image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy",
+              "image_token_index"):
+    assert getattr(again.config, key) == getattr(model.config, key), key
+  assert getattr(again.config, "vision_aspect_ratio", None) == getattr(
+      model.config, "vision_aspect_ratio", None)
+
+
+def test_in_memory_names_convert_the_same(pair):
+  """transformers 5's state_dict() names (`model.vision_tower.…`, `model.image_newline`, …)."""
+  model, directory, _, params = pair
+  hf_config, _ = hf.files.read_hf(directory)
+  tensors = {k: v.numpy() for k, v in model.state_dict().items()}
+  assert "model.image_newline" in tensors
+  _, again = hf.from_hf_tensors(hf_config, tensors)
+  jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
