@@ -6,8 +6,8 @@ DIR is a `python -m mmjax.convert --hf` output, which holds the model and its pr
 (tokenizer, chat template, image processor). The prompt is the user's message, wrapped by the
 checkpoint's chat template with the assistant's turn opened, and each image goes before it as the
 template places images; `--raw` passes the text as it is, with one `<image>` marker (the
-checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5) or of AnyRes
-crops (LLaVA-NeXT, LLaVA-OneVision) read one image a prompt; native-resolution models (Qwen2-VL)
+checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5), of AnyRes
+crops (LLaVA-NeXT, LLaVA-OneVision) or of tiles (InternVL) read one image a prompt; native-resolution models (Qwen2-VL)
 read several, each at its own size. The answer is printed as it is generated, and nothing else
 goes to stdout (logs and progress go to stderr), so the output can be compared and piped: it is
 transformers' `decode(generated, skip_special_tokens=True)` followed by a newline.
@@ -46,7 +46,8 @@ from mmjax.models import mllm
 # What a tower reads (its INPUTS) → how generate builds it from the processor's outputs.
 FIXED, NATIVE = ("images",), ("patches", "patch_positions", "patch_segments")
 ANYRES = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
-ONE_IMAGE = (FIXED, ANYRES)  # Towers that read one image a row.
+TILES = ("tiles",)  # And "tile_mask", which says how many tokens a row holds.
+ONE_IMAGE = (FIXED, ANYRES, TILES)  # Towers that read one image a row.
 SMALLEST_PATCH_ROW = 64  # Native rows are padded to a power of two patches from here.
 
 
@@ -137,11 +138,12 @@ class Server:
       model_type = hf.converter(arch).config_to_hf(self.config, arch)["model_type"]
       self.processor = hf_processor.Processor(args.checkpoint, model_type)
     self.inputs = tuple(self.config.tower.INPUTS)
-    if self.inputs not in (FIXED, NATIVE, ANYRES):
+    if self.inputs not in (FIXED, NATIVE, ANYRES, TILES):
       raise errors.InputError(errors.message(
           f"--checkpoint {args.checkpoint}", f"holds a {arch}, whose tower reads "
           f"{list(self.inputs)}: generate serves towers of one fixed-size view (LLaVA-1.5), "
-          "AnyRes crops (LLaVA-NeXT, OneVision) or native-resolution patches (Qwen2-VL) so far"))
+          "AnyRes crops (LLaVA-NeXT, OneVision), tiles (InternVL) or native-resolution patches "
+          "(Qwen2-VL) so far"))
     if (self.processor.image is not None
         and self.processor.image_token_id != self.config.image_token_id):
       raise errors.InputError(errors.message(
@@ -204,6 +206,19 @@ class Server:
             f"--checkpoint {self.args.checkpoint}", f"its processor writes "
             f"{int(np.sum(ids == config.image_token_id))} image tokens for a {height}×{width} "
             f"image, the model gives {wanted} visual tokens"))
+    if pictures and self.inputs == TILES:
+      tiles, tower = len(inputs["pixel_values"]), config.tower
+      if tiles > tower.max_tiles or inputs["pixel_values"].shape[1] != tower.tile:
+        raise errors.InputError(errors.message(
+            images_what, f"{'are' if len(pictures) > 1 else 'is'} {tiles} tiles of "
+            f"{inputs['pixel_values'].shape[1]} px at the processor's settings, the model's tower "
+            f"reads up to {tower.max_tiles} of {tower.tile} px (tower.max_num)",
+            "give a smaller image, or convert with a larger tower.max_num"))
+      if int(np.sum(ids == config.image_token_id)) != tiles * tower.tokens_per_tile:
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
+            f"{int(np.sum(ids == config.image_token_id))} image tokens for {tiles} tiles, the "
+            f"model gives {tower.tokens_per_tile} a tile"))
     if pictures and self.inputs == NATIVE:
       patches = len(inputs["pixel_values"])
       if patches > config.tower.max_patches:
@@ -243,6 +258,17 @@ class Server:
       height, width = (int(x) for x in row.images["image_sizes"][0])
       views.append(policy.views(row.images["pixel_values"][0], height, width))
     return {k: np.stack([v[k] for v in views]) for k in ANYRES}
+
+  def _tile_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    """Each row's tiles padded to the tower's `max_tiles`, and which of them are used."""
+    tower = self.config.tower
+    tiles = np.zeros((len(rows), tower.max_tiles, tower.tile, tower.tile, 3), np.float32)
+    mask = np.zeros((len(rows), tower.max_tiles), np.int32)
+    for i, row in enumerate(rows):
+      if row.images is not None:
+        n = len(row.images["pixel_values"])
+        tiles[i, :n], mask[i, :n] = row.images["pixel_values"], 1
+    return {"tiles": tiles, "tile_mask": mask}
 
   def _native_views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
     """Each row's images packed into one row of patches (segments keep them apart), padded to a
@@ -284,6 +310,8 @@ class Server:
         views = self._fixed_views(rows)
       elif self.inputs == ANYRES:
         views = self._anyres_views(rows)
+      elif self.inputs == TILES:
+        views = self._tile_views(rows)
       else:
         config, views = self._native_views(rows)
     limits = [self.limit(row.ids) for row in rows]

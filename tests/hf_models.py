@@ -251,3 +251,82 @@ def assert_same_greedy(ours: np.ndarray, lengths: np.ndarray, generated: torch.T
   new = generated[:, prompt_length:].numpy()
   np.testing.assert_array_equal(ours, np.pad(new, ((0, 0), (0, steps - new.shape[1]))))
   assert max(lengths) == steps and len(set(ours[np.argmax(lengths)])) > 5
+
+
+# The form of OpenGVLab's InternVL3 (-hf) chat template: ChatML, an image as `<IMG_CONTEXT>\n`.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}")
+INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>",
+                  "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+
+
+def save_internvl_processor(directory: pathlib.Path, tile: int, max_patches: int,
+                            image_seq_length: int) -> None:
+  """InternVL's processor files as its `save_pretrained` writes them (which fails without a video
+  processor): `qwen2_tokenizer()` with InternVL's named image tokens, GOT-OCR2's image processor
+  (ImageNet mean and std), `image_seq_length` tokens a tile, its chat template."""
+  tok = qwen2_tokenizer()
+  tok.add_special_tokens({"additional_special_tokens": QWEN2_VL_SPECIAL[1:] +
+                          list(INTERNVL_NAMED.values())})
+  tok.save_pretrained(directory)
+  path = directory / "tokenizer_config.json"
+  config = json.loads(path.read_text())
+  path.write_text(json.dumps({**config, "extra_special_tokens": INTERNVL_NAMED}, indent=2))
+  transformers.GotOcr2ImageProcessorPil(
+      size={"height": tile, "width": tile}, max_patches=max_patches,
+      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(directory)
+  (directory / "processor_config.json").write_text(json.dumps(
+      {"image_seq_length": image_seq_length, "processor_class": "InternVLProcessor"}))
+  (directory / "chat_template.jinja").write_text(INTERNVL_CHAT_TEMPLATE)
+
+
+def internvl_processor(directory: pathlib.Path) -> transformers.InternVLProcessor:
+  """transformers' InternVLProcessor of the files in `directory`, without a video processor."""
+  fields = json.loads((directory / "processor_config.json").read_text())
+  with _allow_no_video():
+    return transformers.InternVLProcessor(
+        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
+        image_seq_length=fields["image_seq_length"],
+        chat_template=(directory / "chat_template.jinja").read_text())
+
+
+def assert_same_logits(model: torch.nn.Module, config, params, prompts, views,
+                       hf_inputs: dict) -> None:
+  """The MLLM's logits on left-padded `prompts` with `views` equal (≤ 1e-4) transformers' with
+  `hf_inputs` (its pixel inputs) on the same ids, mask and positions; and are not all small."""
+  import jax  # Here: the other helpers need no JAX.
+  from mmjax import sampling
+  from mmjax.models import mllm
+  batch = sampling.pad_prompts(prompts)
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(batch["tokens"]).long(),
+                attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
+                position_ids=torch.from_numpy(batch["positions"]).long(), **hf_inputs).logits
+  logits, _ = jax.jit(mllm.MLLM(config).apply)({"params": params}, {**batch, **views})
+  valid = batch["segment_ids"] == 1
+  assert np.abs(ref.numpy()[valid]).max() > 1
+  np.testing.assert_allclose(np.asarray(logits)[valid], ref.numpy()[valid], atol=1e-4, rtol=0)
+
+
+def assert_same_generation(model: torch.nn.Module, config, params, prompts, views,
+                           hf_inputs: dict, steps: int = 20) -> None:
+  """`steps` greedy tokens of the MLLM for left-padded `prompts` in one batch equal
+  transformers' `generate` (EOS 2, padding 0) on the same inputs (`assert_same_greedy`)."""
+  from mmjax import sampling
+  from mmjax.models import mllm
+  ours, lengths = sampling.generate(mllm.MLLM(config), {"params": params}, prompts, views,
+                                    max_new_tokens=steps, eos_id=2, pad_id=0, bucket=1)
+  batch = sampling.pad_prompts(prompts)
+  gen = transformers.GenerationConfig(max_new_tokens=steps, do_sample=False, eos_token_id=2,
+                                      pad_token_id=0)
+  with torch.no_grad():
+    ref = model.generate(input_ids=torch.from_numpy(batch["tokens"]).long(),
+                         attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
+                         generation_config=gen, **hf_inputs)
+  assert_same_greedy(ours, lengths, ref, batch["tokens"].shape[1])

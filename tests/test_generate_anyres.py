@@ -1,7 +1,8 @@
-"""`python -m mmjax.generate` on converted tiny LLaVA-NeXT and LLaVA-OneVision checkpoints (model
-and processor built offline, `tests/hf_models.py`): the command's stdout, and a batch of records
-with images of different sizes (so different canvases and token counts) and none, equal what
-transformers' processor, `generate` and `decode(skip_special_tokens=True)` give one at a time."""
+"""`python -m mmjax.generate` on converted tiny LLaVA-NeXT, LLaVA-OneVision and InternVL
+checkpoints (model and processor built offline, `tests/hf_models.py`): the command's stdout, and a
+batch of records with images of different sizes (so different canvases or tile grids, different
+token counts) and none, equal what transformers' processor, `generate` and
+`decode(skip_special_tokens=True)` give one at a time."""
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tests import hf_models
 CROP, PATCH = 28, 14
 PINPOINTS = {"next": [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]],
              "onevision": [[28 * r, 28 * c] for r in range(1, 4) for c in range(1, 4)]}
+VARIANTS = sorted(PINPOINTS) + ["internvl"]
 SIZES = {"a.png": (40, 90), "b.png": (120, 75), "c.png": (33, 47)}
 TEXT = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
@@ -37,6 +39,14 @@ def _build(variant, directory, seed=0):
                                              eos_token_id=tok.eos_token_id, **TEXT),
         image_token_index=processor.image_token_id, image_grid_pinpoints=PINPOINTS["next"])
     eos = [tok.eos_token_id]
+  elif variant == "internvl":  # Tiles of 56 px (2 × 2 tokens after the pixel unshuffle).
+    hf_models.save_internvl_processor(directory, 2 * CROP, 6, 4)
+    processor = hf_models.internvl_processor(directory)
+    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    config = transformers.InternVLConfig(
+        vision_config=dict(VISION, image_size=[2 * CROP] * 2, patch_size=[PATCH] * 2),
+        text_config=dict(TEXT, model_type="qwen2", vocab_size=320, eos_token_id=eos[0]),
+        image_token_id=processor.image_token_id, image_seq_length=4)
   else:
     hf_models.save_onevision_processor(directory, CROP, PATCH, PINPOINTS["onevision"])
     processor = hf_models.onevision_processor(directory)
@@ -54,12 +64,13 @@ def _build(variant, directory, seed=0):
   model.save_pretrained(directory)
   # Loaded again as a user loads it, beside the model's config.json (which decides how
   # transformers builds the tokenizer).
-  processor = (transformers.AutoProcessor.from_pretrained(directory) if variant == "next"
-               else hf_models.onevision_processor(directory))
+  processor = {"next": transformers.AutoProcessor.from_pretrained,
+               "onevision": hf_models.onevision_processor,
+               "internvl": hf_models.internvl_processor}[variant](directory)
   return model, processor, eos
 
 
-@pytest.fixture(scope="module", params=sorted(PINPOINTS))
+@pytest.fixture(scope="module", params=VARIANTS)
 def checkpoint(request, tmp_path_factory):
   """(transformers' model, processor and EOS ids, the converted folder, the image folder)."""
   root = tmp_path_factory.mktemp(f"generate_{request.param}")

@@ -9,7 +9,6 @@ import pytest
 import torch
 import transformers
 
-from mmjax import sampling
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import hf
 from mmjax.models import mllm
@@ -79,32 +78,15 @@ def _inputs(rng, config, lengths):
 
 def test_logits_equal_transformers(pair, rng):
   model, _, config, params = pair
-  prompts, views, hf_inputs = _inputs(rng, config, [(3, 5), (1, 2), (0, 4)])
-  batch = sampling.pad_prompts(prompts)
-  with torch.no_grad():
-    ref = model(input_ids=torch.from_numpy(batch["tokens"]).long(),
-                attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
-                position_ids=torch.from_numpy(batch["positions"]).long(), **hf_inputs).logits
-  logits, _ = jax.jit(mllm.MLLM(config).apply)({"params": params}, {**batch, **views})
-  valid = batch["segment_ids"] == 1
-  assert np.abs(ref.numpy()[valid]).max() > 1
-  np.testing.assert_allclose(np.asarray(logits)[valid], ref.numpy()[valid], atol=1e-4, rtol=0)
+  hf_models.assert_same_logits(model, config, params,
+                               *_inputs(rng, config, [(3, 5), (1, 2), (0, 4)]))
 
 
 def test_greedy_generation_equals_transformers_generate(pair, rng):
   """20 greedy tokens for three prompts with images of three sizes, left-padded in one batch."""
   model, _, config, params = pair
-  prompts, views, hf_inputs = _inputs(rng, config, [(2, 6), (4, 1), (0, 3)])
-  ours, lengths = sampling.generate(mllm.MLLM(config), {"params": params}, prompts, views,
-                                    max_new_tokens=20, eos_id=2, pad_id=0, bucket=1)
-  batch = sampling.pad_prompts(prompts)
-  gen = transformers.GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=2,
-                                      pad_token_id=0)
-  with torch.no_grad():
-    ref = model.generate(input_ids=torch.from_numpy(batch["tokens"]).long(),
-                         attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
-                         generation_config=gen, **hf_inputs)
-  hf_models.assert_same_greedy(ours, lengths, ref, batch["tokens"].shape[1])
+  hf_models.assert_same_generation(model, config, params,
+                                   *_inputs(rng, config, [(2, 6), (4, 1), (0, 3)]))
 
 
 def test_round_trip_is_bit_exact(pair, tmp_path):

@@ -20,6 +20,8 @@ HOLDS = {"CLIPModel": "CLIPVisionModel"}
 # projections and temperature); any other name still fails as unknown.
 _CLIP_MODEL_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
 
+# The block fields of CLIP's and SigLIP's ViTs (InternViT's differ).
+PLAIN_BLOCKS = {"norm": "layer_norm", "qkv_bias": True, "qk_norm": False, "layer_scale": False}
 # HF activation name → mmjax activation name.
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
@@ -75,8 +77,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
 def _check_clip(config: ViTConfig) -> None:
   """Raises unless `config` describes a ViT that `CLIPVisionModel` can hold."""
   check_vit(config, {"use_cls": True, "patch_bias": False, "pre_norm": True,
-                     "position_embedding": "learned", "stem": "patch"}, ACTIVATIONS,
-            "CLIPVisionModel")
+                     "position_embedding": "learned", "stem": "patch", **PLAIN_BLOCKS},
+            ACTIVATIONS, "CLIPVisionModel")
 
 
 def check_vit(config: ViTConfig, fields: dict[str, Any], activations: dict[str, str],
@@ -129,21 +131,37 @@ def select_tensors(hf_config: dict[str, Any], tensors: dict[str, Any]) -> dict[s
   return out
 
 
-def block_rules(hf: str, path: tuple[str, ...], config: ViTConfig) -> list[mapping.Rule]:
+# The names of a ViT block's tensors in CLIP's (and SigLIP's) checkpoints.
+CLIP_BLOCK = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.out_proj", "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm",
+              "ln1": "layer_norm1", "ln2": "layer_norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2",
+              "ls1": "lambda_1", "ls2": "lambda_2"}
+
+
+def block_rules(hf: str, path: tuple[str, ...], config: ViTConfig,
+                names: dict[str, str] = CLIP_BLOCK) -> list[mapping.Rule]:
+  """One `ViTBlock`'s tensors under `hf` (`names`: each mmjax part's HF name), with the options the
+  config turns on: q/k/v biases, QK-norm, RMSNorm blocks (no bias), layer scale."""
   d, heads = config.width, config.num_heads
   head_shape = (heads, d // heads)
   rules = []
   for name in ("q", "k", "v"):
-    rules += mapping.linear_rules(f"{hf}.self_attn.{name}_proj", path + ("attn", name), (d,),
-                                  head_shape, bias=True)
-  rules += mapping.linear_rules(f"{hf}.self_attn.out_proj", path + ("attn", "o"), head_shape,
+    rules += mapping.linear_rules(f"{hf}.{names[name]}", path + ("attn", name), (d,), head_shape,
+                                  bias=config.qkv_bias)
+  rules += mapping.linear_rules(f"{hf}.{names['o']}", path + ("attn", "o"), head_shape, (d,),
+                                bias=True)
+  if config.qk_norm:
+    for name in ("q_norm", "k_norm"):
+      rules += mapping.norm_rules(f"{hf}.{names[name]}", path + ("attn", name), bias=False)
+  for name in ("ln1", "ln2"):
+    rules += mapping.norm_rules(f"{hf}.{names[name]}", path + (name,),
+                                bias=config.norm == "layer_norm")
+  if config.layer_scale:
+    rules += [mapping.Rule(f"{hf}.{names[name]}", path + (name,)) for name in ("ls1", "ls2")]
+  rules += mapping.linear_rules(f"{hf}.{names['fc1']}", path + ("mlp", "fc1"), (d,),
+                                (config.mlp_dim,), bias=True)
+  rules += mapping.linear_rules(f"{hf}.{names['fc2']}", path + ("mlp", "fc2"), (config.mlp_dim,),
                                 (d,), bias=True)
-  rules += mapping.norm_rules(f"{hf}.layer_norm1", path + ("ln1",))
-  rules += mapping.norm_rules(f"{hf}.layer_norm2", path + ("ln2",))
-  rules += mapping.linear_rules(f"{hf}.mlp.fc1", path + ("mlp", "fc1"), (d,), (config.mlp_dim,),
-                                bias=True)
-  rules += mapping.linear_rules(f"{hf}.mlp.fc2", path + ("mlp", "fc2"), (config.mlp_dim,), (d,),
-                                bias=True)
   return rules
 
 
@@ -160,9 +178,16 @@ def rules(config: ViTConfig) -> list[mapping.Rule]:
       *mapping.norm_rules("pre_layrnorm", ("pre_norm",)),
       *mapping.norm_rules("post_layernorm", ("post_norm",)),
   ]
-  layer = 0
+  return rules + stack_rules(config, "encoder.layers")
+
+
+def stack_rules(config: ViTConfig, prefix: str, names: dict[str, str] = CLIP_BLOCK
+                ) -> list[mapping.Rule]:
+  """Every block's tensors: HF's `{prefix}.N` ↔ mmjax's `blocks_{g}/layers_{j}` (N counts the
+  blocks of all groups in order)."""
+  out, layer = [], 0
   for group, size in enumerate(config.groups):
     for j in range(size):
-      rules += block_rules(f"encoder.layers.{layer}", (f"blocks_{group}", f"layers_{j}"), config)
+      out += block_rules(f"{prefix}.{layer}", (f"blocks_{group}", f"layers_{j}"), config, names)
       layer += 1
-  return rules
+  return out

@@ -36,6 +36,7 @@ CONVERTERS = {
     "Qwen2VLForConditionalGeneration": "mmjax.convert.qwen2_vl",
     "LlavaNextForConditionalGeneration": "mmjax.convert.llava_next",
     "LlavaOnevisionForConditionalGeneration": "mmjax.convert.llava_next",
+    "InternVLForConditionalGeneration": "mmjax.convert.internvl",
 }
 KEPT_FILE = "kept.safetensors"
 

@@ -24,7 +24,7 @@ HF_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers
                "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 16,
                "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True}
 _SIGLIP = {"use_cls": False, "patch_bias": True, "pre_norm": False,
-           "position_embedding": "learned", "stem": "patch"}
+           "position_embedding": "learned", "stem": "patch", **clip_vision.PLAIN_BLOCKS}
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
@@ -78,10 +78,4 @@ def rules(config: ViTConfig) -> list[mapping.Rule]:
       mapping.Rule("embeddings.position_embedding.weight", ("pos_embedding",)),
       *mapping.norm_rules("post_layernorm", ("post_norm",)),
   ]
-  layer = 0
-  for group, size in enumerate(config.groups):
-    for j in range(size):
-      out += clip_vision.block_rules(f"encoder.layers.{layer}", (f"blocks_{group}", f"layers_{j}"),
-                                     config)
-      layer += 1
-  return out
+  return out + clip_vision.stack_rules(config, "encoder.layers")

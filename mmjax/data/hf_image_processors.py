@@ -233,10 +233,53 @@ def _pad_to_square(image: np.ndarray, mean: Sequence[float] | None) -> np.ndarra
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class InternVLImageProcessor:
+  """transformers' `GotOcr2ImageProcessor` as InternVL's processor calls it (`crop_to_patches`):
+  the image resized onto the tile grid whose aspect is closest to its own (between `min_patches`
+  and `max_patches` tiles, `resolution.internvl_grid`) and cut row-major, then a thumbnail (the
+  whole image squashed to one tile) when there is more than one; each tile rescaled and
+  normalised."""
+  tile: int = 448
+  min_patches: int = 1
+  max_patches: int = 12
+  resample: int = 3  # PIL's BICUBIC.
+  rescale_factor: float | None = 1 / 255
+  mean: tuple[float, ...] | None = (0.485, 0.456, 0.406)
+  std: tuple[float, ...] | None = (0.229, 0.224, 0.225)
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> "InternVLImageProcessor":
+    size = config.get("size") or {}
+    if size.get("height") != size.get("width") or not size.get("height"):
+      raise ValueError(f"InternVL image processor size {size!r} is not supported; valid: "
+                       "{'height': N, 'width': N}.")
+    if not config.get("do_resize", True) or int(config.get("resample", 3)) != 3:
+      raise ValueError("InternVL image processor: only bicubic resizing (resample=3) is "
+                       "supported.")
+    return cls(tile=int(size["height"]), min_patches=int(config.get("min_patches", 1)),
+               max_patches=int(config.get("max_patches", 12)), **_options(cls, config))
+
+  def tiles(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] → float32 [n, tile, tile, 3]."""
+    tiles = resolution.internvl_tiles(np.asarray(image, np.uint8), self.tile, self.min_patches,
+                                      self.max_patches, thumbnail=True)
+    return np.stack([_rescale_normalise(t, self.rescale_factor, self.mean, self.std)
+                     for t in tiles])
+
+  def preprocess(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Images → `pixel_values` float32 [Σn, tile, tile, 3] (every image's tiles, one after
+    another) and `num_patches` int64 [N]."""
+    tiles = [self.tiles(image) for image in images]
+    return {"pixel_values": np.concatenate(tiles),
+            "num_patches": np.array([len(t) for t in tiles], np.int64)}
+
+
 # image_processor_type (transformers' classes, their PIL and fast variants) → the processor.
 _TYPES = {"CLIPImageProcessor": ClipImageProcessor, "Qwen2VLImageProcessor": Qwen2VLImageProcessor,
           "LlavaNextImageProcessor": LlavaNextImageProcessor,
-          "LlavaOnevisionImageProcessor": LlavaNextImageProcessor}
+          "LlavaOnevisionImageProcessor": LlavaNextImageProcessor,
+          "GotOcr2ImageProcessor": InternVLImageProcessor}
 TYPES = tuple(sorted(_TYPES))
 
 

@@ -75,6 +75,9 @@ class _Model:
   image_token: str
   count: Any  # (Processor, image processor outputs) → tokens per image.
   mrope: bool = False
+  # Named special tokens (tokenizer_config.json's `extra_special_tokens`, with their defaults)
+  # around each image's tokens: the one before and the one after.
+  around: tuple[tuple[str, str], tuple[str, str]] | None = None
 
 
 def _llava_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
@@ -124,7 +127,16 @@ def _onevision_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> 
   return _anyres_count(processor, outputs, tokens - drop, math.isqrt(tokens), int(aspect[11:]))
 
 
+def _internvl_count(processor: "Processor", outputs: dict[str, np.ndarray]) -> list[int]:
+  """InternVL: `image_seq_length` tokens a tile."""
+  per_tile = int(processor.fields.get("image_seq_length", 256))
+  return [per_tile * int(n) for n in outputs["num_patches"]]
+
+
 _MODELS = {"llava": _Model("<image>", _llava_count),
+           "internvl": _Model("<IMG_CONTEXT>", _internvl_count,
+                              around=(("start_image_token", "<img>"),
+                                      ("end_image_token", "</img>"))),
            "llava_next": _Model("<image>", _llava_next_count),
            "llava_onevision": _Model("<image>", _onevision_count),
            "qwen2_vl": _Model("<|image_pad|>", _qwen2_vl_count, mrope=True)}
@@ -289,7 +301,12 @@ class Processor:
                        f"{list(MODEL_TYPES)}.")
     self.model = _MODELS[self.model_type]
     self.image = hf_image_processors.from_config(image_config) if image_config else None
-    self.image_token = processor.get("image_token", self.model.image_token)
+    named = tok_config.get("extra_special_tokens")
+    named = named if isinstance(named, dict) else {}
+    self.image_token = processor.get("image_token", named.get("context_image_token",
+                                                              self.model.image_token))
+    self.around = [self._token_id(named.get(key, default), directory)
+                   for key, default in self.model.around or ()]
     self.image_token_id = self.tokenizer.token_to_id(self.image_token)
     if self.image is not None and self.image_token_id is None:
       raise ValueError(f"The image token {self.image_token!r} is not in {directory}'s "
@@ -305,6 +322,12 @@ class Processor:
         and not self.patch_size):
       raise ValueError(f"{directory / 'processor_config.json'} gives no patch_size: the image "
                        "token count is unknown.")
+
+  def _token_id(self, token: str, directory: pathlib.Path) -> int:
+    token_id = self.tokenizer.token_to_id(_token_text(token))
+    if token_id is None:
+      raise ValueError(f"The special token {token!r} is not in {directory}'s tokenizer.json.")
+    return token_id
 
   def _path(self, path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
@@ -360,8 +383,9 @@ class Processor:
         raise ValueError(f"{self.directory} has no image processor config.")
       outputs = self.image.preprocess([np.asarray(image) for image in images])
       counts = iter(self.model.count(self, outputs))
-      ids = np.concatenate([np.full(next(counts), t, np.int32) if t == self.image_token_id
-                            else [t] for t in ids]).astype(np.int32)
+      before, after = (self.around[:1], self.around[1:]) if self.around else ([], [])
+      ids = np.concatenate([np.concatenate([before, np.full(next(counts), t), after])
+                            if t == self.image_token_id else [t] for t in ids]).astype(np.int32)
     if self.model.mrope:
       grids = [tuple(int(x) for x in g) for g in outputs.get("image_grid_thw", [])]
       types = (ids == self.image_token_id).astype(np.int32) if images else np.zeros_like(ids)

@@ -36,6 +36,8 @@ class Attention(nn.Module):
   head_dim: int
   qkv_bias: bool = False
   out_bias: bool = False
+  # RMSNorm (eps 1e-6) of q and of k over all heads together, before rotation (InternViT-6B).
+  qk_norm: bool = False
   implementation: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -54,6 +56,10 @@ class Attention(nn.Module):
                      **kw)(x)
     v = layers.dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), name="v",
                      **kw)(x)
+    if self.qk_norm:
+      q, k = (layers.RMSNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name=name)(t.reshape(*t.shape[:-2], -1)).reshape(t.shape)
+              for name, t in (("q_norm", q), ("k_norm", k)))
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     q = layers.constrain(q, ("batch", "length", "heads", "kv"))

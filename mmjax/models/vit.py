@@ -25,6 +25,7 @@ from mmjax.shapes import Array, Float
 
 POSITION_EMBEDDINGS = ("learned", "none")
 STEMS = ("patch", "hmlp")
+NORMS = ("layer_norm", "rms_norm")
 # Named sizes (width, depth, heads, MLP width): the CPU sizes trained from scratch here, CLIP's
 # ViT-L and SigLIP-so400m. Configs expand one into their `vit` block (configs/common.py).
 VARIANTS = {
@@ -53,6 +54,11 @@ class ViTConfig:
   cls_in_blocks: bool = True
   patch_bias: bool = False  # CLIP's patch convolution has no bias; SigLIP's has one.
   pre_norm: bool = True  # CLIP's `pre_layrnorm` on the embeddings.
+  # The blocks' norms: "layer_norm" (CLIP, SigLIP, InternViT-300M) or "rms_norm" (InternViT-6B).
+  norm: str = "layer_norm"
+  qkv_bias: bool = True  # Biases on q, k, v (InternViT's `attention_bias` may drop them).
+  qk_norm: bool = False  # RMSNorm of q and k over all heads (InternViT-6B's QK-norm, eps 1e-6).
+  layer_scale: bool = False  # Learned per-channel scales on both branches (InternViT's λ1, λ2).
   position_embedding: str = "learned"
   # How the learned table is resampled to another patch grid: torch's bicubic (False: HF CLIP's
   # `interpolate_pos_encoding`) or its antialiased bicubic (True: LLaVA-HR's and EAGLE's
@@ -78,6 +84,8 @@ class ViTConfig:
                        f"valid: {POSITION_EMBEDDINGS}.")
     if self.stem not in STEMS:
       raise ValueError(f"Unknown ViT stem {self.stem!r}; valid: {STEMS}.")
+    if self.norm not in NORMS:
+      raise ValueError(f"Unknown ViT norm {self.norm!r}; valid: {NORMS}.")
     if self.stem == "hmlp" and (self.patch_size < 4 or self.patch_size & (self.patch_size - 1)
                                 or self.width % 4):
       raise ValueError(f"ViT stem='hmlp' embeds 4×4-pixel cells, then 2×2 cells of those, at a "
@@ -138,21 +146,37 @@ def check_select_layer(config: ViTConfig, select_layer: int, name: str = "select
 
 
 class ViTBlock(nn.Module):
-  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x)). `mask` and `rope` (rotary angles) are for
-  packed native-resolution sequences (`mmjax.models.native_vit`)."""
+  """Pre-norm block: x + ls1 · attn(ln1(x)); x + ls2 · mlp(ln2(x)) (the scales with
+  `layer_scale` only). `mask` and `rope` (rotary angles) are for packed native-resolution
+  sequences (`mmjax.models.native_vit`)."""
   config: ViTConfig
+
+  def _norm(self, name: str):
+    cfg = self.config
+    kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if cfg.norm == "rms_norm":
+      return layers.RMSNorm(epsilon=cfg.norm_eps, name=name, **kw)
+    return layers.layer_norm(name=name, epsilon=cfg.norm_eps, **kw)
+
+  def _scale(self, name: str, x: Float[Array, "B N D"]) -> Float[Array, "B N D"]:
+    cfg = self.config
+    if not cfg.layer_scale:
+      return x
+    gamma = self.param(name, layers.partitioned(nn.initializers.constant(0.1), ("embed",)),
+                       (cfg.width,), cfg.param_dtype)
+    return x * gamma.astype(x.dtype)
 
   @nn.compact
   def __call__(self, x: Float[Array, "B N D"], cache: None, mask=None, rope=None):
     cfg = self.config
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    h = layers.layer_norm(name="ln1", epsilon=cfg.norm_eps, **kw)(x)
+    h = self._norm("ln1")(x)
     h, _ = attention.Attention(cfg.num_heads, cfg.num_heads, cfg.width // cfg.num_heads,
-                               qkv_bias=True, out_bias=True, implementation=cfg.attention_impl,
-                               name="attn", **kw)(h, mask, rope)
-    x = x + h
-    h = layers.layer_norm(name="ln2", epsilon=cfg.norm_eps, **kw)(x)
-    x = x + layers.Mlp(cfg.mlp_dim, cfg.act, name="mlp", **kw)(h)
+                               qkv_bias=cfg.qkv_bias, out_bias=True, qk_norm=cfg.qk_norm,
+                               implementation=cfg.attention_impl, name="attn", **kw)(h, mask, rope)
+    x = x + self._scale("ls1", h)
+    h = self._norm("ln2")(x)
+    x = x + self._scale("ls2", layers.Mlp(cfg.mlp_dim, cfg.act, name="mlp", **kw)(h))
     x = layers.constrain(x, ("batch", "length", "embed"))
     return x, (x, None)
 
