@@ -199,7 +199,8 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   c.train.align_lr = 1e-3
   # "SUBTREE=PATH,…": parameters that start from safetensors files instead of random, e.g.
   # "tower=runs/pre/tower" after stage 0 alone in runs/pre (train.steps=0), or a converted
-  # CLIP / LLM (`python -m mmjax.convert`) as "tower/vit=DIR,llm=DIR" (build.initial_params).
+  # CLIP / LLM (`python -m mmjax.convert`) as "tower/vit=DIR,llm=DIR"; "DIR" alone: a converted
+  # whole model, every parameter (build.initial_params).
   c.train.init_params = ""
   c.train.task = "vqa"  # Stage 2 data: multi-turn question answering.
   # Regex over parameter paths; LLaVA: "^(projector|llm)/" (the default after stage 0).

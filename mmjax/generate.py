@@ -6,11 +6,13 @@ DIR is a `python -m mmjax.convert --hf` output, which holds the model and its pr
 (tokenizer, chat template, image processor). The prompt is the user's message, wrapped by the
 checkpoint's chat template with the assistant's turn opened, and each image goes before it as the
 template places images; `--raw` passes the text as it is, with one `<image>` marker (the
-checkpoint's image token) per `--image`. Models of one fixed-size view (LLaVA-1.5), of AnyRes
-crops (LLaVA-NeXT, LLaVA-OneVision) or of tiles (InternVL) read one image a prompt; native-resolution models (Qwen2-VL)
-read several, each at its own size. The answer is printed as it is generated, and nothing else
-goes to stdout (logs and progress go to stderr), so the output can be compared and piped: it is
-transformers' `decode(generated, skip_special_tokens=True)` followed by a newline.
+checkpoint's image token) per `--image`. A prompt may hold several images: a native-resolution
+model (Qwen2-VL) packs them into one row of patches, each at its own size; the others encode each
+image as its own row of the tower (`MLLMConfig.max_images`), except LLaVA-OneVision, whose
+processor reads several images as one square view each. The answer is printed as it is
+generated, and nothing else goes to stdout (logs and progress go to stderr), so the output can be
+compared and piped: it is transformers' `decode(generated, skip_special_tokens=True)` followed by
+a newline.
 
   python -m mmjax.generate --checkpoint DIR --input records.jsonl --output answers.jsonl
 
@@ -40,14 +42,12 @@ from mmjax.convert import hf
 from mmjax.data import hf_processor
 from mmjax.data import images as images_lib
 from mmjax.data import patches as patches_lib
-from mmjax.data import resolution
 from mmjax.models import mllm
 
 # What a tower reads (its INPUTS) → how generate builds it from the processor's outputs.
 FIXED, NATIVE = ("images",), ("patches", "patch_positions", "patch_segments")
 ANYRES = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
 TILES = ("tiles",)  # And "tile_mask", which says how many tokens a row holds.
-ONE_IMAGE = (FIXED, ANYRES, TILES)  # Towers that read one image a row.
 SMALLEST_PATCH_ROW = 64  # Native rows are padded to a power of two patches from here.
 
 
@@ -119,10 +119,12 @@ def _check_model(config: Any, directory: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One prompt ready to answer: its token ids [L], the image processor's outputs for its
-  images (None without images) and, for an M-RoPE model, its positions [L, 3]."""
+  """One prompt ready to answer: its token ids [L], its images' views (for a tower of one image
+  a row: one dict per image; for a native tower: the image processor's outputs, or None) with
+  the visual tokens of each, and, for an M-RoPE model, its positions [L, 3]."""
   ids: np.ndarray
-  images: dict[str, np.ndarray] | None = None
+  images: Any = None
+  image_tokens: tuple[int, ...] = ()
   positions: np.ndarray | None = None
 
 
@@ -158,6 +160,38 @@ class Server:
               f"--checkpoint {args.checkpoint}", f"its image processor's {field} is "
               f"{getattr(image, field, None)}, the model's {getattr(vit, field)}"))
 
+  def _image_views(self, inputs: dict[str, np.ndarray], what: str) -> list[dict[str, np.ndarray]]:
+    """The tower's views of each image of a prompt, from the image processor's outputs; an
+    `InputError` where the processor's output does not fit the tower."""
+    tower, ckpt = self.config.tower, f"--checkpoint {self.args.checkpoint}"
+    pixels = inputs["pixel_values"]
+    if self.inputs == FIXED:
+      if pixels.shape[1:3] != (tower.image_size,) * 2:
+        raise errors.InputError(errors.message(
+            ckpt, f"its image processor gives {pixels.shape[1]}×{pixels.shape[2]} pixels, the "
+            f"model's tower reads {tower.image_size}×{tower.image_size}"))
+      return [{"images": x} for x in pixels]
+    if self.inputs == ANYRES:
+      policy = tower.policy("")
+      if pixels.shape[2] != policy.crop:
+        raise errors.InputError(errors.message(
+            ckpt, f"its image processor gives crops of {pixels.shape[2]} px, the model's tower "
+            f"reads {policy.crop}"))
+      return [policy.views(x, int(h), int(w)) for x, (h, w) in zip(pixels, inputs["image_sizes"])]
+    views, start = [], 0
+    for n in inputs["num_patches"]:
+      n = int(n)
+      if n > tower.max_tiles or pixels.shape[1] != tower.tile:
+        raise errors.InputError(errors.message(
+            what, f"an image is {n} tiles of {pixels.shape[1]} px at the processor's settings, "
+            f"the model's tower reads up to {tower.max_tiles} of {tower.tile} px "
+            "(tower.max_num)", "give a smaller image, or convert with a larger tower.max_num"))
+      tiles = np.zeros((tower.max_tiles, tower.tile, tower.tile, 3), np.float32)
+      tiles[:n] = pixels[start:start + n]
+      views.append({"tiles": tiles, "tile_mask": (np.arange(tower.max_tiles) < n).astype(np.int32)})
+      start += n
+    return views
+
   def encode(self, prompt: str, image_paths: Sequence[str], raw: bool, record: Any = None
              ) -> Row:
     """The prompt's `Row`; an `InputError` naming the flag, or the `record`, that cannot be
@@ -165,10 +199,11 @@ class Server:
     images_what, prompt_what = (("--image", "--prompt") if record is None
                                 else (f"record {record!r}",) * 2)
     pictures = [images_lib.load_image(path) for path in image_paths]
-    if len(pictures) > 1 and self.inputs in ONE_IMAGE:
+    if len(pictures) > 1 and getattr(self.processor.image, "square_several", False):
       raise errors.InputError(errors.message(
           f"{len(pictures)} images of {images_what}" if record is not None
-          else f"{len(pictures)} --image", "this model reads one image per prompt in mmjax so far",
+          else f"{len(pictures)} --image", "this checkpoint's processor reads several images of "
+          "a prompt as one square view each, which its AnyRes tower does not take in mmjax",
           "give one image"))
     if raw:
       text = prompt
@@ -180,45 +215,7 @@ class Server:
       inputs = self.processor(text, pictures)
     ids, config = inputs.pop("input_ids"), self.config
     positions = inputs.pop("position_ids", None)
-    if pictures and self.inputs == FIXED:
-      pixels, side = inputs["pixel_values"], config.tower.image_size
-      if pixels.shape[1:3] != (side, side):
-        raise errors.InputError(errors.message(
-            f"--checkpoint {self.args.checkpoint}", f"its image processor gives "
-            f"{pixels.shape[1]}×{pixels.shape[2]} pixels, the model's tower reads {side}×{side}"))
-      if int(np.sum(ids == config.image_token_id)) != config.max_visual_tokens:
-        raise errors.InputError(errors.message(
-            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
-            f"{int(np.sum(ids == config.image_token_id))} image tokens per image, the model "
-            f"gives {config.max_visual_tokens} visual tokens"))
-    if pictures and self.inputs == ANYRES:
-      policy, (height, width) = config.tower.policy(""), inputs["image_sizes"][0]
-      crops = inputs["pixel_values"].shape[2]
-      if crops != policy.crop or inputs["image_sizes"].shape[0] != 1:
-        raise errors.InputError(errors.message(
-            f"--checkpoint {self.args.checkpoint}", f"its image processor gives crops of "
-            f"{crops} px, the model's tower reads {policy.crop}"))
-      wanted = policy.grid ** 2 + len(resolution.onevision_plan(
-          int(height), int(width), policy.candidates, policy.crop, policy.grid,
-          policy.anyres_max)[2])
-      if int(np.sum(ids == config.image_token_id)) != wanted:
-        raise errors.InputError(errors.message(
-            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
-            f"{int(np.sum(ids == config.image_token_id))} image tokens for a {height}×{width} "
-            f"image, the model gives {wanted} visual tokens"))
-    if pictures and self.inputs == TILES:
-      tiles, tower = len(inputs["pixel_values"]), config.tower
-      if tiles > tower.max_tiles or inputs["pixel_values"].shape[1] != tower.tile:
-        raise errors.InputError(errors.message(
-            images_what, f"{'are' if len(pictures) > 1 else 'is'} {tiles} tiles of "
-            f"{inputs['pixel_values'].shape[1]} px at the processor's settings, the model's tower "
-            f"reads up to {tower.max_tiles} of {tower.tile} px (tower.max_num)",
-            "give a smaller image, or convert with a larger tower.max_num"))
-      if int(np.sum(ids == config.image_token_id)) != tiles * tower.tokens_per_tile:
-        raise errors.InputError(errors.message(
-            f"--checkpoint {self.args.checkpoint}", f"its processor writes "
-            f"{int(np.sum(ids == config.image_token_id))} image tokens for {tiles} tiles, the "
-            f"model gives {tower.tokens_per_tile} a tile"))
+    images, tokens = None, ()
     if pictures and self.inputs == NATIVE:
       patches = len(inputs["pixel_values"])
       if patches > config.tower.max_patches:
@@ -226,13 +223,22 @@ class Server:
             images_what, f"{'are' if len(pictures) > 1 else 'is'} {patches} patches at the "
             f"processor's size, over the model's budget of {config.tower.max_patches} "
             "(tower.max_patches)", "give fewer or smaller images"))
+      images = inputs
+    elif pictures:
+      images = self._image_views(inputs, images_what)
+      tokens = tuple(int(config.image_tokens({k: v[None] for k, v in view.items()})[0])
+                     for view in images)
+      written = int(np.sum(ids == config.image_token_id))
+      if written != sum(tokens):
+        raise errors.InputError(errors.message(
+            f"--checkpoint {self.args.checkpoint}", f"its processor writes {written} image "
+            f"tokens for {len(pictures)} image(s), the model gives {sum(tokens)} visual tokens"))
     context = config.llm.max_positions
     if context and len(ids) >= context:
       raise errors.InputError(errors.message(
           prompt_what, f"is {len(ids)} tokens with its images, "
           f"the model's context is {context}", "shorten the prompt"))
-    return Row(ids, inputs if pictures else None,
-               None if positions is None else np.asarray(positions).T)
+    return Row(ids, images, tokens, None if positions is None else np.asarray(positions).T)
 
   def limit(self, ids: np.ndarray) -> int:
     """New tokens for a prompt of `ids`: --max_new_tokens, or fewer where the context ends."""
@@ -240,35 +246,21 @@ class Server:
     return min(self.args.max_new_tokens, context - len(ids)) if context else \
         self.args.max_new_tokens
 
-  def _fixed_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    side = self.config.tower.image_size
-    blank = np.zeros((1, side, side, 3), np.float32)  # Rows without an image ignore theirs.
-    return {"images": np.concatenate([r.images["pixel_values"] if r.images else blank
-                                      for r in rows])}
-
-  def _anyres_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    """Each row's crops (its image's, as the processor gives them) padded, and the plan that
-    lays their tokens out for the image's size (`pipeline.AnyResCrops.views`)."""
-    policy = self.config.tower.policy("")
-    views = []
-    for row in rows:
-      if row.images is None:
-        views.append(policy.blank())
-        continue
-      height, width = (int(x) for x in row.images["image_sizes"][0])
-      views.append(policy.views(row.images["pixel_values"][0], height, width))
-    return {k: np.stack([v[k] for v in views]) for k in ANYRES}
-
-  def _tile_views(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    """Each row's tiles padded to the tower's `max_tiles`, and which of them are used."""
-    tower = self.config.tower
-    tiles = np.zeros((len(rows), tower.max_tiles, tower.tile, tower.tile, 3), np.float32)
-    mask = np.zeros((len(rows), tower.max_tiles), np.int32)
-    for i, row in enumerate(rows):
-      if row.images is not None:
-        n = len(row.images["pixel_values"])
-        tiles[i, :n], mask[i, :n] = row.images["pixel_values"], 1
-    return {"tiles": tiles, "tile_mask": mask}
+  def _row_views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
+    """The batch's views for a tower of one image a row: [B, …] when no row has more than one
+    image, else [B, N, …] with each row's `image_tokens` [B, N] and the config's `max_images`
+    set to N (blank views where a row has fewer)."""
+    blank = self.config.tower.policy("squash" if self.inputs == FIXED else "").blank()
+    most = max(len(row.images or ()) for row in rows)
+    if most <= 1:
+      views = [row.images[0] if row.images else blank for row in rows]
+      return self.config, {k: np.stack([v[k] for v in views]) for k in blank}
+    config = dataclasses.replace(self.config, max_images=most)
+    views = [list(row.images or ()) + [blank] * (most - len(row.images or ())) for row in rows]
+    out = {k: np.stack([np.stack([v[k] for v in row]) for row in views]) for k in blank}
+    out["image_tokens"] = np.asarray([list(row.image_tokens) + [0] * (most - len(row.image_tokens))
+                                      for row in rows], np.int32)
+    return config, out
 
   def _native_views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
     """Each row's images packed into one row of patches (segments keep them apart), padded to a
@@ -306,14 +298,8 @@ class Server:
     from mmjax import sampling
     config, views = self.config, None
     if any(row.images is not None for row in rows):
-      if self.inputs == FIXED:
-        views = self._fixed_views(rows)
-      elif self.inputs == ANYRES:
-        views = self._anyres_views(rows)
-      elif self.inputs == TILES:
-        views = self._tile_views(rows)
-      else:
-        config, views = self._native_views(rows)
+      config, views = (self._native_views(rows) if self.inputs == NATIVE
+                       else self._row_views(rows))
     limits = [self.limit(row.ids) for row in rows]
     positions = None if rows[0].positions is None else [row.positions for row in rows]
     args = self.args

@@ -260,15 +260,16 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[np.ndarray],
   if views is not None:
     if image_id is None:
       raise ValueError("images were given to a text-only decoder; pass images=None.")
-    wanted = config.tower.INPUTS
+    wanted = config.view_keys
     if not set(wanted) <= set(views):
       raise ValueError(f"This tower reads {list(wanted)}; got views {sorted(views)}.")
     for key, value in views.items():
       if value.shape[0] != len(prompts):
         raise ValueError(f"{key} has {value.shape[0]} rows for {len(prompts)} prompts.")
-    if "images" in views and (views["images"].ndim != 4 or views["images"].shape[-1] != 3):
-      raise ValueError(f"images must be [B={len(prompts)}, H, W, 3], got "
-                       f"{views['images'].shape}.")
+    rank = 4 + (config.max_images > 1)
+    if "images" in views and (views["images"].ndim != rank or views["images"].shape[-1] != 3):
+      raise ValueError(f"images must be [B={len(prompts)}, "
+                       f"{'N, ' if rank == 5 else ''}H, W, 3], got {views['images'].shape}.")
     visual = config.visual_tokens(views)
   for i, prompt in enumerate(prompts):
     prompt = np.asarray(prompt)
@@ -301,12 +302,13 @@ def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
   Args:
     model: an `MLLM` or a text-only decoder (`mmjax.models.decoders`; only its config is used).
     variables: its variables.
-    prompts: B 1-D token id arrays; an MLLM prompt may hold one run of
-      `config.image_token_id` with one placeholder per visual token of its image.
+    prompts: B 1-D token id arrays; an MLLM prompt holds runs of `config.image_token_id`, one
+      placeholder per visual token of its images, in order.
     images: [B, H, W, 3] normalised pixels (row b's used only if prompt b has placeholders), or
       a dynamic-resolution policy's views by name (`mmjax.data.pipeline`: a native tower's
       patches, InternVL's tiles and tile mask, OneVision's / XComposer's crops and plan), or None
-      when no prompt has placeholders.
+      when no prompt has placeholders. With `config.max_images` N > 1: [B, N, …] views and
+      `image_tokens` [B, N] (`MLLM`).
     max_new_tokens, eos_id, pad_id, temperature, top_k, top_p: as in `decode`.
     rng: a PRNG key; needed when temperature > 0.
     bucket: the prompt length is rounded up to a multiple of it (`pad_prompts`), so calls with
@@ -329,7 +331,7 @@ def generate(model: nn.Module, variables, prompts: Sequence[np.ndarray],
   if mrope != (positions is not None):
     raise ValueError("An M-RoPE model needs the prompts' positions, and only it takes them.")
   if views is not None:
-    batch.update({k: np.asarray(views[k]) for k in model.config.tower.INPUTS})
+    batch.update({k: np.asarray(views[k]) for k in model.config.view_keys})
   out = decode(model.config, variables, batch, rng, max_new_tokens=max_new_tokens,
                eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
                on_tokens=on_tokens)

@@ -330,3 +330,22 @@ def assert_same_generation(model: torch.nn.Module, config, params, prompts, view
                          attention_mask=torch.from_numpy(batch["segment_ids"]).long(),
                          generation_config=gen, **hf_inputs)
   assert_same_greedy(ours, lengths, ref, batch["tokens"].shape[1])
+
+
+def assert_bfloat16_close(config, params, batch: dict) -> None:
+  """The MLLM with bfloat16 weights and compute (`whole.override`) gives finite logits on `batch`
+  within 5 % of the largest float32 logit (no parity bound in bfloat16)."""
+  import jax  # Here: the other helpers need no JAX.
+  import jax.numpy as jnp
+  from mmjax.convert import whole
+  from mmjax.models import mllm
+
+  def logits(config, params):
+    out, _ = jax.jit(mllm.MLLM(config).apply)({"params": params}, batch)
+    return np.asarray(out, np.float32)
+
+  ref = logits(config, params)
+  half = whole.override(config, dtype="bfloat16", param_dtype="bfloat16")
+  got = logits(half, jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params))
+  assert np.isfinite(got).all()
+  assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()

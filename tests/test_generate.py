@@ -71,8 +71,22 @@ def test_the_command_prints_what_transformers_generates(checkpoint):
   assert done.stdout == expected + "\n"
 
 
+def test_two_images_print_what_transformers_generates(checkpoint, tmp_path, capsys):
+  """Two images of one prompt, each its own row of the tower (max_images), as transformers'
+  LLaVA reads them: each `<image>` its 16 tokens, in order."""
+  model, processor, directory, image = checkpoint
+  other = tmp_path / "other.png"
+  Image.fromarray(np.random.default_rng(2).integers(0, 256, (90, 60, 3), np.uint8)).save(other)
+  prompt = "Which of the two images shows more figures?"
+  expected, _ = hf_models.reference_answer(
+      model, processor, [image, other], prompt, 20, eos_token_id=processor.tokenizer.eos_token_id,
+      pad_token_id=processor.tokenizer.pad_token_id)
+  assert generate.main(["--checkpoint", str(directory), "--image", str(image), "--image",
+                        str(other), "--prompt", prompt, "--max_new_tokens", "20"]) == 0
+  assert capsys.readouterr().out == expected + "\n"
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--image", "{image}"], "2 --image — this model reads one image"),
     (["--raw"], r"--prompt — The prompt holds 0 image markers '<image>' for 1 images"),
     (["--max_new_tokens", "0"], "--max_new_tokens 0 — must be at least 1"),
     (["--prompt", "the cat " * 60], r"--prompt — is \d+ tokens with its images, the model's "

@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from mmjax import sampling
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import hf
 from mmjax.models import mllm
@@ -107,3 +108,9 @@ def test_in_memory_names_convert_the_same(pair):
   assert "model.image_newline" in tensors
   _, again = hf.from_hf_tensors(hf_config, tensors)
   jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
+
+
+def test_bfloat16_runs_close(pair, rng):
+  _, _, config, params = pair
+  prompts, views, _ = _inputs(rng, config, [(3, 5), (1, 2), (0, 4)])
+  hf_models.assert_bfloat16_close(config, params, {**sampling.pad_prompts(prompts), **views})

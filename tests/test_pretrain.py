@@ -19,6 +19,7 @@ from mmjax import config_args
 from mmjax import evaluation
 from mmjax.convert import __main__ as convert_main
 from mmjax.convert import files
+from mmjax.convert import hf
 from mmjax.convert import layout
 from mmjax.convert import mapping
 from mmjax.data.datasets import questions
@@ -169,6 +170,41 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
       {"params": state.params["tower"]["vit"]}, pixels.transpose(0, 2, 3, 1),
       method="hidden_states")[-2]
   np.testing.assert_allclose(np.asarray(ours), expected.numpy(), atol=1e-4)
+
+
+def test_a_run_fine_tunes_a_converted_whole_llava(data_dir, tmp_path):
+  """`train.init_params=DIR` (a whole `LlavaForConditionalGeneration`, built here to the tiny
+  config's shapes and converted): every parameter starts from it; the run fine-tunes it with
+  bfloat16 compute and LLaVA's trainable pattern (projector and LLM), the tower unchanged."""
+  c = tiny(data_dir)
+  c.model.tower.vit.stem = "patch"  # CLIP's linear patch embedding.
+  vocab = build.tokenizer(c).vocab_size
+  arch = "LlavaForConditionalGeneration"
+  own = build.model_config(c, vocab)
+  hf_config = hf.converter(arch).config_to_hf(
+      dataclasses.replace(own, image_token_id=vocab - 1, image_token_in_vocab=True), arch)
+  model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**hf_config))
+  hf_models.save(hf_models.perturb(model), tmp_path / "hf")
+  assert convert_main.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mm")]) == 0
+  converted = mapping.flatten(files.load_params(tmp_path / "mm" / files.PARAMS_FILE))
+  c.train.init_params = str(tmp_path / "mm")
+  start = mapping.flatten(build.initial_params(c.train.init_params, _factory(c).abstract.params))
+  assert start.keys() == converted.keys()
+  for key in converted:
+    np.testing.assert_array_equal(start[key], converted[key], err_msg="/".join(key))
+  c.model.dtype, c.train.align_fraction, c.train.batch_size = "bfloat16", 0.0, 8
+  c.train.trainable = "^(projector|llm)/"
+  metrics = loop.train(c, tmp_path / "run")
+  assert np.isfinite(metrics["loss"])
+  spec = step_lib.model_batch(build.example_batch(
+      build.formatter(c, c.train.task, build.model_config(c, vocab), build.tokenizer(c)),
+      build.data_source(c, "train"), 2))
+  _, params = evaluation._restore(c, tmp_path / "run", mllm.MLLM(build.model_config(c, vocab)),
+                                  spec, loop.mesh_from_config(c), 2)
+  got = mapping.flatten(jax.tree.map(np.asarray, params))
+  for key in converted:
+    same = np.array_equal(got[key], converted[key])
+    assert same == (key[0] == "tower"), "/".join(key)  # Only the tower stays frozen.
 
 
 def test_pretraining_stops_once_every_kind_reaches_the_target(data_dir, tmp_path):

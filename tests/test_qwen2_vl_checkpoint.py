@@ -122,3 +122,10 @@ def test_in_memory_names_convert_the_same(pair):
   assert any(k.startswith("model.visual.") for k in tensors)
   _, again = hf.from_hf_tensors(hf_config, tensors)
   jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
+
+
+def test_bfloat16_runs_close(pair, rng):
+  _, _, config, params = pair
+  prompts, positions, views, _ = _inputs(rng, config, [(3, 5), (1, 2), (0, 4)])
+  hf_models.assert_bfloat16_close(
+      config, params, {**sampling.pad_prompts(prompts, positions=positions), **views})

@@ -190,7 +190,9 @@ def initial_params(spec: str, abstract: dict[str, Any],
   model's shapes; None when it names none. Every other parameter starts random.
 
   `spec` (the config's `train.init_params`, or `pretrain.init_params`: `field` names it in
-  errors) is "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters (`tower`,
+  errors) is "PATH" (a whole model: a converted whole checkpoint, `python -m mmjax.convert`
+  output of e.g. a LlavaForConditionalGeneration, whose parameters must fit the config's model)
+  or "SUBTREE=PATH[#INNER],…": SUBTREE a '/'-path into the parameters (`tower`,
   `tower/vit`, `llm`, …), PATH a file of `mmjax.convert.files.save_params` or a directory holding
   one (`python -m mmjax.convert` output, a tower pre-training run), INNER a '/'-path into that
   file, e.g. `tower/vit=runs/pre/tower#vit`: the ViT of a LLaVA-1.5 tower pre-trained by stage
@@ -222,6 +224,8 @@ def initial_params(spec: str, abstract: dict[str, Any],
     if unexpected:  # E.g. a CLIP's post-norm, which LLaVA-HR's ViT (read between blocks) lacks.
       logging.warning("%s: %s holds parameters %r does not use: %s.", field, file, subtree,
                       _names(unexpected))
+    if not keys:  # The whole model.
+      return _nest(node, loaded)
     target = out
     for key in keys[:-1]:
       target = target.setdefault(key, {})
@@ -231,13 +235,19 @@ def initial_params(spec: str, abstract: dict[str, Any],
 
 def init_params_entries(spec: str, field: str = "train.init_params"
                         ) -> list[tuple[str, tuple[str, ...], str]]:
-  """`spec` ("SUBTREE=PATH[#INNER],…") as (SUBTREE, its '/'-keys, PATH[#INNER]) per entry; a
-  malformed entry is a ValueError naming it and `field`."""
+  """`spec` ("PATH", or "SUBTREE=PATH[#INNER],…") as (SUBTREE, its '/'-keys, PATH[#INNER]) per
+  entry (a whole model: SUBTREE "", keys ()); a malformed entry is a ValueError naming it and
+  `field`."""
   out = []
-  for item in filter(None, (x.strip() for x in spec.split(","))):
+  items = list(filter(None, (x.strip() for x in spec.split(","))))
+  for item in items:
     subtree, sep, path = item.partition("=")
+    if not sep and len(items) == 1 and pathlib.Path(item).exists():  # A whole model's.
+      out.append(("", (), item))
+      continue
     if not sep or not subtree or not path:
-      raise ValueError(f"{field} entry {item!r} is not SUBTREE=PATH.")
+      raise ValueError(f"{field} entry {item!r} is not SUBTREE=PATH, nor an existing whole "
+                       "model's PATH standing alone.")
     out.append((subtree, tuple(subtree.strip("/").split("/")), path))
   return out
 

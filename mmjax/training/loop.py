@@ -276,7 +276,7 @@ def _with_pretrained_tower(c: ml_collections.ConfigDict,
   """Stage 0 into `directory` (kept when a finished one of the same model, data, seed and
   settings is there; one stopped midway resumes); returns `c` with the tower added to
   `train.init_params`."""
-  if any(keys[0] == "tower" for _, keys, _ in
+  if any(keys[:1] in (("tower",), ()) for _, keys, _ in
          build.init_params_entries(c.train.init_params)):
     raise ValueError(f"pretrain.steps={c.pretrain.steps} pre-trains the tower, and "
                      f"train.init_params={c.train.init_params!r} also sets it: set "

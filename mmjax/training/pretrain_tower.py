@@ -207,9 +207,9 @@ def check(c: ml_collections.ConfigDict) -> None:
   if p.eval_every < 1:
     raise ValueError(f"pretrain.eval_every={p.eval_every} must be positive.")
   for subtree, keys, _ in build.init_params_entries(p.init_params, "pretrain.init_params"):
-    if keys[0] != "tower":
-      raise ValueError(f"pretrain.init_params entry for {subtree!r}: tower pre-training starts "
-                       "only parts of the tower ('tower/…').")
+    if keys[:1] != ("tower",):
+      raise ValueError(f"pretrain.init_params entry for {subtree or 'the whole model'!r}: tower "
+                       "pre-training starts only parts of the tower ('tower/…').")
   if not c.data.dataset.startswith("fine_detail/"):
     raise ValueError(f"Tower pre-training reads the embedded dataset's question labels; "
                      f"data.dataset={c.data.dataset!r} is not 'fine_detail/<config>'.")
