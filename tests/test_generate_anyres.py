@@ -18,7 +18,8 @@ from tests import hf_models
 
 CROP, PATCH = 28, 14
 PINPOINTS = {"next": [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]],
-             "onevision": [[28 * r, 28 * c] for r in range(1, 4) for c in range(1, 4)]}
+             # Crops of 30 px, of which SigLIP's patch convolution reads 28.
+             "onevision": [[30 * r, 30 * c] for r in range(1, 4) for c in range(1, 4)]}
 VARIANTS = sorted(PINPOINTS) + ["internvl"]
 SIZES = {"a.png": (40, 90), "b.png": (120, 75), "c.png": (33, 47)}
 TEXT = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -48,11 +49,11 @@ def _build(variant, directory, seed=0):
         text_config=dict(TEXT, model_type="qwen2", vocab_size=320, eos_token_id=eos[0]),
         image_token_id=processor.image_token_id, image_seq_length=4)
   else:
-    hf_models.save_onevision_processor(directory, CROP, PATCH, PINPOINTS["onevision"])
+    hf_models.save_onevision_processor(directory, 30, PATCH, PINPOINTS["onevision"])
     processor = hf_models.onevision_processor(directory)
     eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     config = transformers.LlavaOnevisionConfig(
-        vision_config=transformers.SiglipVisionConfig(**VISION),
+        vision_config=transformers.SiglipVisionConfig(**dict(VISION, image_size=30)),
         text_config=transformers.Qwen2Config(vocab_size=320, eos_token_id=eos[0], **TEXT),
         image_token_index=processor.image_token_id, video_token_index=processor.video_token_id,
         image_grid_pinpoints=PINPOINTS["onevision"], **hf_models.ONEVISION_FIELDS)

@@ -29,12 +29,13 @@ VARIANTS = {
         text_config=transformers.LlamaConfig(**TEXT), image_token_index=IMAGE_ID,
         image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]),
     # LLaVA-OneVision: SigLIP's last layer (and its pooling head, unused), canvases of 1…3 crops
-    # a side, maps over one crop's tokens shrunk (anyres_max_1), a Qwen2 decoder.
+    # a side, maps over one crop's tokens shrunk (anyres_max_1), a Qwen2 decoder; crops of 30 px
+    # at patch 14, of which the patch convolution reads 28 (as SigLIP's 384 at 14 reads 378).
     "onevision": lambda: transformers.LlavaOnevisionConfig(
-        vision_config=transformers.SiglipVisionConfig(**VISION),
+        vision_config=transformers.SiglipVisionConfig(**dict(VISION, image_size=30)),
         text_config=transformers.Qwen2Config(**TEXT), image_token_index=IMAGE_ID,
         video_token_index=121, vision_aspect_ratio="anyres_max_1",
-        image_grid_pinpoints=[[28 * r, 28 * c] for r in range(1, 4) for c in range(1, 4)]),
+        image_grid_pinpoints=[[30 * r, 30 * c] for r in range(1, 4) for c in range(1, 4)]),
 }
 # (height, width) of each prompt's image.
 SIZES = [(40, 90), (90, 40), (60, 60)]

@@ -98,11 +98,12 @@ def config_from_hf(hf_config: dict[str, Any]) -> mllm.MLLMConfig:
   llm = llama.config_from_hf({"model_type": "llama", **hf["text_config"]})
   pinpoints = tuple(tuple(int(x) for x in p) for p in hf["image_grid_pinpoints"])
   anyres_max = _anyres_max(hf["vision_aspect_ratio"]) if arch == ONEVISION else 0
-  policy = onevision.anyres_crops(vit.image_size, vit.patch_size, 1, anyres_max, pinpoints)
+  crop = int(vision.get("image_size", vit.image_size))  # The crops' side (SigLIP: 384 of 378).
+  policy = onevision.anyres_crops(crop, vit.patch_size, 1, anyres_max, pinpoints)
   tower = towers.OneVisionTowerConfig(
       vit=vit, select_layer=layer, projector="mlp2x_gelu", out_width=llm.width,
       max_crops_in=policy.max_crops_in, budget=policy.budget, anyres_grid=1,
-      anyres_max=anyres_max, pinpoints=pinpoints)
+      anyres_max=anyres_max, pinpoints=pinpoints, crop=crop if crop != vit.image_size else 0)
   return mllm.MLLMConfig(tower=tower, llm=llm, connector=connectors.ProjectorConfig("identity"),
                          image_token_id=int(hf.get("image_token_id", hf["image_token_index"])),
                          image_token_in_vocab=True)
@@ -139,6 +140,7 @@ def config_to_hf(config: mllm.MLLMConfig, architecture: str) -> dict[str, Any]:
   text = llama.config_to_hf(config.llm, "Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM")
   for part in (vision, text):
     del part["architectures"]
+  vision["image_size"] = config.tower.crop_size
   out = {"architectures": [architecture], "model_type": HF_DEFAULTS[architecture]["model_type"],
          "vision_config": vision, "text_config": text,
          "image_token_index": config.image_token_id, "projector_hidden_act": "gelu",

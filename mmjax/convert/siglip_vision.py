@@ -36,7 +36,10 @@ def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
   if hf["hidden_act"] not in ACTIVATIONS:
     raise ValueError(f"SigLIP vision hidden_act={hf['hidden_act']!r} is not supported; valid: "
                      f"{sorted(ACTIVATIONS)}.")
-  return ViTConfig(image_size=int(hf["image_size"]), patch_size=int(hf["patch_size"]),
+  # The patch convolution reads the first grid · patch pixels of a side (384 px at patch 14:
+  # 27 patches, 378 px), and so does the ViT.
+  patch = int(hf["patch_size"])
+  return ViTConfig(image_size=int(hf["image_size"]) // patch * patch, patch_size=patch,
                    width=hf["hidden_size"], depth=hf["num_hidden_layers"],
                    num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
                    act=ACTIVATIONS[hf["hidden_act"]], norm_eps=hf["layer_norm_eps"], **_SIGLIP)

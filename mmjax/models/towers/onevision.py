@@ -42,11 +42,17 @@ class OneVisionTowerConfig:
   # The canvases (height, width) in px, multiples of the crop (LLaVA-NeXT's and a checkpoint's
   # `image_grid_pinpoints`); () = every r × c crops for r, c in 1…anyres_grid (OneVision's).
   pinpoints: tuple[tuple[int, int], ...] = ()
+  # The crops' side in px; 0: the ViT's image_size. A Hugging Face SigLIP of 384 px at patch 14
+  # reads 27 patches of a 384-px crop and ignores its last 6 px: crop 384, vit.image_size 378.
+  crop: int = 0
 
   INPUTS = ("crops", "anyres_index", "anyres_weight", "anyres_kind")
 
   def __post_init__(self):
     check_select_layer(self.vit, self.select_layer)
+    if self.crop and not 0 <= self.crop - self.vit.image_size < self.vit.patch_size:
+      raise ValueError(f"crop={self.crop} px must hold the ViT's {self.vit.image_size} px and "
+                       f"less than a patch ({self.vit.patch_size}) more.")
     connectors.validate_projector(self.projector)
     if self.projector == "identity" and self.vit.width != self.out_width:
       raise ValueError(f"An identity projector needs vit.width ({self.vit.width}) equal to "
@@ -55,6 +61,10 @@ class OneVisionTowerConfig:
   @property
   def grid(self) -> int:
     return self.vit.grid
+
+  @property
+  def crop_size(self) -> int:
+    return self.crop or self.vit.image_size
 
   @property
   def width(self) -> int:
@@ -69,8 +79,8 @@ class OneVisionTowerConfig:
 
   def policy(self, aspect: str) -> pipeline.AnyResCrops:
     del aspect  # The canvas is chosen by the image's aspect.
-    return anyres_crops(self.vit.image_size, self.vit.patch_size, self.anyres_grid,
-                        self.anyres_max, self.pinpoints)
+    return anyres_crops(self.crop_size, self.vit.patch_size, self.anyres_grid, self.anyres_max,
+                        self.pinpoints)
 
 
 class OneVisionTower(nn.Module):
@@ -82,6 +92,8 @@ class OneVisionTower(nn.Module):
     """Padded crops (base first) and the plan → [B, grid² + P, out_width]."""
     cfg = self.config
     b, k = crops.shape[:2]
+    side = cfg.vit.image_size  # The pixels the patch convolution reads of each crop.
+    crops = crops[:, :, :side, :side]
     hidden = ViT(cfg.vit, name="vit").hidden_states(crops.reshape(b * k, *crops.shape[2:]))
     x = hidden[cfg.select_layer][:, cfg.vit.prefix_tokens:]
     x = connectors.Projector(cfg.projector, cfg.out_width, dtype=cfg.vit.dtype,
