@@ -14,6 +14,11 @@ generated, and nothing else goes to stdout (logs and progress go to stderr), so 
 compared and piped: it is transformers' `decode(generated, skip_special_tokens=True)` followed by
 a newline.
 
+  python -m mmjax.generate --workdir RUN --image cat.jpg --prompt "What is in the picture?"
+
+answers with a `train.py` run's newest checkpoint instead, with the run's own tokenizer, chat
+template and image policy (its config.json): the prompt its VQA evaluation would ask.
+
   python -m mmjax.generate --checkpoint DIR --input records.jsonl --output answers.jsonl
 
 answers many records in batches (`--batch_size`) with a progress bar on stderr. A record is
@@ -54,8 +59,10 @@ SMALLEST_PATCH_ROW = 64  # Native rows are padded to a power of two patches from
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m mmjax.generate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True,
+  parser.add_argument("--checkpoint",
                       help="A converted checkpoint folder (python -m mmjax.convert --hf … --out).")
+  parser.add_argument("--workdir", help="A train.py run folder: its newest checkpoint, with the "
+                                        "run's tokenizer, template and image policy.")
   parser.add_argument("--image", action="append", default=[],
                       help="An image file; repeat for several (the model's limit applies).")
   parser.add_argument("--prompt", help="The user's message.")
@@ -79,8 +86,8 @@ class _Stream:
   only the text before the last whitespace, and never a replacement character, is written until
   the end; `finish` writes the rest, so the whole output is exactly the final decode."""
 
-  def __init__(self, processor: hf_processor.Processor, eos_ids: Sequence[int], out=None):
-    self.processor, self.eos_ids, self.out = processor, tuple(eos_ids), out or sys.stdout
+  def __init__(self, server: "Server", out=None):
+    self.server, self.eos_ids, self.out = server, tuple(server.eos_token_ids), out or sys.stdout
     self.ids: list[int] = []
     self.shown = ""
     self.stopped = False
@@ -92,7 +99,7 @@ class _Stream:
     token = int(np.asarray(tokens)[0])
     self.ids.append(token)
     self.stopped = token in self.eos_ids
-    text = self.processor.decode(self.ids)
+    text = self.server.decode(self.ids)
     cut = max(text.rfind(" "), text.rfind("\n"))
     safe = text[:cut] if cut > 0 else ""
     if "\ufffd" not in safe[len(self.shown):] and safe.startswith(self.shown):
@@ -102,7 +109,7 @@ class _Stream:
 
   def finish(self, tokens: np.ndarray) -> str:
     """Writes what is left of the answer `tokens` (the loop's output, the same tokens)."""
-    text = self.processor.decode(tokens)
+    text = self.server.decode(tokens)
     if not text.startswith(self.shown):  # Cannot happen with the rule above; never silently.
       raise RuntimeError(f"streamed text {self.shown!r} is not a prefix of the answer {text!r}")
     self.out.write(text[len(self.shown):] + "\n")
@@ -159,6 +166,21 @@ class Server:
           raise errors.InputError(errors.message(
               f"--checkpoint {args.checkpoint}", f"its image processor's {field} is "
               f"{getattr(image, field, None)}, the model's {getattr(vit, field)}"))
+
+  @property
+  def eos_token_ids(self) -> tuple[int, ...]:
+    return self.processor.eos_token_ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """The answer's text: transformers' `decode(ids, skip_special_tokens=True)`."""
+    return self.processor.decode(ids)
+
+  def _blank(self) -> dict[str, np.ndarray]:
+    """The views of no image (rows with fewer images than the batch's most)."""
+    return self.config.tower.policy("squash" if self.inputs == FIXED else "").blank()
+
+  def _views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
+    return self._native_views(rows) if self.inputs == NATIVE else self._row_views(rows)
 
   def _image_views(self, inputs: dict[str, np.ndarray], what: str) -> list[dict[str, np.ndarray]]:
     """The tower's views of each image of a prompt, from the image processor's outputs; an
@@ -250,7 +272,7 @@ class Server:
     """The batch's views for a tower of one image a row: [B, …] when no row has more than one
     image, else [B, N, …] with each row's `image_tokens` [B, N] and the config's `max_images`
     set to N (blank views where a row has fewer)."""
-    blank = self.config.tower.policy("squash" if self.inputs == FIXED else "").blank()
+    blank = self._blank()
     most = max(len(row.images or ()) for row in rows)
     if most <= 1:
       views = [row.images[0] if row.images else blank for row in rows]
@@ -298,18 +320,103 @@ class Server:
     from mmjax import sampling
     config, views = self.config, None
     if any(row.images is not None for row in rows):
-      config, views = (self._native_views(rows) if self.inputs == NATIVE
-                       else self._row_views(rows))
+      config, views = self._views(rows)
     limits = [self.limit(row.ids) for row in rows]
     positions = None if rows[0].positions is None else [row.positions for row in rows]
     args = self.args
     with errors.expected("sampling"):
       tokens, lengths = sampling.generate(
           mllm.MLLM(config), {"params": self.params}, [row.ids for row in rows], views,
-          max_new_tokens=max(limits), eos_id=self.processor.eos_token_ids, pad_id=0,
+          max_new_tokens=max(limits), eos_id=self.eos_token_ids, pad_id=0,
           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
           rng=jax.random.key(args.seed), positions=positions, on_tokens=on_tokens)
     return [t[:min(n, limit)] for t, n, limit in zip(tokens, lengths, limits)]
+
+
+def _tuples(value: Any) -> Any:
+  """A config read back from JSON with its lists as the tuples the configs hold."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+class RunServer(Server):
+  """A `train.py` run's newest checkpoint ready to answer, with the run's own input processing:
+  its config (`WORKDIR/config.json`), tokenizer, chat template (`data.template`) and image policy
+  — the prompts its VQA evaluation asks, on one device."""
+
+  def __init__(self, args: argparse.Namespace):
+    import ml_collections
+    from mmjax import evaluation  # Here: they import jax, after the arguments are checked.
+    from mmjax.training import build
+    from mmjax.training import loop
+    from mmjax.training import step as step_lib
+    from mmjax.training import validate
+    self.args = args
+    workdir = pathlib.Path(args.workdir)
+    with errors.expected(f"--workdir {workdir}"):
+      validate.workdir(workdir, must_exist=True)
+      saved = validate.saved_config(workdir)
+      if saved is None:
+        raise errors.InputError(errors.message(
+            f"--workdir {workdir}", f"has no {validate.CONFIG_FILE}", "give a train.py run"))
+      c = ml_collections.ConfigDict(_tuples(saved))
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1  # Whole parameters on each device.
+      self.tok = build.tokenizer(c)
+      self.config = build.model_config(c, self.tok.vocab_size)
+      self.policy = build.policy(c, self.config)
+      self.template = c.data.template
+      fmt = build.formatter(c, c.train.task, self.config, self.tok)
+      spec = step_lib.model_batch(build.example_batch(fmt, build.data_source(c, "train"), 1))
+      self.step, params = evaluation._restore(c, workdir, mllm.MLLM(self.config), spec,
+                                              loop.mesh_from_config(c), None)
+    import jax
+    self.params = jax.device_get(params)  # Answered on one device, as a converted checkpoint.
+    self.inputs = tuple(self.config.tower.INPUTS)
+    print(f"answering with step {self.step} of {workdir}", file=sys.stderr)
+
+  @property
+  def eos_token_ids(self) -> tuple[int, ...]:
+    return (self.tok.eos_id,)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tok.decode([int(i) for i in ids])
+
+  def _blank(self) -> dict[str, np.ndarray]:
+    return self.policy.blank()
+
+  def _views(self, rows: Sequence[Row]) -> tuple[mllm.MLLMConfig, dict[str, np.ndarray]]:
+    return self._row_views(rows)  # The policy's views: each image its own row, any tower.
+
+  def encode(self, prompt: str, image_paths: Sequence[str], raw: bool, record: Any = None
+             ) -> Row:
+    """The run's prompt for one question: `<image>` tags (one per image, first, as its VQA
+    evaluation places them; `raw`: as the prompt places them) and the text, rendered by the
+    run's template with the assistant's turn opened; each image through the run's policy."""
+    from mmjax.data import mrope
+    from mmjax.data import pipeline
+    from mmjax.data import tokenizer as tokenizer_lib
+    images_what, prompt_what = (("--image", "--prompt") if record is None
+                                else (f"record {record!r}",) * 2)
+    pictures = [images_lib.load_image(path) for path in image_paths]
+    with errors.expected(images_what):
+      try:
+        views = [self.policy(picture) for picture in pictures]
+      except pipeline.ImageRefused as e:
+        raise ValueError(f"the run's image policy refuses it: {e}") from None
+    tokens = [int(self.config.image_tokens({k: v[None] for k, v in view.items()})[0])
+              for view in views]
+    text = prompt if raw else "".join(tokenizer_lib.IMAGE_TAG + "\n" for _ in pictures) + prompt
+    with errors.expected(prompt_what):
+      ids = tokenizer_lib.encode_prompt(
+          self.template, [{"from": "human", "value": text}], self.tok, num_images=len(pictures),
+          num_image_tokens=tokens, max_images=max(len(pictures), 1))
+    positions = None
+    if self.policy.mrope:
+      types = (ids == self.tok.image_id).astype(np.int32).tolist()
+      grids = [tuple(int(g) for g in view["image_grid"]) for view in views]
+      positions = mrope.mrope_positions(types, grids, self.policy.merge_size)[0].T
+    return Row(np.asarray(ids, np.int32), views or None, tuple(tokens), positions)
 
 
 def _one(server: Server, args: argparse.Namespace) -> None:
@@ -318,7 +425,7 @@ def _one(server: Server, args: argparse.Namespace) -> None:
   if limit < args.max_new_tokens:
     print(f"generating {limit} tokens: the context ({server.config.llm.max_positions}) ends "
           "there", file=sys.stderr)
-  stream = _Stream(server.processor, server.processor.eos_token_ids)
+  stream = _Stream(server)
   stream.finish(server.answer([row], on_tokens=stream)[0])
 
 
@@ -402,7 +509,7 @@ def _many(server: Server, args: argparse.Namespace) -> None:
       if rows:
         answers = server.answer([row for _, row in rows])
         for (rid, _), tokens in zip(rows, answers):
-          results[json.dumps(rid)] = {"id": rid, "answer": server.processor.decode(tokens)}
+          results[json.dumps(rid)] = {"id": rid, "answer": server.decode(tokens)}
       for rid, _, _ in batch:
         f.write(json.dumps(results[json.dumps(rid)], ensure_ascii=False) + "\n")
       f.flush()
@@ -417,13 +524,15 @@ def _main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   if (args.prompt is None) == (args.input is None):
     parser.error("give --prompt (one answer) or --input FILE --output FILE (many).")
+  if (args.checkpoint is None) == (args.workdir is None):
+    parser.error("give --checkpoint DIR (a converted model) or --workdir RUN (a train.py run).")
   if args.input is not None and (args.output is None or args.image or args.raw):
     parser.error("--input takes --output, and its records give their images and raw flags.")
   for flag in ("max_new_tokens", "batch_size"):
     if getattr(args, flag) < 1:
       raise errors.ConfigError(errors.message(f"--{flag} {getattr(args, flag)}",
                                               "must be at least 1"))
-  server = Server(args)
+  server = RunServer(args) if args.workdir is not None else Server(args)
   if args.input is None:
     _one(server, args)
   else:

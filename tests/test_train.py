@@ -15,8 +15,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmjax import config_args
+from mmjax import generate
+from mmjax import sampling
 from mmjax import evaluation
 from mmjax import evaluators
 from mmjax.evaluators import loss as loss_evaluator
@@ -241,7 +244,31 @@ def test_small_replicated_arrays_are_saved_whole_and_restore_on_another_mesh(tmp
   saver.close()
 
 
-def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_path):
+def _answers_as_its_evaluation(c, workdir, tmp_path, capsys):
+  """`python -m mmjax.generate --workdir` answers a question about an evaluation image (saved as
+  a PNG) exactly as the run's VQA evaluation answers it (its prompt, its views, greedy)."""
+  tok = build.tokenizer(c)
+  config = build.model_config(c, tok.vocab_size)
+  record = build.data_source(c, c.data.eval_split)[0]
+  asked = vqa.ask(c, tok, [record], config)
+  fmt = build.formatter(c, c.train.task, config, tok)
+  spec = step_lib.model_batch(build.example_batch(fmt, build.data_source(c, "train"), 2))
+  _, params = evaluation._restore(c, workdir, mllm.MLLM(config), spec, loop.mesh_from_config(c),
+                                  None)
+  tokens, lengths = sampling.generate(
+      mllm.MLLM(config), {"params": params}, asked.prompts[:1],
+      {k: v[None] for k, v in asked.views[0].items()}, max_new_tokens=c.eval.max_new_tokens,
+      eos_id=tok.eos_id, pad_id=tok.pad_id)
+  image = tmp_path / "question.png"
+  Image.fromarray(record["image"]).save(image)
+  question = record["qa"]["question"][0].decode()
+  capsys.readouterr()  # What the evaluation printed.
+  assert generate.main(["--workdir", str(workdir), "--image", str(image), "--prompt", question,
+                        "--max_new_tokens", str(c.eval.max_new_tokens)]) == 0
+  assert capsys.readouterr().out == tok.decode(tokens[0, :lengths[0]]) + "\n"
+
+
+def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_path, capsys):
   short, long = tmp_path / "short", tmp_path / "long"
   # The process's first run also compiles eager ops once; only a second run's count is the loop's.
   loop.train(tiny(data_dir, steps=1), tmp_path / "warm")
@@ -271,6 +298,7 @@ def test_end_to_end_without_recompiling_and_eval_on_another_mesh(data_dir, tmp_p
   assert saved["visual_tokens_per_image"] == saved["visual_token_budget"] > 0
   assert saved == json.loads(json.dumps(result))
   assert saved["config"]["data"]["kinds"] == ",".join(asked)  # The config it was computed with.
+  _answers_as_its_evaluation(tiny(data_dir, steps=8), long, tmp_path, capsys)
   # Checked before any checkpoint is read: this run's checkpoint folder is empty.
   (tmp_path / "untrained" / "checkpoints" / "8").mkdir(parents=True)
   shutil.copy(long / "config.json", tmp_path / "untrained")
