@@ -131,8 +131,12 @@ def config(a: ml_collections.ConfigDict, tower: ml_collections.ConfigDict,
   # tokens, whatever res / patch / tower give.
   c.data.text_len = s.max_len - (s.image // s.patch) ** 2
   # Tokens per row; 0: text_len + the model's most visual tokens (dynamic towers: their
-  # largest image's).
+  # largest image's; with several images a row, max_images of them).
   c.data.max_len = 0
+  # Images a row holds (the model's max_images): records of several images (an ingested
+  # LLaVA-OneVision-format JSON) up to it train, each image its own row of the tower; records of
+  # more are dropped and counted (metrics' too_many_images). 1: one image a row, as before.
+  c.data.max_images = 1
   c.data.max_questions = s.questions  # Questions per training conversation (vqa task).
   # Comma-separated question kinds the vqa task trains and eval.py asks (questions.ALL_KINDS),
   # e.g. "pattern_colours" for one rung of the fine ladder; "": every kind.

@@ -254,7 +254,7 @@ def test_hostile_values_are_rejected_not_fatal(tmp_path):
       entry("\ud800"),                                    # A lone surrogate: no UTF-8.
       entry(True), entry(""), entry(1.5), entry(None),
       entry("nul", "a\0b.png"),
-      entry("list", ["a.png", "b.png"]),
+      entry("list", ["a.png", "b.png"]),                  # Two images, one <image> tag.
       entry("surrogate_path", "\ud800.png"),
       entry("bad_text", conversations=turns("<image>\n\udfff")),
       entry("bad_role", conversations=[{"from": "\ud800", "value": "Hi"}]),
@@ -263,9 +263,10 @@ def test_hostile_values_are_rejected_not_fatal(tmp_path):
   ]
   (tmp_path / "data.json").write_text(json.dumps(records))
   report = ingest.ingest(tmp_path / "data.json", tmp_path, tmp_path / "out")
-  assert report["rejected"] == {"malformed": 8, "invalid_text": 1, "bad_role": 1,
-                                "image_missing": 1, "image_unreadable": 1}
-  assert report["first_ids"]["malformed"] == ["#0", "#1", "#2", "#3", "#4", "nul", "list",
+  assert report["rejected"] == {"malformed": 7, "invalid_text": 1, "bad_role": 1,
+                                "image_missing": 1, "image_unreadable": 1,
+                                "image_without_tag": 1}
+  assert report["first_ids"]["malformed"] == ["#0", "#1", "#2", "#3", "#4", "nul",
                                               "surrogate_path"]
   assert report["first_ids"]["image_missing"] == [str(10**30)]
   assert report["dataset"] is None
@@ -349,7 +350,7 @@ def test_all_rejected_still_reports_every_record(tmp_path):
   assert report["rejected"] == {"image_missing": 9} and report["accepted"] == 0
   assert report["dataset"] is None
   assert json.loads((tmp_path / "out" / ingest.REPORT).read_text()) == report
-  with pytest.raises(errors.InputError, match="llava_json/1.0.0 does not exist"):
+  with pytest.raises(errors.InputError, match="llava_json/2.0.0 does not exist"):
     ingest.load(tmp_path / "out")
 
 
@@ -389,3 +390,34 @@ def test_unusable_inputs_fail_before_writing_anything(tmp_path, capsys):
   with pytest.raises(llava_json.InputError, match="nowhere — no such folder"):
     ingest.ingest(tmp_path / "one.json", tmp_path / "nowhere", tmp_path / "out")
   assert not (tmp_path / "out").exists()
+
+
+def test_records_of_several_images_keep_them_in_order(tmp_path):
+  """LLaVA-OneVision's format: "image" a list, as many `<image>` tags anywhere in the human
+  turns; a count that differs from the tags, an empty list or a missing file is rejected with
+  its reason."""
+  for i in range(3):
+    Image.fromarray(noise(i, 8 + i, 6)).save(tmp_path / f"{i}.png")
+  two_turns = turns("<image>\nThe first.", "Seen.") + turns("And <image> the second?", "Yes.")
+  records = [
+      entry("two", ["0.png", "1.png"], two_turns),
+      entry("three", ["2.png", "0.png", "1.png"], turns("<image><image>\nWhich? <image>", "One.")),
+      entry("one_in_a_list", ["1.png"]),
+      entry("fewer_tags", ["0.png", "1.png"]),
+      entry("more_tags", ["0.png"], turns("<image> and <image>?", "No.")),
+      entry("empty_list", []),
+      entry("a_missing_one", ["0.png", "absent.png"], two_turns),
+      entry("too_many", [f"{i % 3}.png" for i in range(llava_json.MAX_IMAGES + 1)]),
+  ]
+  (tmp_path / "data.json").write_text(json.dumps(records))
+  report = ingest.ingest(tmp_path / "data.json", tmp_path, tmp_path / "out")
+  assert report["rejected"] == {"image_without_tag": 1, "tag_without_image": 1, "malformed": 1,
+                                "image_missing": 1, "too_many_images": 1}
+  source = ingest.load(tmp_path / "out")["train"]
+  got = {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+  assert sorted(got) == ["one_in_a_list", "three", "two"]
+  for record_id, names in (("two", [0, 1]), ("three", [2, 0, 1]), ("one_in_a_list", [1])):
+    stored = [got[record_id]["image"]] + list(got[record_id]["extra_images"])
+    assert len(stored) == len(names)
+    for pixels, i in zip(stored, names):
+      np.testing.assert_array_equal(pixels, noise(i, 8 + i, 6))

@@ -572,3 +572,53 @@ def test_eval_loss_counts_every_image_once(data_dir):
     assert got["loss_tokens"] == tokens > 0
     np.testing.assert_allclose(
         got["loss"], sum(float(r["loss_sum"]) for r in rows[:examples]) / tokens, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["llava15", "qwen2vl"])
+def test_records_of_several_images_train_and_those_over_the_budget_are_counted(tmp_path, method):
+  """An ingested LLaVA-OneVision-format JSON (one, two and three images a record, tags anywhere,
+  text-only ones) trains with two images a row (`data.max_images`) on a fixed and a native
+  tower: each image its own row of the tower; the three-image records are dropped and counted."""
+  from mmjax.data import ingest
+  for i in range(3):
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (40 + 8 * i, 56, 3), np.uint8)
+                    ).save(tmp_path / f"{i}.png")
+  def turns(*pairs):
+    return [{"from": who, "value": text} for pair in pairs for who, text in
+            zip(("human", "gpt"), pair)]
+  records = []
+  for n in range(24):
+    kind = n % 4
+    images = [f"{(n + j) % 3}.png" for j in range(kind)]
+    if kind == 0:
+      conversation = turns(("Say hello.", "Hello."))
+    elif kind == 2:
+      conversation = turns(("<image>\nIs this the first?", "Yes."),
+                           ("And <image>, the second one?", "No."))
+    else:
+      conversation = turns(("".join("<image>\n" for _ in images) + "Which is larger?", "The first."))
+    records.append({"id": str(n), "conversations": conversation, **({"image": images} if images
+                                                                      else {})})
+  (tmp_path / "data.json").write_text(json.dumps(records))
+  report = ingest.ingest(tmp_path / "data.json", tmp_path, tmp_path / "ds")
+  assert report["accepted"] == 24
+  c = config_args.get_config(ROOT / "configs" / f"{method}.py", "size=tiny,steps=2")
+  c.data.dataset, c.data.max_images = f"llava_json:{tmp_path / 'ds'}", 2
+  c.train.task = c.train.align_task = "conversation"
+  c.train.align_fraction, c.train.batch_size, c.train.log_every = 0.0, 8, 1
+  c.train.max_dropped_share = 0.5  # A quarter of the records hold three images.
+  c.evals = {}
+  loop.train(c, tmp_path / "run")
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  assert all(np.isfinite(r["loss"]) for r in rows)
+  too_many = sum(r["too_many_images"] for r in rows)
+  assert too_many > 0 and sum(r["dropped"] for r in rows) >= too_many
+  # A two-image record's row: both images' views and placeholders, in a batch the model reads.
+  tok = build.tokenizer(c)
+  fmt = build.formatter(c, "conversation", build.model_config(c, tok.vocab_size), tok)
+  source = build.data_source(c, "train")
+  two = next(r for r in (source[i] for i in range(len(source))) if len(r["extra_images"]) == 1)
+  row = fmt.random_map(two, np.random.default_rng(0))
+  assert row["dropped"] == 0 and row["image_tokens"].shape == (2,)
+  assert (row["image_tokens"] > 0).all()
+  assert np.sum(row["tokens"] == tok.image_id) == row["image_tokens"].sum()

@@ -4,13 +4,13 @@ report that accounts for every record.
   python -m mmjax.data.ingest --json llava_v1_5_mix665k.json --images data/ --out data/llava665k
 
 writes into --out
-  llava_json/1.0.0/  the dataset (array_record), opened without TensorFlow by `load(out_dir)`
+  llava_json/2.0.0/  the dataset (array_record), opened without TensorFlow by `load(out_dir)`
                      (or `tfds.data_source("llava_json", data_dir=out_dir)` once
                      `mmjax.data.datasets.llava_json` is imported);
   report.json        {"total": M, "accepted": N, "rejected": {reason: count},
                       "first_ids": {reason: [up to 10 ids, in input order]},
                       "first_details": {reason: [why, aligned with first_ids]},
-                      "splits": {split: accepted}, "dataset": "llava_json/1.0.0" (None if
+                      "splits": {split: accepted}, "dataset": "llava_json/2.0.0" (None if
                       nothing could be written), "json", "images", "max_pixels", "val_fraction"}
 and prints a summary table. Bad records are skipped and counted, never fatal:
 accepted + sum(rejected) == total. The checks, reason names and record format are those of

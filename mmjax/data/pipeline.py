@@ -460,54 +460,82 @@ class FormatExample(grain.transforms.RandomMap):
   def __init__(self, *, task: str, template: str, tokenizer: tokenizer_lib.Tokenizer,
                num_image_tokens: int, max_len: int, policy: Callable[[np.ndarray], dict],
                max_questions: int | None = None, kinds: tuple[str, ...] = (),
-               visual_tokens: Callable[[int], int] | None = None):
+               visual_tokens: Callable[[int], int] | None = None, max_images: int = 1):
     """`num_image_tokens`: the placeholders of the largest image; `visual_tokens` maps the
-    tower's tokens of an image to the decoder's (the connector's count; None: the same)."""
+    tower's tokens of an image to the decoder's (the connector's count; None: the same);
+    `max_images`: the images a row holds (1: views without an image axis; N > 1: views
+    [N, …] and `image_tokens` [N], as `MLLMConfig.max_images`; a record of more is dropped)."""
     if task not in TASKS:
       raise ValueError(f"Unknown task {task!r}; valid: {TASKS}.")
+    if max_images < 1:
+      raise ValueError(f"max_images={max_images} must be at least 1.")
     tokenizer_lib.get_template(template)
     self.task, self.template, self.tokenizer = task, template, tokenizer
     self.num_image_tokens, self.max_len, self.policy = num_image_tokens, max_len, policy
     self.max_questions, self.kinds = max_questions, tuple(kinds)
-    self.visual_tokens = visual_tokens
+    self.visual_tokens, self.max_images = visual_tokens, max_images
+
+  def _tokens(self, image: np.ndarray) -> int:
+    """The decoder's visual tokens of `image`: its own count under a dynamic policy, else the
+    largest image's."""
+    count = self.policy.num_tokens(image)
+    if count is None:
+      return self.num_image_tokens
+    return self.visual_tokens(count) if self.visual_tokens is not None else count
+
+  def _views(self, views: list[dict[str, np.ndarray]], tokens: list[int]
+             ) -> dict[str, np.ndarray]:
+    """The row's views: the one image's (or blank) with one image a row; else every image's
+    stacked with blanks to `max_images`, and their `image_tokens`."""
+    if self.max_images == 1:
+      return views[0] if views else self.policy.blank()
+    blank = self.policy.blank()
+    views = views + [blank] * (self.max_images - len(views))
+    out = {k: np.stack([v[k] for v in views]) for k in blank}
+    out["image_tokens"] = np.asarray(tokens + [0] * (self.max_images - len(tokens)), np.int32)
+    return out
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     has_image = bool(record.get("has_image", True))
+    pictures = ([record["image"]] + list(record.get("extra_images", ()))) if has_image else []
     row = {"dropped": np.array(0, np.int32), "truncated": np.array(0, np.int32),
-           "has_image": np.array(has_image, np.int32)}
+           "has_image": np.array(has_image, np.int32),
+           # Rows of more images than the row holds are dropped and counted, never cut.
+           "too_many_images": np.array(len(pictures) > self.max_images, np.int32)}
+    views, grids = [], []
     try:
-      views = self.policy(record["image"]) if has_image else self.policy.blank()
-      num_image_tokens = self.num_image_tokens
-      image_tokens = self.policy.num_tokens(record["image"]) if has_image else None
-      if image_tokens is not None:  # A dynamic policy: this image's own count.
-        num_image_tokens = image_tokens
-        if self.visual_tokens is not None:
-          num_image_tokens = self.visual_tokens(num_image_tokens)
+      if len(pictures) > self.max_images:
+        raise tokenizer_lib.ConversationError(
+            "too_many_images", f"{len(pictures)} images, the row holds {self.max_images}")
+      views = [self.policy(picture) for picture in pictures]
+      tokens = [self._tokens(picture) for picture in pictures]
       encoded = tokenizer_lib.encode_conversation(
           self.template, conversation_of(record, self.task, rng, self.max_questions, self.kinds),
-          self.tokenizer, num_images=int(has_image), num_image_tokens=num_image_tokens,
-          max_len=self.max_len)
+          self.tokenizer, num_images=len(pictures), num_image_tokens=tokens,
+          max_len=self.max_len, max_images=self.max_images)
       ids, mask = encoded.ids, encoded.loss_mask
       row["truncated"] = np.array(encoded.truncated, np.int32)
+      grids = [view["image_grid"] for view in views] if self.policy.mrope else []
     except (tokenizer_lib.ConversationError, ImageRefused):
-      ids, mask, views = np.zeros(0, np.int32), np.zeros(0, np.int32), self.policy.blank()
+      ids, mask, views, tokens = np.zeros(0, np.int32), np.zeros(0, np.int32), [], []
       row["dropped"] = np.array(1, np.int32)
     row.update(tokenizer_lib.model_inputs(ids, mask, self.max_len, pad_id=self.tokenizer.pad_id,
                                           image_id=self.tokenizer.image_id))
-    row.update(views)
+    row.update(self._views(views, tokens))
     if self.policy.mrope:
-      row["positions"] = mrope_row(ids, self.max_len, self.tokenizer.image_id,
-                                   row["image_grid"], self.policy.merge_size)
+      row["positions"] = mrope_row(ids, self.max_len, self.tokenizer.image_id, grids,
+                                   self.policy.merge_size)
     return row
 
 
-def mrope_row(ids: np.ndarray, length: int, image_id: int, grid: np.ndarray,
+def mrope_row(ids: np.ndarray, length: int, image_id: int, grids: Any,
               merge: int) -> np.ndarray:
   """M-RoPE positions int32 [length, 3] of one row (batch axis first, so the pipeline can shard
-  it; the model moves the axis): the image placeholders take `grid`'s rows and columns, padding 0.
-  """
+  it; the model moves the axis): each image's placeholders take its grid's rows and columns (the
+  grids of the row's images in order, or one grid), padding 0."""
   types = (np.asarray(ids) == image_id).astype(np.int32)
-  grids = [tuple(int(g) for g in grid)] if types.any() else []
+  grids = np.asarray(grids).reshape(-1, 3)
+  grids = [tuple(int(g) for g in grid) for grid in grids] if types.any() else []
   positions, _ = mrope.mrope_positions(types.tolist(), grids, merge)
   out = np.zeros((length, 3), np.int32)
   out[:positions.shape[1]] = positions.T

@@ -29,6 +29,18 @@ class _Asked:
   refused: list[int]  # Images the resolution policy refused (ImageRefused): not asked.
 
 
+def _row_views(view: dict[str, np.ndarray], tokens: int, policy: Any, max_images: int
+               ) -> dict[str, np.ndarray]:
+  """One image's views as a row of the model: as they are, or with several images a row, first
+  of `max_images` (blanks after it) with their `image_tokens`."""
+  if max_images == 1:
+    return view
+  blank = policy.blank()
+  out = {k: np.stack([view[k]] + [blank[k]] * (max_images - 1)) for k in view}
+  out["image_tokens"] = np.asarray([tokens] + [0] * (max_images - 1), np.int32)
+  return out
+
+
 def ask(c, tok, source, config) -> _Asked:
   """The prompts and views of every question of the first `eval_examples` images. Raises if a
   reference answer is longer than `eval.max_new_tokens` (exact match would count it wrong
@@ -40,7 +52,7 @@ def ask(c, tok, source, config) -> _Asked:
     record = source[i]
     try:
       view = policy(record["image"])
-      n_tokens = int(config.visual_tokens({k: v[None] for k, v in view.items()})[0])
+      n_tokens = int(config.image_tokens({k: v[None] for k, v in view.items()})[0])
     except pipeline.ImageRefused:  # Dropped and counted, as the training pipeline does.
       asked.refused.append(i)
       continue
@@ -61,7 +73,7 @@ def ask(c, tok, source, config) -> _Asked:
       if policy.mrope:
         asked.positions.append(pipeline.mrope_row(prompt, len(prompt), tok.image_id,
                                                   view["image_grid"], policy.merge_size))
-      asked.views.append(view)
+      asked.views.append(_row_views(view, n_tokens, policy, config.max_images))
       asked.truth.append((family.decode(), kind.decode(), answer.decode()))
   if not asked.image_tokens:
     raise ValueError(f"The resolution policy refused all {len(asked.refused)} evaluated images of "

@@ -57,7 +57,8 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> mllm.MLLMConf
                      f"tokenizer's {vocab_size}.")
   return mllm.MLLMConfig(tower=towers.from_config(m.tower, common, decoder.width), llm=decoder,
                          connector=connectors.from_config(m.connector),
-                         image_token_id=tokenizer_lib.IMAGE_ID)
+                         image_token_id=tokenizer_lib.IMAGE_ID,
+                         max_images=int(c.data.get("max_images", 1)))
 
 
 def max_len(c: ml_collections.ConfigDict, config: mllm.MLLMConfig) -> int:
@@ -106,10 +107,11 @@ def policy(c: ml_collections.ConfigDict, config: mllm.MLLMConfig | None = None) 
 def formatter(c: ml_collections.ConfigDict, task: str, config: mllm.MLLMConfig,
               tok: tokenizer_lib.Tokenizer) -> pipeline.FormatExample:
   return pipeline.FormatExample(task=task, template=c.data.template, tokenizer=tok,
-                                num_image_tokens=config.max_visual_tokens,
+                                num_image_tokens=config.image_visual_tokens,
                                 visual_tokens=config.connector.num_tokens,
                                 max_len=max_len(c, config), policy=policy(c, config),
-                                max_questions=c.data.max_questions, kinds=question_kinds(c))
+                                max_questions=c.data.max_questions, kinds=question_kinds(c),
+                                max_images=config.max_images)
 
 
 # `pretrain.kinds` value: the kinds of data.kinds that the tower's input can show (question_kinds).

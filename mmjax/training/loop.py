@@ -390,10 +390,11 @@ class _Setup:
     return step_lib.model_batch(host)  # The bookkeeping fields stay on the host.
 
   @staticmethod
-  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int]:
-    """(tokens, rows dropped, rows truncated) of this process's rows, for the metrics."""
+  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int, int]:
+    """(tokens, rows dropped, rows truncated, rows of more images than a row holds — dropped
+    too) of this process's rows, for the metrics."""
     return (float(np.sum(host["segment_ids"] > 0)), int(np.sum(host["dropped"])),
-            int(np.sum(host["truncated"])))
+            int(np.sum(host["truncated"])), int(np.sum(host.get("too_many_images", 0))))
 
   def evaluates(self, step: int) -> bool:
     return any(step % every == 0 for _, every in self.evaluators.values())
@@ -425,17 +426,19 @@ class _Window:
   def __init__(self):
     self.start = time.perf_counter()
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
-    self.steps, self.tokens, self.dropped, self.truncated = 0, 0.0, 0, 0
+    self.steps, self.tokens, self.dropped, self.truncated, self.too_many_images = 0, 0.0, 0, 0, 0
     self.seconds = 0.0
 
-  def add(self, step: int, metrics: dict[str, jax.Array], counts: tuple[float, int, int]
+  def add(self, step: int, metrics: dict[str, jax.Array], counts: tuple[float, int, int, int]
           ) -> None:
-    """Step `step`'s device metrics and its batch's (tokens, dropped, truncated) counts."""
+    """Step `step`'s device metrics and its batch's (tokens, dropped, truncated,
+    too_many_images) counts."""
     self.pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm", "finite")}))
     self.steps += 1
     self.tokens += counts[0] * jax.process_count()
     self.dropped += counts[1]
     self.truncated += counts[2]
+    self.too_many_images += counts[3]
 
   def fetch(self) -> list[dict[str, Any]]:
     """The pending steps' metrics as host values, in step order (waits for the device)."""
@@ -504,7 +507,8 @@ def _run(setup, state, checkpoints, writer, peak, sigterm):
           "step_time": seconds, "tokens_per_sec": window.tokens / window.seconds,
           "examples_per_sec": setup.batch_rows / seconds,
           "mfu": step_flops / seconds / peak if step_flops else 0.0,
-          "dropped": window.dropped, "truncated": window.truncated, **evaluated,
+          "dropped": window.dropped, "truncated": window.truncated,
+          "too_many_images": window.too_many_images, **evaluated,
       }
       writer.write(step, last)
     if save or ended:

@@ -291,9 +291,10 @@ class Setup:
     return {k: v for k, v in host.items() if k != "kind"}
 
   @staticmethod
-  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int]:
-    """(visual tokens, images refused, rows truncated) of a batch, for the metrics."""
-    return float(np.sum(host["valid"])), int(np.sum(~np.any(host["valid"] > 0, axis=1))), 0
+  def counts(host: dict[str, np.ndarray]) -> tuple[float, int, int, int]:
+    """(visual tokens, images refused, rows truncated, rows of too many images) of a batch, for
+    the metrics (one image a row here: the last two are 0)."""
+    return float(np.sum(host["valid"])), int(np.sum(~np.any(host["valid"] > 0, axis=1))), 0, 0
 
   def start(self) -> None:
     """Records the stage's settings before its first step: a run stopped before its first

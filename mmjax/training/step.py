@@ -12,7 +12,8 @@ from mmjax.models import mllm
 from mmjax.models import towers
 from mmjax.training.state import TrainState
 
-MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", *towers.ALL_INPUTS)
+MODEL_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask", *towers.ALL_INPUTS,
+              "image_tokens")  # With several images a row: each image's visual tokens.
 
 
 def model_batch(batch: dict[str, Any]) -> dict[str, Any]:

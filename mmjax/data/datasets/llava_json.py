@@ -4,7 +4,9 @@ The input is LLaVA's list of records,
   [{"id": "000001", "image": "coco/train2017/000001.jpg",
     "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"},
                       {"from": "gpt", "value": "A cat."}, ...]}, ...],
-multi-turn, with text-only records (no "image", or "image": null) allowed. Every record is either
+multi-turn, with text-only records (no "image", or "image": null) and records of several images
+("image": ["a.jpg", "b.jpg", …], as many `<image>` tags placed anywhere in the human turns: the
+LLaVA-OneVision / LLaVA-NeXT-Interleave format) allowed. Every record is either
 written to the dataset or rejected with exactly one reason from `REASONS`: the first check below
 that it fails. Nothing else stops the build, so accepted + rejected == total always holds.
 
@@ -12,25 +14,27 @@ that it fails. Nothing else stops the build, so accepted + rejected == total alw
      taken as its decimal text; valid Unicode).
   2. duplicate_id: an earlier entry has the same id. Every entry with a usable id claims it,
      accepted or not, so which record survives is decided before any image is read.
-  3. malformed: "image" is not a non-empty path string (or absent / null), "conversations" is
-     absent or not a list, a turn is not {"from": str, "value": str}.
+  3. malformed: "image" is not a non-empty path string, nor a non-empty list of them (nor absent
+     / null), "conversations" is absent or not a list, a turn is not {"from": str, "value": str};
+     too_many_images: more than `MAX_IMAGES` images.
   4. The conversation, by `mmjax.data.tokenizer` (its `ConversationError.reason`): empty,
      bad_role, bad_turn_order, empty_question, empty_answer, invalid_text, image_in_answer,
-     too_many_images (more than one `<image>`), tag_without_image (an `<image>` tag and no
-     "image"), image_without_tag ("image" and no tag).
+     too_many_images (more than `MAX_IMAGES` `<image>` tags), tag_without_image (more `<image>`
+     tags than images), image_without_tag (fewer).
   5. image_outside_root: the path is absolute, or resolves (through ".." or a symlink) outside the
      image folder. Checked just before reading, so no file outside the folder is opened (unless
      the folder is changed during the build, which can race the check).
   6. image_<reason> for the `reason` of `mmjax.data.images.ImageError` (image_missing,
-     image_corrupt, image_too_large, ...).
+     image_corrupt, image_too_large, ...), for the first of its images that fails.
 
 Each accepted record stores:
   id: the record's id (the example key; ids are unique).
   image: the RGB uint8 pixels `load_image` returned (EXIF rotation applied, CMYK / 16-bit /
     palette converted), re-encoded as PNG, so training never decodes an original file; a 1x1
     `images.BACKGROUND` placeholder for a text-only record.
+  extra_images: the record's second and later images, each stored as `image` (empty for one).
   has_image: False exactly for text-only records.
-  width, height: the stored image's size (1, 1 for the placeholder).
+  width, height: the stored (first) image's size (1, 1 for the placeholder).
   conversations: the turns as JSON text, [{"from": ..., "value": ...}, ...], roles and values as
     given (other keys of a turn are dropped); `json.loads` reads it from the stored bytes.
 
@@ -71,6 +75,8 @@ FIRST_IDS = 10  # Ids kept per reason in the report.
 _CHECK_TEMPLATE = "vicuna_v1"
 _CHECK_TOKENIZER = tokenizer.ByteTokenizer()
 
+MAX_IMAGES = 16  # Images a record may hold; a row's own budget is the config's data.max_images.
+
 # Spawning workers costs about a second each (they import TFDS); below this many images the
 # build decodes in-process.
 _MIN_POOL_JOBS = 64
@@ -97,7 +103,7 @@ class RecordError(ValueError):
 class Record:
   """An entry that passed checks 1-4 (everything but its image file)."""
   id: str
-  image: str | None  # Path relative to the image folder; None: text-only.
+  images: tuple[str, ...]  # Paths relative to the image folder; (): text-only.
   conversations: str  # The turns as JSON text.
 
 
@@ -157,18 +163,23 @@ def check_entry(entry: Any, index: int, seen: set[str]) -> Record:
                       "entry")
   seen.add(record_id)
   image = entry.get("image")
-  if image is not None and not _is_path(image):
-    raise RecordError("malformed", f"image {image!r:.80} is not a non-empty relative path string")
+  paths = [] if image is None else image if isinstance(image, list) else [image]
+  if not all(_is_path(x) for x in paths) or (isinstance(image, list) and not image):
+    raise RecordError("malformed", f"image {image!r:.80} is not a non-empty relative path string "
+                      "nor a non-empty list of them")
+  if len(paths) > MAX_IMAGES:
+    raise RecordError("too_many_images", f"{len(paths)} images, at most {MAX_IMAGES}")
   turns = entry.get("conversations")
   if not isinstance(turns, list):
     raise RecordError("malformed", f"conversations is a {type(turns).__name__}, not a list")
   try:
     tokenizer.encode_conversation(_CHECK_TEMPLATE, turns, _CHECK_TOKENIZER,
-                                  num_images=int(image is not None), num_image_tokens=1)
+                                  num_images=len(paths), num_image_tokens=1,
+                                  max_images=MAX_IMAGES)
   except tokenizer.ConversationError as e:
     raise RecordError(e.reason, e.message) from None
   text = json.dumps([{"from": t["from"], "value": t["value"]} for t in turns], ensure_ascii=False)
-  return Record(id=record_id, image=image, conversations=text)
+  return Record(id=record_id, images=tuple(paths), conversations=text)
 
 
 def _is_unicode(text: str) -> bool:
@@ -295,8 +306,9 @@ class _Planned:
 
 class LlavaJson(tfds.core.GeneratorBasedBuilder):
   """A LLaVA-format JSON and its image folder; `report` holds the counts after a build."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "2.0.0": "Records of several images (extra_images)."}
 
   def __init__(self, *, entries: list | None = None, images_dir: str | os.PathLike | None = None,
                max_pixels: int = images.MAX_PIXELS, val_fraction: float = 0.0,
@@ -326,6 +338,8 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "id": tfds.features.Text(),
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "extra_images": tfds.features.Sequence(
+                tfds.features.Image(shape=(None, None, 3), encoding_format="png")),
             "has_image": np.bool_,
             "width": np.int32,
             "height": np.int32,
@@ -380,21 +394,23 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
   def _judge(self, root: str, plan: list[_Planned]
              ) -> Iterator[tuple[_Planned, dict | RecordError]]:
     """(planned, example or RecordError) for each of `plan`, in order."""
-    jobs = [(root, p.outcome.image, self._max_pixels) for p in plan
-            if isinstance(p.outcome, Record) and p.outcome.image is not None]
+    jobs = [(root, path, self._max_pixels) for p in plan if isinstance(p.outcome, Record)
+            for path in p.outcome.images]
     with _ordered_map(load_record_image, jobs, self._workers) as loaded:
       for planned in plan:
         record = planned.outcome
         if isinstance(record, RecordError):
           yield planned, record
           continue
-        image = (_PLACEHOLDER_PNG, 1, 1) if record.image is None else next(loaded)
-        if isinstance(image, RecordError):
-          yield planned, image
+        pictures = [next(loaded) for _ in record.images] or [(_PLACEHOLDER_PNG, 1, 1)]
+        failed = next((x for x in pictures if isinstance(x, RecordError)), None)
+        if failed is not None:
+          yield planned, failed
           continue
-        png, width, height = image
-        yield planned, {"id": record.id, "image": png, "has_image": record.image is not None,
-                        "width": width, "height": height, "conversations": record.conversations}
+        (png, width, height), extra = pictures[0], [x[0] for x in pictures[1:]]
+        yield planned, {"id": record.id, "image": png, "extra_images": extra,
+                        "has_image": bool(record.images), "width": width, "height": height,
+                        "conversations": record.conversations}
 
 
 @contextlib.contextmanager
