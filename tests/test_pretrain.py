@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 import transformers
 
@@ -174,8 +175,9 @@ def test_a_run_starts_from_a_converted_hugging_face_clip(data_dir, tmp_path):
 
 def test_a_run_fine_tunes_a_converted_whole_llava(data_dir, tmp_path):
   """`train.init_params=DIR` (a whole `LlavaForConditionalGeneration`, built here to the tiny
-  config's shapes and converted): every parameter starts from it; the run fine-tunes it with
-  bfloat16 compute and LLaVA's trainable pattern (projector and LLM), the tower unchanged."""
+  config's shapes and converted): every parameter starts from it; the run fine-tunes it on an
+  ingested LLaVA JSON with bfloat16 compute and LLaVA's trainable pattern (projector and LLM),
+  the tower unchanged."""
   c = tiny(data_dir)
   c.model.tower.vit.stem = "patch"  # CLIP's linear patch embedding.
   vocab = build.tokenizer(c).vocab_size
@@ -192,8 +194,23 @@ def test_a_run_fine_tunes_a_converted_whole_llava(data_dir, tmp_path):
   assert start.keys() == converted.keys()
   for key in converted:
     np.testing.assert_array_equal(start[key], converted[key], err_msg="/".join(key))
+  # Fine-tuned on an ingested LLaVA-format JSON (multi-turn and text-only records).
+  from mmjax.data import ingest
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(tmp_path / f"{i}.png")
+  records = [{"id": str(n), "image": f"{n % 4}.png", "conversations": [
+      {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "Noise."},
+      {"from": "human", "value": "Is it grey?"}, {"from": "gpt", "value": "No."}]}
+             for n in range(12)] + [{"id": "text", "conversations": [
+                 {"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "Hello."}]}]
+  (tmp_path / "data.json").write_text(json.dumps(records))
+  assert ingest.ingest(tmp_path / "data.json", tmp_path, tmp_path / "ds")["accepted"] == 13
+  c.data.dataset = f"llava_json:{tmp_path / 'ds'}"
+  c.train.task = c.train.align_task = "conversation"
   c.model.dtype, c.train.align_fraction, c.train.batch_size = "bfloat16", 0.0, 8
   c.train.trainable = "^(projector|llm)/"
+  c.evals = {}
   metrics = loop.train(c, tmp_path / "run")
   assert np.isfinite(metrics["loss"])
   spec = step_lib.model_batch(build.example_batch(
