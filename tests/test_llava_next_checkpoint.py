@@ -28,6 +28,12 @@ VARIANTS = {
         vision_config=transformers.CLIPVisionConfig(**VISION),
         text_config=transformers.LlamaConfig(**TEXT), image_token_index=IMAGE_ID,
         image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]),
+    # llava-v1.6-mistral's shape: a Mistral decoder without a sliding window (LLaMA's
+    # architecture; it exports as a LLaMA config of the same tensors).
+    "next_mistral": lambda: transformers.LlavaNextConfig(
+        vision_config=transformers.CLIPVisionConfig(**VISION),
+        text_config=transformers.MistralConfig(**TEXT, sliding_window=None),
+        image_token_index=IMAGE_ID, image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]]),
     # LLaVA-OneVision: SigLIP's last layer (and its pooling head, unused), canvases of 1…3 crops
     # a side, maps over one crop's tokens shrunk (anyres_max_1), a Qwen2 decoder; crops of 30 px
     # at patch 14, of which the patch convolution reads 28 (as SigLIP's 384 at 14 reads 378).
@@ -115,3 +121,12 @@ def test_bfloat16_runs_close(pair, rng):
   _, _, config, params = pair
   prompts, views, _ = _inputs(rng, config, [(3, 5), (1, 2), (0, 4)])
   hf_models.assert_bfloat16_close(config, params, {**sampling.pad_prompts(prompts), **views})
+
+
+def test_a_mistral_decoder_with_a_sliding_window_is_refused():
+  config = transformers.LlavaNextConfig(
+      vision_config=transformers.CLIPVisionConfig(**VISION),
+      text_config=transformers.MistralConfig(**TEXT, sliding_window=16), image_token_index=IMAGE_ID)
+  config.architectures = ["LlavaNextForConditionalGeneration"]
+  with pytest.raises(ValueError, match="sliding_window=16.*not supported"):
+    hf.converter(config.architectures[0]).config_from_hf(config.to_dict())

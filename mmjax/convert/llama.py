@@ -20,8 +20,16 @@ def _rope(hf: dict[str, Any]) -> float:
 
 def config_from_hf(hf: dict[str, Any]) -> LLMConfig:
   model_type = hf.get("model_type")
-  if model_type not in ("llama", "qwen2"):
-    raise ValueError(f"model_type {model_type!r} is not a LLaMA or Qwen2 config.")
+  if model_type not in ("llama", "qwen2", "mistral"):
+    raise ValueError(f"model_type {model_type!r} is not a LLaMA, Qwen2 or Mistral config.")
+  if model_type == "mistral":
+    # Mistral is LLaMA's architecture plus an optional sliding window (none in Mistral-7B v0.2,
+    # LLaVA-NeXT's decoder); it exports back as a LLaMA config of the same tensors.
+    window, context = hf.get("sliding_window"), hf.get("max_position_embeddings") or 0
+    if window is not None and window < context:
+      raise ValueError(f"Mistral sliding-window attention (sliding_window={window}) is not "
+                       "supported; valid: null.")
+    hf = {**hf, "attention_bias": False, "mlp_bias": False}
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported; LLaMA/Qwen2 use 'silu'.")
   if model_type == "qwen2":
