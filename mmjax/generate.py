@@ -273,7 +273,8 @@ class Server:
     image, else [B, N, …] with each row's `image_tokens` [B, N] and the config's `max_images`
     set to N (blank views where a row has fewer)."""
     blank = self._blank()
-    most = max(len(row.images or ()) for row in rows)
+    # A run trained with several images a row keeps its image axis for a single image.
+    most = max([len(row.images or ()) for row in rows] + [self.config.max_images])
     if most <= 1:
       views = [row.images[0] if row.images else blank for row in rows]
       return self.config, {k: np.stack([v[k] for v in views]) for k in blank}

@@ -123,10 +123,21 @@ def test_bfloat16_runs_close(pair, rng):
   hf_models.assert_bfloat16_close(config, params, {**sampling.pad_prompts(prompts), **views})
 
 
-def test_a_mistral_decoder_with_a_sliding_window_is_refused():
+def test_a_mistral_window_is_refused_and_the_top_level_flag_ties_the_head():
+  """A Mistral decoder with a sliding window, given or left to MistralConfig's default (4096),
+  is refused; LlavaNextConfig ties the head by its top-level flag alone (transformers' rule)."""
   config = transformers.LlavaNextConfig(
       vision_config=transformers.CLIPVisionConfig(**VISION),
       text_config=transformers.MistralConfig(**TEXT, sliding_window=16), image_token_index=IMAGE_ID)
   config.architectures = ["LlavaNextForConditionalGeneration"]
+  converter = hf.converter(config.architectures[0])
   with pytest.raises(ValueError, match="sliding_window=16.*not supported"):
-    hf.converter(config.architectures[0]).config_from_hf(config.to_dict())
+    converter.config_from_hf(config.to_dict())
+  as_dict = config.to_dict()
+  as_dict["text_config"] = {k: v for k, v in as_dict["text_config"].items()
+                            if k not in ("sliding_window", "max_position_embeddings")}
+  with pytest.raises(ValueError, match="sliding_window=4096.*not supported"):
+    converter.config_from_hf(as_dict)
+  llama = {**as_dict, "text_config": {**TEXT, "model_type": "llama", "tie_word_embeddings": True}}
+  assert not converter.config_from_hf(llama).llm.tie_embeddings
+  assert converter.config_from_hf({**llama, "tie_word_embeddings": True}).llm.tie_embeddings

@@ -622,3 +622,7 @@ def test_records_of_several_images_train_and_those_over_the_budget_are_counted(t
   assert row["dropped"] == 0 and row["image_tokens"].shape == (2,)
   assert (row["image_tokens"] > 0).all()
   assert np.sum(row["tokens"] == tok.image_id) == row["image_tokens"].sum()
+  # The run answers a one-image prompt (its rows keep the image axis).
+  image = tmp_path / "0.png"
+  assert generate.main(["--workdir", str(tmp_path / "run"), "--image", str(image), "--prompt",
+                        "What is shown?", "--max_new_tokens", "3"]) == 0

@@ -25,7 +25,9 @@ def config_from_hf(hf: dict[str, Any]) -> LLMConfig:
   if model_type == "mistral":
     # Mistral is LLaMA's architecture plus an optional sliding window (none in Mistral-7B v0.2,
     # LLaVA-NeXT's decoder); it exports back as a LLaMA config of the same tensors.
-    window, context = hf.get("sliding_window"), hf.get("max_position_embeddings") or 0
+    # transformers' MistralConfig defaults apply to keys a config leaves out.
+    window = hf.get("sliding_window", 4096)
+    context = hf.get("max_position_embeddings") or 131072
     if window is not None and window < context:
       raise ValueError(f"Mistral sliding-window attention (sliding_window={window}) is not "
                        "supported; valid: null.")

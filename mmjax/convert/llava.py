@@ -63,7 +63,10 @@ def config_from_hf(hf_config: dict[str, Any]) -> mllm.MLLMConfig:
   if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
     raise ValueError(f"LLaVA vision tower {vision.get('model_type')!r} is not supported; "
                      "valid: 'clip_vision_model'.")
+  # LlavaConfig ties the head when either level says so (its top-level flag takes the text's).
   text = {"model_type": "llama", **hf["text_config"]}
+  text["tie_word_embeddings"] = bool(hf.get("tie_word_embeddings")) or bool(
+      text.get("tie_word_embeddings"))
   tower = towers.ViTTowerConfig(vit=clip_vision.config_from_hf(vision), select_layer=layer,
                                 select_feature=SELECT_STRATEGIES[strategy])
   return mllm.MLLMConfig(tower=tower, llm=llama.config_from_hf(text),

@@ -95,7 +95,11 @@ def config_from_hf(hf_config: dict[str, Any]) -> mllm.MLLMConfig:
                      f"multimodal_projector_bias={hf['multimodal_projector_bias']} is not "
                      "supported; valid: 'gelu' with biases (mlp2x_gelu).")
   vit = VISION_CONVERTERS[kind].config_from_hf(vision)
-  llm = llama.config_from_hf({"model_type": "llama", **hf["text_config"]})
+  # The top-level flag ties the head; LlavaOnevisionConfig also takes the text config's.
+  tie = bool(hf.get("tie_word_embeddings")) or (
+      arch == ONEVISION and bool(hf["text_config"].get("tie_word_embeddings")))
+  llm = llama.config_from_hf({"model_type": "llama", **hf["text_config"],
+                              "tie_word_embeddings": tie})
   pinpoints = tuple(tuple(int(x) for x in p) for p in hf["image_grid_pinpoints"])
   anyres_max = _anyres_max(hf["vision_aspect_ratio"]) if arch == ONEVISION else 0
   crop = int(vision.get("image_size", vit.image_size))  # The crops' side (SigLIP: 384 of 378).

@@ -185,7 +185,17 @@ class LlavaNextImageProcessor:
     pinpoints = config.get("image_grid_pinpoints")
     if not pinpoints:
       raise ValueError(f"{kind} config has no image_grid_pinpoints.")
+    if int(config.get("resample", 3)) != 3:
+      raise ValueError(f"{kind} resample={config['resample']} is not supported; valid: 3 "
+                       "(bicubic, the AnyRes geometry's).")
+    # The classes' defaults apply to keys a config leaves out.
+    onevision = kind.startswith("LlavaOnevision")
+    config = {"size": {"height": 384, "width": 384} if onevision else {"shortest_edge": 224},
+              "crop_size": None if onevision else {"height": 224, "width": 224}, **config}
     size, crop = config.get("size") or {}, config.get("crop_size") or {}
+    if not isinstance(size, dict) or not isinstance(crop, dict):
+      raise ValueError(f"{kind} size {size!r} / crop_size {crop!r} are not supported; valid: "
+                       "{'height': H, 'width': W} or {'shortest_edge': N}.")
     base = ((size["height"], size["width"]) if "height" in size and "width" in size
             else (size.get("shortest_edge"),) * 2)
     side = crop.get("height") or size.get("height") or size.get("shortest_edge")
@@ -194,7 +204,7 @@ class LlavaNextImageProcessor:
                        f"{base} differs from the crops' {side}; mmjax's AnyRes needs them equal.")
     # The crops are resized and cropped as CLIP's processor would (no-ops at the crop size);
     # OneVision's class leaves out the centre crop when its config does not name it.
-    crop_default = not kind.startswith("LlavaOnevision")
+    crop_default = not onevision
     each = ClipImageProcessor.from_config(
         {**{k: v for k, v in config.items() if k != "do_pad"},
          "do_center_crop": config.get("do_center_crop", crop_default)})
@@ -245,8 +255,9 @@ class InternVLImageProcessor:
   max_patches: int = 12
   resample: int = 3  # PIL's BICUBIC.
   rescale_factor: float | None = 1 / 255
-  mean: tuple[float, ...] | None = (0.485, 0.456, 0.406)
-  std: tuple[float, ...] | None = (0.229, 0.224, 0.225)
+  # GotOcr2ImageProcessor's defaults (CLIP's); InternVL's checkpoints give ImageNet's.
+  mean: tuple[float, ...] | None = (0.48145466, 0.4578275, 0.40821073)
+  std: tuple[float, ...] | None = (0.26862954, 0.26130258, 0.27577711)
 
   @classmethod
   def from_config(cls, config: dict[str, Any]) -> "InternVLImageProcessor":
