@@ -111,15 +111,18 @@ def save_qwen2_vl_processor(directory: pathlib.Path, min_pixels: int, max_pixels
   (directory / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE)
 
 
-def qwen2_vl_processor(directory: pathlib.Path) -> transformers.Qwen2VLProcessor:
-  """transformers' Qwen2VLProcessor of the tokenizer, image processor and chat template loaded
-  back from `directory` (with a qwen2_vl config.json there, as transformers loads a checkpoint),
-  without a video processor."""
+def _loaded_without_video(cls, directory: pathlib.Path, **fields):
+  """transformers' processor `cls` of the tokenizer, image processor and chat template loaded
+  back from `directory` (beside its model's config.json, as transformers loads a checkpoint),
+  with `fields`, and without the video processor its `from_pretrained` would need."""
   with _allow_no_video():
-    return transformers.Qwen2VLProcessor(
-        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
-        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
-        chat_template=(directory / "chat_template.jinja").read_text())
+    return cls(image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
+               tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
+               chat_template=(directory / "chat_template.jinja").read_text(), **fields)
+
+
+def qwen2_vl_processor(directory: pathlib.Path) -> transformers.Qwen2VLProcessor:
+  return _loaded_without_video(transformers.Qwen2VLProcessor, directory)
 
 
 def reference_answer(model, processor, image_paths, prompt: str, max_new_tokens: int, *,
@@ -195,17 +198,11 @@ def save_onevision_processor(directory: pathlib.Path, crop: int, patch: int, pin
 
 
 def onevision_processor(directory: pathlib.Path) -> transformers.LlavaOnevisionProcessor:
-  """transformers' LlavaOnevisionProcessor of the files in `directory`, without a video
-  processor."""
   fields = json.loads((directory / "processor_config.json").read_text())
-  with _allow_no_video():
-    return transformers.LlavaOnevisionProcessor(
-        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
-        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
-        num_image_tokens=fields["num_image_tokens"],
-        vision_feature_select_strategy=fields["vision_feature_select_strategy"],
-        vision_aspect_ratio=fields["vision_aspect_ratio"],
-        chat_template=(directory / "chat_template.jinja").read_text())
+  return _loaded_without_video(
+      transformers.LlavaOnevisionProcessor, directory, num_image_tokens=fields["num_image_tokens"],
+      vision_feature_select_strategy=fields["vision_feature_select_strategy"],
+      vision_aspect_ratio=fields["vision_aspect_ratio"])
 
 
 def exported_equals(model: torch.nn.Module, directory: pathlib.Path) -> torch.nn.Module:
@@ -286,14 +283,9 @@ def save_internvl_processor(directory: pathlib.Path, tile: int, max_patches: int
 
 
 def internvl_processor(directory: pathlib.Path) -> transformers.InternVLProcessor:
-  """transformers' InternVLProcessor of the files in `directory`, without a video processor."""
   fields = json.loads((directory / "processor_config.json").read_text())
-  with _allow_no_video():
-    return transformers.InternVLProcessor(
-        image_processor=transformers.AutoImageProcessor.from_pretrained(directory),
-        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
-        image_seq_length=fields["image_seq_length"],
-        chat_template=(directory / "chat_template.jinja").read_text())
+  return _loaded_without_video(transformers.InternVLProcessor, directory,
+                               image_seq_length=fields["image_seq_length"])
 
 
 def assert_same_logits(model: torch.nn.Module, config, params, prompts, views,

@@ -77,10 +77,8 @@ def config_to_hf(config: mllm.MLLMConfig, architecture: str) -> dict[str, Any]:
                      f"valid: [{ARCHITECTURE!r}].")
   _check(config)
   vision = internvit.config_to_hf(config.tower.vit, internvit.ARCHITECTURE)
-  qwen2 = config.llm.qkv_bias and not config.llm.out_bias  # q, k, v biases alone: Qwen2's.
-  text = llama.config_to_hf(config.llm, "Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM")
-  for part in (vision, text):
-    del part["architectures"]
+  text = llama.text_config_to_hf(config.llm)
+  del vision["architectures"]
   return {"architectures": [architecture], "model_type": "internvl", "vision_config": vision,
           "text_config": text, "image_token_id": config.image_token_id,
           "image_seq_length": config.tower.tokens_per_tile, "downsample_ratio": 0.5,

@@ -56,6 +56,15 @@ def config_from_hf(hf: dict[str, Any]) -> LLMConfig:
       max_positions=int(hf.get("max_position_embeddings") or 0))
 
 
+def text_config_to_hf(config: LLMConfig) -> dict[str, Any]:
+  """A whole multimodal model's `text_config` (no `architectures`): Qwen2's when q, k and v alone
+  have biases (LLaMA's attention_bias covers o too), else LLaMA's."""
+  qwen2 = config.qkv_bias and not config.out_bias
+  out = config_to_hf(config, "Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM")
+  del out["architectures"]
+  return out
+
+
 def config_to_hf(config: LLMConfig, architecture: str) -> dict[str, Any]:
   common = {
       "architectures": [architecture], "vocab_size": config.vocab_size,

@@ -93,11 +93,8 @@ def config_to_hf(config: mllm.MLLMConfig, architecture: str) -> dict[str, Any]:
                      f"valid: [{ARCHITECTURE!r}].")
   _check(config)
   vision = clip_vision.config_to_hf(config.tower.vit, "CLIPVisionModel")
-  # Biases on q, k and v alone are Qwen2's (LLaMA's attention_bias covers o too).
-  qwen2 = config.llm.qkv_bias and not config.llm.out_bias
-  text = llama.config_to_hf(config.llm, "Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM")
-  for part in (vision, text):
-    del part["architectures"]
+  text = llama.text_config_to_hf(config.llm)
+  del vision["architectures"]
   strategy = {v: k for k, v in SELECT_STRATEGIES.items()}[config.tower.select_feature]
   return {
       "architectures": [architecture], "model_type": "llava", "vision_config": vision,

@@ -140,10 +140,8 @@ def config_to_hf(config: mllm.MLLMConfig, architecture: str) -> dict[str, Any]:
   vision_conv = _vision_converter(config)
   vision = vision_conv.config_to_hf(config.tower.vit, "SiglipVisionModel" if vision_conv is
                                     siglip_vision else "CLIPVisionModel")
-  qwen2 = config.llm.qkv_bias and not config.llm.out_bias  # q, k, v biases alone: Qwen2's.
-  text = llama.config_to_hf(config.llm, "Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM")
-  for part in (vision, text):
-    del part["architectures"]
+  text = llama.text_config_to_hf(config.llm)
+  del vision["architectures"]
   vision["image_size"] = config.tower.crop_size
   out = {"architectures": [architecture], "model_type": HF_DEFAULTS[architecture]["model_type"],
          "vision_config": vision, "text_config": text,
