@@ -4,6 +4,8 @@ transformers' `InternVLProcessor` over the same files: prompt text, input ids (e
 bit (grid choice, thumbnail) and tile counts, on images of several sizes and aspect ratios and
 prompts with none, one and two images, and decoded text. The folder is built offline
 (`tests/hf_models.py`) beside an InternVL config.json."""
+import json
+
 import numpy as np
 import pytest
 import transformers
@@ -55,3 +57,22 @@ def test_two_images_and_text_only_equal_transformers(processors, rng):
   ids = _check(theirs, ours, [], "Isn't the cat on the mat? Ünïcödé ✓")["input_ids"]
   ids = np.concatenate([ids, [ours.eos_token_ids[0]]])
   assert ours.decode(ids) == theirs.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_named_tokens_missing_from_tokenizer_json_are_added_as_transformers_adds_them(
+    tmp_path, rng):
+  """tokenizer_config.json names `<img>`, `</img>`, `<IMG_CONTEXT>` and `<video>`, which
+  tokenizer.json lacks: transformers adds them at the end of the vocabulary on loading, in order,
+  and so does mmjax's processor (the same ids and expansion)."""
+  hf_models.save_internvl_processor(tmp_path, TILE, MAX_PATCHES, PER_TILE)
+  hf_models.qwen2_tokenizer().save_pretrained(tmp_path)  # Without InternVL's named tokens.
+  path = tmp_path / "tokenizer_config.json"
+  config = json.loads(path.read_text())
+  path.write_text(json.dumps({**config, "extra_special_tokens": hf_models.INTERNVL_NAMED}))
+  transformers.InternVLConfig().save_pretrained(tmp_path)
+  theirs, ours = hf_models.internvl_processor(tmp_path), hf_processor.Processor(tmp_path)
+  assert ours.image_token_id == theirs.image_token_id > max(
+      theirs.tokenizer.convert_tokens_to_ids(hf_models.QWEN2_VL_SPECIAL))
+  got = _check(theirs, ours, [rng.integers(0, 256, (40, 90, 3), np.uint8)], "What is it?")
+  assert ours.decode(got["input_ids"]) == theirs.tokenizer.decode(got["input_ids"],
+                                                                   skip_special_tokens=True)

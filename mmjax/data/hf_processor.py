@@ -160,6 +160,25 @@ def tokenizer_class(model_type: str | None, declared: str | None, byte_level: bo
   return registered if model_type in _HUB_CLASS_OVERRIDDEN else declared
 
 
+# transformers' SPECIAL_TOKENS_ATTRIBUTES, in its order.
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                  "mask_token")
+
+
+def _add_missing_special_tokens(tok: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
+  """As transformers 5 does on loading: the special tokens tokenizer_config.json names (the
+  named ones, then `extra_special_tokens` / `additional_special_tokens`) that tokenizer.json
+  lacks are added at the end of the vocabulary, in that order, as special tokens."""
+  names = [_token_text(config.get(k)) for k in _NAMED_SPECIAL]
+  for key in ("extra_special_tokens", "additional_special_tokens"):
+    extra = config.get(key) or ()
+    names += [_token_text(x) for x in (extra.values() if isinstance(extra, dict) else extra)]
+  missing = [n for n in dict.fromkeys(names) if isinstance(n, str) and n
+             and tok.token_to_id(n) is None]
+  if missing:
+    tok.add_special_tokens([tokenizers.AddedToken(n, special=True) for n in missing])
+
+
 def _byte_level(tok: tokenizers.Tokenizer) -> bool:
   return any("ByteLevel" in repr(part) for part in (tok.pre_tokenizer, tok.decoder))
 
@@ -282,6 +301,7 @@ class Processor:
     if model_type is None:
       model_type = (self._json("config.json") or {}).get("model_type")
     _as_transformers_loads(self.tokenizer, tok_config, model_type)
+    _add_missing_special_tokens(self.tokenizer, tok_config)
     processor = self._json("processor_config.json") or {}
     image_config = processor.get("image_processor") or self._json("preprocessor_config.json")
     self.special = {k: _token_text(tok_config.get(k)) for k in _SPECIAL}
