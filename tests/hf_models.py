@@ -341,3 +341,15 @@ def assert_bfloat16_close(config, params, batch: dict) -> None:
   got = logits(half, jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params))
   assert np.isfinite(got).all()
   assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def converts_from_memory(model: torch.nn.Module, directory: pathlib.Path, params) -> list[str]:
+  """`model.state_dict()`'s tensors (transformers 5's in-memory names) convert to the same
+  `params` as the checkpoint saved in `directory`; returns those names."""
+  import jax  # Here: the other helpers need no JAX.
+  from mmjax.convert import hf
+  hf_config, _ = hf.files.read_hf(directory)
+  tensors = {k: v.numpy() for k, v in model.state_dict().items()}
+  _, again = hf.from_hf_tensors(hf_config, tensors)
+  jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
+  return list(tensors)
